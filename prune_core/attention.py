@@ -1,0 +1,428 @@
+"""Prunable attention and MLP modules (DESIGN §3.3, §3.5, §3.7).
+
+Each module owns one :class:`ChannelGate` per channel group (``qk`` and ``v`` for attention,
+``mlp`` for an MLP) and knows three things about itself: how the gates enter its forward pass,
+its multiply-accumulate count as a function of the kept widths, and how to slice its own
+parameters down to the kept channels (``shrink_``). Keeping the three together means a new
+attention kind is one new class, and the pruned module is the *same* class with smaller shapes —
+it runs with no patched forward.
+
+Shapes: ``x`` is (B, N, C); q/k have ``qk_dim`` channels per head, v has ``v_dim``. The two
+widths are separate pruning decisions, so the fused ``qkv`` linear is laid out as
+[q (H·qk_dim) | k (H·qk_dim) | v (H·v_dim)].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prune_core.indicator import ChannelGate, GateMode
+
+MacValue = Tensor | float
+
+
+class GatedModule(nn.Module, ABC):
+    """Common interface of every prunable module."""
+
+    gates: nn.ModuleDict
+
+    def __init__(self) -> None:
+        super().__init__()
+        # When a dict, forward() stores the pre-mask channel activations of each group here
+        # (detached) for similarity weights and attention-difference initialisation.
+        self.tap: dict[str, Tensor] | None = None
+
+    def widths(self) -> dict[str, int]:
+        """Kept channels per head of every group under the gates' current mode."""
+        return {name: gate.kept_per_head() for name, gate in self.gates.items()}
+
+    def soft_widths(self) -> dict[str, Tensor]:
+        return {name: gate.soft_keep_per_head() for name, gate in self.gates.items()}
+
+    @abstractmethod
+    def macs(self, widths: dict[str, MacValue], tokens: int, batch: int = 1) -> MacValue:
+        """Multiply-accumulates of one forward over ``batch`` sequences of ``tokens``."""
+
+    @abstractmethod
+    def shrink_(self, kept: dict[str, list[list[int]]]) -> None:
+        """Slice parameters down to the kept channels (per group, per head)."""
+
+    def fold_reweight_(self) -> None:
+        """Fold learnable reweights into the weights; outputs unchanged. No-op by default."""
+
+
+def _rows(linear: nn.Linear, index: Tensor) -> None:
+    linear.weight = nn.Parameter(linear.weight.detach()[index].clone())
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.detach()[index].clone())
+    linear.out_features = int(index.numel())
+
+
+def _cols(linear: nn.Linear, index: Tensor) -> None:
+    linear.weight = nn.Parameter(linear.weight.detach()[:, index].clone())
+    linear.in_features = int(index.numel())
+
+
+def _flat_index(kept: list[list[int]], width: int, offset: int = 0) -> Tensor:
+    """Channel positions per head -> positions in the flattened (H·width) layout."""
+    return torch.tensor([offset + h * width + c for h, row in enumerate(kept) for c in row],
+                        dtype=torch.long)
+
+
+def _gate_shrink(gate: ChannelGate, kept: list[list[int]]) -> None:
+    """Shrink a gate to the kept units: the pruned layer keeps an all-ones, OFF gate."""
+    k = len(kept[0])
+    index = torch.tensor(kept, dtype=torch.long, device=gate.logits.device)
+    gate.logits = nn.Parameter(gate.logits.detach().gather(1, index).clone())
+    gate.similarity = gate.similarity.gather(1, index).clone()
+    gate.hard_mask = torch.ones_like(gate.similarity)
+    gate.channels = k
+    gate.min_keep = min(gate.min_keep, k)
+    gate.mode = GateMode.OFF
+
+
+def check_kept(name: str, kept: list[list[int]], heads: int, width: int, aligned: bool) -> None:
+    if len(kept) != heads:
+        raise ValueError(f"{name}: plan has {len(kept)} heads, layer has {heads}")
+    sizes = {len(row) for row in kept}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"{name}: every head must keep the same non-zero channel count, "
+                         f"got {[len(r) for r in kept]}")
+    for row in kept:
+        if len(set(row)) != len(row) or not all(0 <= c < width for c in row):
+            raise ValueError(f"{name}: channel indices must be distinct and in [0, {width})")
+    if aligned and any(sorted(row) != sorted(kept[0]) for row in kept):
+        raise ValueError(f"{name}: kept positions must be the same in every head")
+
+
+class _QKVAttention(GatedModule):
+    """Shared parts of softmax and focused linear attention: projections, gates, reweights."""
+
+    def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int, *, qkv_bias: bool,
+                 proj_bias: bool = True, v_aligned: bool = False, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.qk_dim = qk_dim
+        self.v_dim = v_dim
+        self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias)
+        self.proj = nn.Linear(num_heads * v_dim, dim, bias=proj_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.gates = nn.ModuleDict({
+            "qk": ChannelGate(num_heads, qk_dim),
+            "v": ChannelGate(num_heads, v_dim, aligned=v_aligned),
+        })
+        # Reweight module (§3.5): per-head, per-channel scales on kept channels, learned in
+        # search and fine-tune to compensate what removed channels carried.
+        self.qk_reweight = nn.Parameter(torch.ones(num_heads, qk_dim))
+        self.v_reweight = nn.Parameter(torch.ones(num_heads, v_dim))
+
+    @property
+    def head_dim(self) -> int:  # timm attribute name, for code that reads it
+        return self.qk_dim
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, C) -> q, k (B, N, H·qk_dim), v (B, N, H·v_dim), before any mask."""
+        hq = self.num_heads * self.qk_dim
+        return self.qkv(x).split([hq, hq, self.num_heads * self.v_dim], dim=-1)
+
+    def _record(self, **groups: Tensor) -> None:
+        if self.tap is not None:
+            for name, value in groups.items():
+                self.tap[name] = value.detach()
+
+    def _v_multiplier(self) -> Tensor:
+        m = self.gates["v"]()
+        return self.v_reweight if m is None else self.v_reweight * m
+
+    def _shrink_projections(self, kept: dict[str, list[list[int]]]) -> None:
+        check_kept("qk", kept["qk"], self.num_heads, self.qk_dim, False)
+        check_kept("v", kept["v"], self.num_heads, self.v_dim, self.gates["v"].aligned)
+        hq = self.num_heads * self.qk_dim
+        q_idx = _flat_index(kept["qk"], self.qk_dim)
+        k_idx = _flat_index(kept["qk"], self.qk_dim, offset=hq)
+        v_idx = _flat_index(kept["v"], self.v_dim, offset=2 * hq)
+        _rows(self.qkv, torch.cat([q_idx, k_idx, v_idx]))
+        _cols(self.proj, _flat_index(kept["v"], self.v_dim))
+        for name, param in (("qk", "qk_reweight"), ("v", "v_reweight")):
+            index = torch.tensor(kept[name], dtype=torch.long)
+            setattr(self, param, nn.Parameter(getattr(self, param).detach().gather(1, index)))
+            _gate_shrink(self.gates[name], kept[name])
+        self.qk_dim = len(kept["qk"][0])
+        self.v_dim = len(kept["v"][0])
+
+    def _fold_v_reweight_(self) -> None:
+        """v·r = (r ⊙ W_v) x + r ⊙ b_v, so the v reweight folds into W_v's rows exactly."""
+        hq = self.num_heads * self.qk_dim
+        r = self.v_reweight.detach().reshape(-1)
+        with torch.no_grad():
+            self.qkv.weight[2 * hq:] *= r[:, None]
+            if self.qkv.bias is not None:
+                self.qkv.bias[2 * hq:] *= r
+            self.v_reweight.fill_(1.0)
+
+
+class SoftmaxAttention(_QKVAttention):
+    """Multi-head softmax attention (timm ViT ``Attention`` / Swin ``WindowAttention``).
+
+    With ``window_size`` set it carries Swin's relative position bias and accepts Swin's shift
+    mask in ``forward(x, mask)``; otherwise it is plain global attention.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qk_dim: int | None = None,
+                 v_dim: int | None = None, qkv_bias: bool = True, proj_bias: bool = True,
+                 scale: float | None = None, window_size: tuple[int, int] | None = None,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        head = dim // num_heads
+        super().__init__(dim, num_heads, qk_dim or head, v_dim or head, qkv_bias=qkv_bias,
+                         proj_bias=proj_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        # The softmax temperature is a property of the trained model, not of the width: it is
+        # kept when channels go (the qk reweight learns any compensation).
+        self.scale = scale if scale is not None else self.qk_dim ** -0.5
+        self.window_size = window_size
+        if window_size is not None:
+            wh, ww = window_size
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+            self.register_buffer("relative_position_index", _relative_index(wh, ww),
+                                 persistent=False)
+
+    def _attn_bias(self, batch: int, tokens: int, mask: Tensor | None) -> Tensor | None:
+        if self.window_size is None:
+            return None
+        n = self.window_size[0] * self.window_size[1]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)  # (1, H, N, N)
+        if mask is not None:
+            windows = mask.shape[0]
+            mask = mask.view(1, windows, 1, tokens, tokens)
+            bias = (bias.unsqueeze(1) + mask).expand(batch // windows, -1, -1, -1, -1)
+            bias = bias.reshape(-1, self.num_heads, tokens, tokens)
+        return bias
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        B, N, _ = x.shape
+        H = self.num_heads
+        q, k, v = self._split(x)
+        q = q.view(B, N, H, self.qk_dim).transpose(1, 2)
+        k = k.view(B, N, H, self.qk_dim).transpose(1, 2)
+        v = v.view(B, N, H, self.v_dim).transpose(1, 2)
+        self._record(q=q, k=k, v=v)
+        m_qk = self.gates["qk"]()
+        q_mult = self.qk_reweight if m_qk is None else self.qk_reweight * m_qk
+        q = q * q_mult[:, None, :]
+        if m_qk is not None:
+            k = k * m_qk[:, None, :]
+        v = v * self._v_multiplier()[:, None, :]
+        bias = self._attn_bias(B, N, mask)
+        if self.qk_dim == self.v_dim and not self.training:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                attn = attn + bias
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            out = attn @ v
+        out = out.transpose(1, 2).reshape(B, N, H * self.v_dim)
+        return self.proj_drop(self.proj(out))
+
+    def macs(self, widths: dict[str, MacValue], tokens: int, batch: int = 1) -> MacValue:
+        H, C, N = self.num_heads, self.dim, tokens
+        kq, kv = widths["qk"], widths["v"]
+        per_sequence = (N * C * H * (2 * kq + kv)  # qkv projection
+                        + N * N * H * kq  # q kᵀ
+                        + N * N * H * kv  # attn · v
+                        + N * H * kv * C)  # output projection
+        return batch * per_sequence
+
+    def shrink_(self, kept: dict[str, list[list[int]]]) -> None:
+        self._shrink_projections(kept)
+
+    def fold_reweight_(self) -> None:
+        """q·r enters q kᵀ linearly, so the qk reweight folds into W_q's rows exactly."""
+        hq = self.num_heads * self.qk_dim
+        r = self.qk_reweight.detach().reshape(-1)
+        with torch.no_grad():
+            self.qkv.weight[:hq] *= r[:, None]
+            if self.qkv.bias is not None:
+                self.qkv.bias[:hq] *= r
+            self.qk_reweight.fill_(1.0)
+        self._fold_v_reweight_()
+
+
+def _relative_index(wh: int, ww: int) -> Tensor:
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij"))
+    coords = coords.flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    rel[:, :, 0] += wh - 1
+    rel[:, :, 1] += ww - 1
+    rel[:, :, 0] *= 2 * ww - 1
+    return rel.sum(-1)
+
+
+class FocusedLinearAttention(_QKVAttention):
+    """FLatten's focused linear attention (Han et al., ICCV 2023), prunable.
+
+    φ(x) = ReLU(x) + 1e-6, divided by softplus(scale); the focusing power p is applied with each
+    token's norm over all C channels restored. k gets a learnable positional encoding, and a
+    depthwise conv (head_dim channels, shared by heads) on v is added to the output. A qk mask
+    zeroes channels *before* the norm over C, so the masked model equals the pruned one.
+    The qk reweight multiplies q's and k's features together, i.e. it divides softplus(scale)
+    and folds into ``scale`` at surgery.
+    """
+
+    def __init__(self, dim: int, num_heads: int, tokens: int, grid: tuple[int, int], *,
+                 qkv_bias: bool = True, focusing_factor: float = 3.0, kernel_size: int = 5,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        head = dim // num_heads
+        super().__init__(dim, num_heads, head, head, qkv_bias=qkv_bias, v_aligned=True,
+                         attn_drop=attn_drop, proj_drop=proj_drop)
+        if grid[0] * grid[1] != tokens:
+            raise ValueError(f"grid {grid} does not hold {tokens} tokens")
+        self.tokens = tokens
+        self.grid = grid
+        self.focusing_factor = focusing_factor
+        self.kernel_size = kernel_size
+        self.scale = nn.Parameter(torch.zeros(1, 1, num_heads * head))
+        self.positional_encoding = nn.Parameter(torch.zeros(1, tokens, num_heads * head))
+        self.dwc = nn.Conv2d(head, head, kernel_size, padding=kernel_size // 2, groups=head)
+
+    def _focus(self, x: Tensor) -> Tensor:
+        norm = x.norm(dim=-1, keepdim=True)
+        x = x ** self.focusing_factor
+        return x / x.norm(dim=-1, keepdim=True) * norm
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        B, N, _ = x.shape
+        H, dq, dv = self.num_heads, self.qk_dim, self.v_dim
+        q, k, v = self._split(x)
+        k = k + self.positional_encoding
+        self._record(q=q.view(B, N, H, dq).transpose(1, 2), k=k.view(B, N, H, dq).transpose(1, 2),
+                     v=v.view(B, N, H, dv).transpose(1, 2))
+        divisor = F.softplus(self.scale)
+        q = (F.relu(q) + 1e-6) / divisor
+        k = (F.relu(k) + 1e-6) / divisor
+        m_qk = self.gates["qk"]()
+        mult = self.qk_reweight if m_qk is None else self.qk_reweight * m_qk
+        mult = mult.reshape(1, 1, H * dq)
+        q, k = self._focus(q * mult), self._focus(k * mult)
+        m_v = self.gates["v"]()
+        v = v * self._v_multiplier().reshape(1, 1, H * dv)
+        q = q.view(B, N, H, dq).transpose(1, 2)
+        k = k.view(B, N, H, dq).transpose(1, 2)
+        v = v.view(B, N, H, dv).transpose(1, 2)
+        self._record(phi_q=q, phi_k=k)
+        z = 1.0 / (q @ k.sum(dim=2, keepdim=True).transpose(-2, -1) + 1e-6)  # (B, H, N, 1)
+        if self._kv_first(N):
+            out = (q @ (k.transpose(-2, -1) @ v)) * z
+        else:
+            out = ((q @ k.transpose(-2, -1)) @ v) * z
+        fmap = v.reshape(B * H, self.grid[0], self.grid[1], dv).permute(0, 3, 1, 2)
+        fmap = self.dwc(fmap).permute(0, 2, 3, 1).reshape(B, H, N, dv)
+        if m_v is not None:  # the conv's bias would otherwise revive masked channels
+            fmap = fmap * m_v[:, None, :]
+        out = (out + fmap).transpose(1, 2).reshape(B, N, H * dv)
+        return self.proj_drop(self.proj(out))
+
+    def _kv_first(self, tokens: int, dq: MacValue | None = None,
+                  dv: MacValue | None = None) -> bool:
+        """Q(KᵀV) costs 2·N·dq·dv, (QKᵀ)V costs N²·(dq + dv): take the cheaper order."""
+        dq = self.qk_dim if dq is None else dq
+        dv = self.v_dim if dv is None else dv
+        return bool(2 * tokens * dq * dv <= tokens * tokens * (dq + dv))
+
+    def macs(self, widths: dict[str, MacValue], tokens: int, batch: int = 1) -> MacValue:
+        H, C, N = self.num_heads, self.dim, tokens
+        kq, kv = widths["qk"], widths["v"]
+        # The order is chosen on the *integer* widths the pruned layer will have.
+        kv_first = self._kv_first(N, round(float(kq)), round(float(kv)))
+        core = 2 * N * kq * kv if kv_first else N * N * (kq + kv)
+        per_sequence = (N * C * H * (2 * kq + kv)  # qkv projection
+                        + N * H * kq  # normaliser z = q · Σk
+                        + H * core  # attention product
+                        + N * H * kv * self.kernel_size ** 2  # depthwise conv on v
+                        + N * H * kv * C)  # output projection
+        return batch * per_sequence
+
+    def shrink_(self, kept: dict[str, list[list[int]]]) -> None:
+        qk_idx = _flat_index(kept["qk"], self.qk_dim)
+        v_pos = torch.tensor(kept["v"][0], dtype=torch.long)
+        self._shrink_projections(kept)
+        self.scale = nn.Parameter(self.scale.detach()[..., qk_idx].clone())
+        self.positional_encoding = nn.Parameter(
+            self.positional_encoding.detach()[..., qk_idx].clone())
+        conv = nn.Conv2d(len(v_pos), len(v_pos), self.kernel_size,
+                         padding=self.kernel_size // 2, groups=len(v_pos))
+        conv = conv.to(self.dwc.weight)
+        with torch.no_grad():
+            conv.weight.copy_(self.dwc.weight[v_pos])
+            conv.bias.copy_(self.dwc.bias[v_pos])
+        self.dwc = conv
+
+    def fold_reweight_(self) -> None:
+        """φ·r = (ReLU+ε)/(softplus(scale)/r): fold r into scale via softplus⁻¹."""
+        r = self.qk_reweight.detach().reshape(1, 1, -1)
+        if torch.any(r <= 0):
+            raise ValueError("qk reweight must stay positive to fold into FLatten's scale")
+        with torch.no_grad():
+            target = F.softplus(self.scale.double()) / r.double()
+            self.scale.copy_(target + torch.log(-torch.expm1(-target)))  # softplus⁻¹
+            self.qk_reweight.fill_(1.0)
+        self._fold_v_reweight_()
+
+
+class GatedMlp(GatedModule):
+    """timm ``Mlp`` (fc1 → act → fc2) with a mask on the hidden channels."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
+                 *, act_layer: type[nn.Module] = nn.GELU, bias: bool = True,
+                 drop: float = 0.0) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features, bias=bias)
+        self.drop2 = nn.Dropout(drop)
+        self.gates = nn.ModuleDict({"mlp": ChannelGate(1, hidden_features)})
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.fc1(x))
+        if self.tap is not None:
+            self.tap["mlp"] = h.detach().unsqueeze(1)  # (B, 1, N, hidden): one "head"
+        m = self.gates["mlp"]()
+        if m is not None:
+            h = h * m[0]
+        return self.drop2(self.fc2(self.drop1(h)))
+
+    def macs(self, widths: dict[str, MacValue], tokens: int, batch: int = 1) -> MacValue:
+        return batch * tokens * widths["mlp"] * (self.fc1.in_features + self.fc2.out_features)
+
+    def shrink_(self, kept: dict[str, list[list[int]]]) -> None:
+        check_kept("mlp", kept["mlp"], 1, self.hidden_features, False)
+        index = torch.tensor(kept["mlp"][0], dtype=torch.long)
+        _rows(self.fc1, index)
+        _cols(self.fc2, index)
+        _gate_shrink(self.gates["mlp"], kept["mlp"])
+        self.hidden_features = len(index)
+
+
+def gated_modules(model: nn.Module) -> dict[str, GatedModule]:
+    """Every prunable module of a model by qualified name, in forward order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, GatedModule)}
+
+
+def attention_modules(model: nn.Module) -> dict[str, _QKVAttention]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, _QKVAttention)}
+
+
+__all__ = [
+    "GatedModule", "SoftmaxAttention", "FocusedLinearAttention", "GatedMlp", "gated_modules",
+    "attention_modules", "check_kept",
+]

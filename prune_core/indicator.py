@@ -1,0 +1,139 @@
+"""Pruning indicator of one channel group (DESIGN §3.1–3.3).
+
+A *group* is a set of prunable units laid out as ``(heads, channels)``: the ``qk`` channels of an
+attention layer, its ``v`` channels, or the hidden channels of an MLP (one "head"). Every unit
+has a logit θ; its soft keep score is s = sigmoid(θ). Units are ranked by e = w · s, where w is a
+channel-similarity weight that favours channels which are *not* redundant with their head-mates.
+
+The gate turns scores into a binary mask with the **same count k in every head**, so the pruned
+layer is still a regular multi-head layer (a head-split reshape needs equal widths). The mask
+reaches θ through a straight-through estimator: m_ste = m + s - stopgrad(s).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+
+
+class GateMode(str, Enum):
+    OFF = "off"  # every unit kept, the layer behaves exactly like the original
+    SEARCH = "search"  # binary top-k mask from the logits, straight-through gradients
+    HARD = "hard"  # a fixed binary mask (after finalize / apply_plan)
+
+
+class ChannelGate(nn.Module):
+    """Logits, similarity weights and mask of one ``(heads, channels)`` group.
+
+    ``aligned=True`` forces the kept positions to be the same in every head; FLatten's value
+    path needs it because its depthwise conv has ``head_dim`` channels shared by all heads.
+    """
+
+    def __init__(self, num_heads: int, channels: int, *, aligned: bool = False,
+                 min_keep: int = 1, init_logit: float = 3.0) -> None:
+        super().__init__()
+        if num_heads < 1 or channels < 1:
+            raise ValueError(f"ChannelGate needs heads >= 1 and channels >= 1, got "
+                             f"{num_heads}x{channels}")
+        self.num_heads = num_heads
+        self.channels = channels
+        self.aligned = aligned
+        self.min_keep = max(1, min(min_keep, channels))
+        self.logits = nn.Parameter(torch.full((num_heads, channels), float(init_logit)))
+        self.register_buffer("similarity", torch.ones(num_heads, channels))
+        self.register_buffer("hard_mask", torch.ones(num_heads, channels))
+        self.mode = GateMode.OFF
+
+    # -- scores ---------------------------------------------------------------------------
+    def keep_scores(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    def ranking(self) -> Tensor:
+        """e = w · s; for aligned groups every head sees the head-summed ranking."""
+        e = self.similarity * self.keep_scores()
+        if self.aligned:
+            e = e.sum(dim=0, keepdim=True).expand_as(e)
+        return e
+
+    def soft_keep_per_head(self) -> Tensor:
+        """Differentiable per-head channel count K/H used by the MAC loss."""
+        return self.keep_scores().sum() / self.num_heads
+
+    def count_from_scores(self) -> int:
+        k = int(torch.round(self.soft_keep_per_head().detach()).item())
+        return max(self.min_keep, min(self.channels, k))
+
+    def kept_per_head(self) -> int:
+        """Channels each head keeps under the current mode (the width after surgery)."""
+        if self.mode is GateMode.OFF:
+            return self.channels
+        if self.mode is GateMode.HARD:
+            return int(self.hard_mask[0].sum().item())
+        return self.count_from_scores()
+
+    # -- masks ----------------------------------------------------------------------------
+    def topk_mask(self, k: int, ranking: Tensor | None = None) -> Tensor:
+        """Binary (H, d) mask keeping the k best-ranked units of every head."""
+        if not 1 <= k <= self.channels:
+            raise ValueError(f"keep count {k} is outside [1, {self.channels}] (a head would be "
+                             "left empty or over-full)")
+        e = self.ranking().detach() if ranking is None else ranking
+        idx = e.topk(k, dim=1).indices
+        return torch.zeros_like(e).scatter_(1, idx, 1.0)
+
+    def set_hard(self, mask: Tensor) -> None:
+        mask = mask.to(self.hard_mask)
+        counts = mask.sum(dim=1)
+        if mask.shape != self.hard_mask.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not fit gate "
+                             f"{tuple(self.hard_mask.shape)}")
+        if not torch.all(counts == counts[0]) or counts[0] < 1:
+            raise ValueError(f"every head must keep the same, non-zero number of channels; "
+                             f"got {counts.tolist()}")
+        if self.aligned and not torch.all(mask == mask[0:1]):
+            raise ValueError("this group needs the same kept positions in every head")
+        self.hard_mask.copy_(mask)
+        self.mode = GateMode.HARD
+
+    def kept_indices(self) -> list[list[int]]:
+        """Kept channel positions per head (sorted), under the current mode."""
+        if self.mode is GateMode.OFF:
+            return [list(range(self.channels)) for _ in range(self.num_heads)]
+        mask = self.hard_mask if self.mode is GateMode.HARD else self.topk_mask(
+            self.count_from_scores())
+        return [torch.nonzero(row).flatten().tolist() for row in mask]
+
+    def forward(self) -> Tensor | None:
+        """The multiplier applied to the group's channels, or None when nothing is masked."""
+        if self.mode is GateMode.OFF:
+            return None
+        if self.mode is GateMode.HARD:
+            return self.hard_mask
+        s = self.keep_scores()
+        m = self.topk_mask(self.count_from_scores())
+        return m + s - s.detach()
+
+    def extra_repr(self) -> str:
+        return (f"heads={self.num_heads}, channels={self.channels}, aligned={self.aligned}, "
+                f"mode={self.mode.value}")
+
+
+def similarity_weights(features: Tensor, temperature: float) -> Tensor:
+    """Channel-similarity weights w (DESIGN §3.2) from per-head channel activations.
+
+    ``features``: (H, d, M) — each channel's activation vector over M token samples. A channel
+    whose activations look like its head-mates' (high mean |cosine|) is redundant and gets a
+    lower weight; w has mean 1 over each head, and τ → ∞ makes it uniform.
+    """
+    if temperature <= 0:
+        raise ValueError(f"sim_temperature must be > 0, got {temperature}")
+    heads, d, _ = features.shape
+    if d == 1 or temperature == float("inf"):
+        return torch.ones(heads, d, device=features.device)
+    f = torch.nn.functional.normalize(features.float(), dim=-1)
+    sim = (f @ f.transpose(1, 2)).abs()
+    eye = torch.eye(d, device=sim.device, dtype=torch.bool)
+    redundancy = sim.masked_fill(eye, 0.0).sum(-1) / (d - 1)
+    return d * torch.softmax(-redundancy / temperature, dim=-1)
