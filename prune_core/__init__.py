@@ -1,0 +1,48 @@
+"""prune_core: automatic head-aligned channel pruning for softmax and focused linear attention.
+
+Usable alone (no Ray, Optuna or MLflow): ``make_prunable`` -> ``initialize`` -> ``search`` ->
+``finalize`` -> ``prune`` -> ``train`` (fine-tune) -> ``evaluate``. Importing the package
+registers the FLatten models with timm.
+"""
+
+from prune_core import models  # noqa: F401  (registers timm models)
+from prune_core.attention import (
+    FocusedLinearAttention,
+    GatedMlp,
+    GatedModule,
+    SoftmaxAttention,
+    gated_modules,
+)
+from prune_core.convert import make_prunable
+from prune_core.digits import digits_datasets
+from prune_core.engine import (
+    SearchConfig,
+    TrainConfig,
+    accuracy,
+    evaluate,
+    finalize,
+    search,
+    throughput,
+    train,
+)
+from prune_core.indicator import ChannelGate, GateMode
+from prune_core.init import INIT_MODES, initialize, update_similarity
+from prune_core.macs import MacModel, count_macs, count_params
+from prune_core.surgery import (
+    Plan,
+    apply_plan,
+    current_plan,
+    load_pruned,
+    magnitude_plan,
+    prune,
+    random_plan,
+    save_pruned,
+)
+
+__all__ = [
+    "INIT_MODES", "ChannelGate", "FocusedLinearAttention", "GateMode", "GatedMlp", "GatedModule",
+    "MacModel", "Plan", "SearchConfig", "SoftmaxAttention", "TrainConfig", "accuracy",
+    "apply_plan", "count_macs", "count_params", "current_plan", "digits_datasets", "evaluate",
+    "finalize", "gated_modules", "initialize", "load_pruned", "magnitude_plan", "make_prunable",
+    "prune", "random_plan", "save_pruned", "search", "throughput", "train", "update_similarity",
+]

@@ -24,6 +24,10 @@ from prune_core.indicator import ChannelGate, GateMode
 MacValue = Tensor | float
 
 
+def _value(x: MacValue) -> float:
+    return float(x.detach()) if isinstance(x, Tensor) else float(x)
+
+
 class GatedModule(nn.Module, ABC):
     """Common interface of every prunable module."""
 
@@ -38,6 +42,15 @@ class GatedModule(nn.Module, ABC):
     def widths(self) -> dict[str, int]:
         """Kept channels per head of every group under the gates' current mode."""
         return {name: gate.kept_per_head() for name, gate in self.gates.items()}
+
+    def full_widths(self) -> dict[str, int]:
+        return {name: gate.channels for name, gate in self.gates.items()}
+
+    def pruning_parameters(self) -> list[nn.Parameter]:
+        """Parameters that exist only for pruning (logits, reweights): not deployed weights."""
+        params = list(self.gates.parameters())
+        params += [p for n, p in self.named_parameters(recurse=False) if n.endswith("reweight")]
+        return params
 
     def soft_widths(self) -> dict[str, Tensor]:
         return {name: gate.soft_keep_per_head() for name, gate in self.gates.items()}
@@ -220,8 +233,11 @@ class SoftmaxAttention(_QKVAttention):
             k = k * m_qk[:, None, :]
         v = v * self._v_multiplier()[:, None, :]
         bias = self._attn_bias(B, N, mask)
-        if self.qk_dim == self.v_dim and not self.training:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        if q.is_cuda:  # fused kernels; on CPU the explicit form is as fast and torch's
+            # FlopCounterMode does not count CPU SDPA, so explicit keeps MAC counts honest
+            drop = self.attn_drop.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop,
+                                                 scale=self.scale)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
@@ -340,7 +356,7 @@ class FocusedLinearAttention(_QKVAttention):
         H, C, N = self.num_heads, self.dim, tokens
         kq, kv = widths["qk"], widths["v"]
         # The order is chosen on the *integer* widths the pruned layer will have.
-        kv_first = self._kv_first(N, round(float(kq)), round(float(kv)))
+        kv_first = self._kv_first(N, round(_value(kq)), round(_value(kv)))
         core = 2 * N * kq * kv if kv_first else N * N * (kq + kv)
         per_sequence = (N * C * H * (2 * kq + kv)  # qkv projection
                         + N * H * kq  # normaliser z = q · Σk

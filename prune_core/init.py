@@ -1,0 +1,136 @@
+"""Indicator initialisation from a calibration batch (DESIGN §3.2, §3.6).
+
+One forward pass with the modules' taps open gives, per prunable module, the pre-mask channel
+activations of every group. From them:
+- **similarity weights** w (redundancy among a head's channels, temperature τ), refreshed every
+  K search steps by ``update_similarity``;
+- **initial logits** θ = θ₀ + init_scale · z, where z is a per-head standardised importance:
+  ``uniform`` (z = 0), ``magnitude`` (L1 of the unit's weights), or the attention-difference
+  modes for ``qk`` channels — ``attn_single`` (how closely the channel *alone* reproduces the
+  head's attention map) and ``attn_leave_out`` (how much the map changes *without* it). ``v`` and
+  ``mlp`` units, which do not shape the map, use their mean activation magnitude in those modes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from prune_core.attention import FocusedLinearAttention, GatedModule, gated_modules
+from prune_core.indicator import similarity_weights
+from prune_core.surgery import unit_magnitude
+
+INIT_MODES = ("uniform", "magnitude", "attn_single", "attn_leave_out")
+MAX_SEQUENCES = 32  # images × windows used for attention maps (bounded cost on large models)
+MAX_QUERIES = 256  # query tokens sampled per map when N is large (linear attention)
+MAX_SAMPLES = 8192  # token samples per channel for cosine similarity
+
+
+@torch.no_grad()
+def capture(model: nn.Module, images: Tensor) -> dict[str, dict[str, Tensor]]:
+    """Pre-mask activations of every group of every prunable module, from one forward."""
+    modules = gated_modules(model)
+    for m in modules.values():
+        m.tap = {}
+    was_training = model.training
+    model.eval()
+    try:
+        model(images)
+        return {name: m.tap for name, m in modules.items()}
+    finally:
+        for m in modules.values():
+            m.tap = None
+        model.train(was_training)
+
+
+def _channel_samples(x: Tensor) -> Tensor:
+    """(B, H, N, d) -> (H, d, M) with at most MAX_SAMPLES token samples."""
+    H, d = x.shape[1], x.shape[-1]
+    flat = x.permute(1, 3, 0, 2).reshape(H, d, -1)
+    if flat.shape[-1] > MAX_SAMPLES:
+        idx = torch.linspace(0, flat.shape[-1] - 1, MAX_SAMPLES, device=x.device).long()
+        flat = flat[..., idx]
+    return flat
+
+
+def _group_features(tap: dict[str, Tensor], group: str) -> Tensor:
+    if group == "qk":
+        return torch.cat([_channel_samples(tap["q"]), _channel_samples(tap["k"])], dim=-1)
+    return _channel_samples(tap[group])
+
+
+def update_similarity(model: nn.Module, images: Tensor, temperature: float,
+                      taps: dict[str, dict[str, Tensor]] | None = None) -> None:
+    """Recompute every gate's similarity weights w from a calibration batch."""
+    taps = capture(model, images) if taps is None else taps
+    for name, module in gated_modules(model).items():
+        for group, gate in module.gates.items():
+            w = similarity_weights(_group_features(taps[name], group), temperature)
+            gate.similarity.copy_(w.to(gate.similarity))
+
+
+def _standardise(score: Tensor) -> Tensor:
+    std = score.std(dim=1, keepdim=True, unbiased=False)
+    return (score - score.mean(dim=1, keepdim=True)) / std.clamp_min(1e-8)
+
+
+def _attention_maps(module: GatedModule, tap: dict[str, Tensor]) -> tuple[Tensor, Tensor, bool]:
+    """q-side and k-side features (S, H, n, d) and whether the map is linear."""
+    if isinstance(module, FocusedLinearAttention):
+        q, k = tap["phi_q"], tap["phi_k"]
+        if q.shape[2] > MAX_QUERIES:
+            idx = torch.randperm(q.shape[2], generator=torch.Generator().manual_seed(0))
+            q = q[:, :, idx[:MAX_QUERIES].to(q.device)]
+        linear = True
+    else:
+        q, k, linear = tap["q"] * module.scale, tap["k"], False
+    return q[:MAX_SEQUENCES], k[:MAX_SEQUENCES], linear
+
+
+def _map(scores: Tensor, linear: bool) -> Tensor:
+    if linear:
+        return scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
+    return scores.softmax(dim=-1)
+
+
+def attention_difference(module: GatedModule, tap: dict[str, Tensor], mode: str) -> Tensor:
+    """(H, d) mean ‖A − A^(c)‖_F per qk channel c, ``single`` or ``leave_out``."""
+    q, k, linear = _attention_maps(module, tap)
+    full_scores = q @ k.transpose(-2, -1)
+    full = _map(full_scores, linear)
+    d = q.shape[-1]
+    out = torch.empty(q.shape[1], d, device=q.device)
+    for c in range(d):
+        part = q[..., c:c + 1] @ k[..., c:c + 1].transpose(-2, -1)
+        other = part if mode == "single" else full_scores - part
+        if linear:
+            other = other.clamp_min(0.0)  # numerical dust from the subtraction
+        diff = (full - _map(other, linear)).flatten(-2).norm(dim=-1)  # (S, H)
+        out[:, c] = diff.mean(0)
+    return out
+
+
+def initialize(model: nn.Module, calib_images: Tensor, *, mode: str = "attn_leave_out",
+               init_scale: float = 1.0, theta0: float = 3.0,
+               sim_temperature: float = 1.0) -> None:
+    """Set every gate's logits and similarity weights from a calibration batch."""
+    if mode not in INIT_MODES:
+        raise ValueError(f"init_mode must be one of {INIT_MODES}, got {mode!r}")
+    modules = gated_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no prunable modules: call make_prunable")
+    taps = capture(model, calib_images)
+    update_similarity(model, calib_images, sim_temperature, taps)
+    for name, module in modules.items():
+        for group, gate in module.gates.items():
+            if mode == "uniform":
+                z = torch.zeros_like(gate.logits)
+            elif mode == "magnitude":
+                z = _standardise(unit_magnitude(module, group).float())
+            elif group == "qk":
+                diff = attention_difference(module, taps[name], mode.removeprefix("attn_"))
+                z = _standardise(-diff if mode == "attn_single" else diff)
+            else:
+                z = _standardise(_channel_samples(taps[name][group]).abs().mean(-1))
+            with torch.no_grad():
+                gate.logits.copy_(theta0 + init_scale * z.to(gate.logits))

@@ -1,0 +1,129 @@
+"""Analytic MAC model, differentiable in the kept widths (DESIGN §3.4).
+
+A model's multiply-accumulates split into a *fixed* part (patch embedding, classifier, patch
+merging, anything we do not prune) and the prunable modules, whose cost is a closed formula of
+their kept widths per head (``GatedModule.macs``). One traced forward pass records each prunable
+module's token count and sequence count (windows × images); the fixed part is what torch's own
+counter (``FlopCounterMode``, total / 2) sees beyond the prunable modules at full width.
+
+So ``MacModel`` answers, without running the model again:
+- ``total(widths)`` for any integer widths (finalize's greedy search, plan checks),
+- ``soft_total()`` from the gates' soft keep counts, with gradients to the logits (search loss),
+and ``count_macs`` is the MACs of the model as if masked channels were removed. Tests check
+the per-module formulas against ``FlopCounterMode`` and the pruned model against the prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from prune_core.attention import GatedModule, MacValue, gated_modules
+
+Widths = dict[str, dict[str, MacValue]]
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's counter, also counting CPU SDPA (which it leaves out): timm models use it."""
+    aten = torch.ops.aten
+    cpu_sdpa = {aten._scaled_dot_product_flash_attention_for_cpu:
+                flop_registry[aten._scaled_dot_product_flash_attention]}
+    return FlopCounterMode(display=False, custom_mapping=cpu_sdpa)
+
+
+@dataclass
+class _Site:
+    module: GatedModule
+    tokens: int
+    batch: int  # sequences per image (windows for Swin, 1 for a ViT)
+    calls: int = 1
+
+
+class MacModel:
+    """MACs of one image as a function of the kept widths of every prunable module."""
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
+        if len(input_size) != 3:
+            raise ValueError(f"input_size must be (channels, height, width), got {input_size}")
+        self.input_size = tuple(input_size)
+        self.sites: dict[str, _Site] = {}
+        modules = gated_modules(model)
+        handles = [m.register_forward_pre_hook(self._recorder(name), with_kwargs=True)
+                   for name, m in modules.items()]
+        param = next(model.parameters())
+        x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), flop_counter() as counter:
+                model(x)
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        torch_total = counter.get_total_flops() // 2
+        full = self._gated_total({name: site.module.full_widths() for name, site
+                                  in self.sites.items()})
+        self.fixed = int(torch_total - round(float(full)))
+        if self.fixed < 0:
+            raise RuntimeError("MAC model exceeds torch's count: a module formula is wrong")
+        self.full = self.total(self.full_widths())
+
+    def _recorder(self, name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else kwargs["x"]
+            if name in self.sites:
+                self.sites[name].calls += 1
+            else:
+                self.sites[name] = _Site(module, tokens=x.shape[-2],
+                                         batch=int(x.numel() // (x.shape[-2] * x.shape[-1])))
+        return hook
+
+    def _gated_total(self, widths: Widths) -> MacValue:
+        total: MacValue = 0
+        for name, site in self.sites.items():
+            total = total + site.calls * site.module.macs(widths[name], site.tokens, site.batch)
+        return total
+
+    # -- queries ----------------------------------------------------------------------------
+    def full_widths(self) -> dict[str, dict[str, int]]:
+        return {name: site.module.full_widths() for name, site in self.sites.items()}
+
+    def current_widths(self) -> dict[str, dict[str, int]]:
+        """Widths under the gates' current modes (masked channels count as removed)."""
+        return {name: site.module.widths() for name, site in self.sites.items()}
+
+    def total(self, widths: Widths | None = None) -> int:
+        widths = self.current_widths() if widths is None else widths
+        return self.fixed + int(round(float(self._gated_total(widths))))
+
+    def soft_total(self) -> Tensor:
+        """Differentiable MACs from the soft keep counts Σ sigmoid(θ) / H of every gate."""
+        soft = {name: site.module.soft_widths() for name, site in self.sites.items()}
+        return self.fixed + self._gated_total(soft)
+
+    def ratio(self, widths: Widths | None = None) -> float:
+        return self.total(widths) / self.full
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one forward pass on one image of ``input_size``.
+
+    For a masked model this is the cost after ``prune``; for a plain one it equals torch's
+    ``FlopCounterMode`` total / 2.
+    """
+    if not gated_modules(model):
+        with torch.no_grad(), flop_counter() as counter:
+            param = next(model.parameters())
+            model(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
+        return counter.get_total_flops() // 2
+    return MacModel(model, input_size).total()
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable weights a deployed model carries (pruning state — gates — excluded)."""
+    skip = {id(p) for m in gated_modules(model).values() for p in m.pruning_parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
