@@ -37,7 +37,7 @@ class SearchConfig:
     target: float
     steps: int = 300
     lr: float = 5e-4
-    logit_lr: float = 0.05
+    logit_lr: float = 0.1
     mac_loss_weight: float = 10.0
     penalty: str = "squared"
     ramp_fraction: float = 0.6
@@ -182,8 +182,8 @@ def search(model: nn.Module, loader: DataLoader, input_size: tuple[int, int, int
             optimizer.zero_grad(set_to_none=True)
             (loss_task + loss_mac).backward()
             optimizer.step()
-            record = {"step": step, "loss": float(loss_task), "mac_loss": float(loss_mac),
-                      "soft_ratio": float(ratio), "macs_ratio": macs.ratio(),
+            record = {"step": step, "loss": loss_task.item(), "mac_loss": loss_mac.item(),
+                      "soft_ratio": ratio.item(), "macs_ratio": macs.ratio(),
                       "target_now": target_now}
             history.append(record)
             if on_step is not None:
@@ -298,7 +298,6 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         start = resume_state["epoch"] + 1
-        seed_everything(config.seed + start)
     if teacher is not None:
         teacher.to(device).eval()
     history = []
@@ -306,6 +305,7 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
         task = bar.add_task("fine-tune" if teacher is not None else "train",
                             total=config.epochs, completed=start, info="")
         for epoch in range(start, config.epochs):
+            seed_everything(config.seed + epoch)  # a resumed run sees the same batches
             model.train()
             total, count = 0.0, 0
             for images, labels in loader:

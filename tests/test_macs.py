@@ -1,0 +1,93 @@
+"""MAC model against torch's counter: per module, whole models, masked and pruned."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from conftest import random_masks, tiny_vit
+from torch.utils.flop_counter import FlopCounterMode
+
+from prune_core import MacModel, count_macs, gated_modules, make_prunable, prune
+from prune_core.attention import FocusedLinearAttention
+from prune_core.indicator import GateMode
+
+
+def torch_macs(model: torch.nn.Module, input_size) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_size))
+    return counter.get_total_flops() // 2
+
+
+def test_module_formulas_match_torch_per_module() -> None:
+    model = tiny_vit(img_size=16).eval()
+    macs = MacModel(model, (3, 16, 16))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 16, 16))
+    per_module = counter.get_flop_counts()
+    assert len(macs.sites) == 4
+    for name, site in macs.sites.items():
+        counted = sum(per_module[f"FlattenViT.{name}"].values()) // 2
+        predicted = site.module.macs(site.module.full_widths(), site.tokens, site.batch)
+        assert predicted == counted, name
+
+
+def _build(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
+    torch.manual_seed(0)
+    if name == "flatten_vit_micro":
+        return timm.create_model(name, num_classes=10).eval(), (3, 16, 16)
+    if name == "flatten_swin_tiny":
+        return timm.create_model(name).eval(), (3, 224, 224)
+    return make_prunable(timm.create_model(name, pretrained=False)).eval(), (3, 224, 224)
+
+
+@pytest.mark.parametrize("name", ["flatten_vit_micro", "deit_tiny_patch16_224",
+                                  "swin_tiny_patch4_window7_224", "flatten_swin_tiny"])
+def test_count_macs_agrees_with_torch_unpruned_and_pruned(name: str) -> None:
+    model, size = _build(name)
+    full = count_macs(model, size)
+    assert abs(full - torch_macs(model, size)) <= 0.01 * full
+    random_masks(model, keep=0.5, seed=1)
+    predicted = MacModel(model, size).total()
+    assert predicted < 0.75 * full
+    assert count_macs(model, size) == predicted
+    prune(model)
+    assert count_macs(model, size) == predicted
+    assert abs(torch_macs(model, size) - predicted) <= 0.01 * predicted
+
+
+def test_soft_macs_are_differentiable_in_the_logits() -> None:
+    model = tiny_vit()
+    macs = MacModel(model, (3, 8, 8))
+    for module in gated_modules(model).values():
+        for gate in module.gates.values():
+            gate.mode = GateMode.SEARCH
+    (macs.soft_total() / macs.full).backward()
+    grads = [g.logits.grad for m in gated_modules(model).values() for g in m.gates.values()]
+    assert all(g is not None and torch.all(g > 0) for g in grads)  # keeping more costs more
+
+
+def test_linear_attention_order_follows_the_pruned_widths() -> None:
+    """Few tokens: (QKᵀ)V at full width; a narrow pruned layer may prefer Q(KᵀV)."""
+    torch.manual_seed(0)
+    attn = FocusedLinearAttention(64, 1, 16, (4, 4)).eval()
+    assert not attn._kv_first(16)  # 2·16·64·64 > 16²·128
+    assert attn._kv_first(16, 4, 4)  # 2·16·4·4 < 16²·8
+    mask = torch.zeros(1, 64)
+    mask[0, :4] = 1
+    attn.gates["qk"].set_hard(mask)
+    attn.gates["v"].set_hard(mask)
+
+    class TokenModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Linear(1, 64)
+            self.attn = attn
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(self.embed(x.flatten(2).transpose(1, 2)))
+
+    model = TokenModel().eval()
+    predicted = MacModel(model, (1, 4, 4)).total()
+    prune(model)
+    assert torch_macs(model, (1, 4, 4)) == predicted
