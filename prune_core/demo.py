@@ -33,7 +33,8 @@ from prune_core.surgery import prune
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--target", type=float, default=0.5, help="MAC ratio to reach, in (0, 1]")
+    p.add_argument("--target", type=float, nargs="+", default=[0.5],
+                   help="MAC ratio(s) to reach, in (0, 1]; several share one teacher")
     p.add_argument("--img-size", type=int, default=16)
     p.add_argument("--teacher-epochs", type=int, default=60)
     p.add_argument("--search-steps", type=int, default=600)
@@ -48,8 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
-    if not 0.0 < args.target <= 1.0:
-        console.print(f"--target must be in (0, 1], got {args.target}", style="red")
+    bad = [t for t in args.target if not 0.0 < t <= 1.0]
+    if bad:
+        console.print(f"--target must be in (0, 1], got {bad[0]}", style="red")
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,28 +67,32 @@ def main(argv: list[str] | None = None) -> int:
                                              seed=args.seed))
     before = evaluate(teacher, test_loader, input_size)
 
-    student = copy.deepcopy(teacher)
     calib = next(iter(DataLoader(train_ds, batch_size=128, shuffle=False)))[0]
-    initialize(student, calib, mode=args.init_mode, sim_temperature=args.sim_temperature)
-    config = SearchConfig(target=args.target, steps=args.search_steps,
-                          sim_temperature=args.sim_temperature, seed=args.seed)
-    search(student, train_loader, input_size, config, teacher=teacher)
-    finalize(student, input_size, args.target, tolerance=config.tolerance)
-    prune(student)
-    train(student, train_loader, TrainConfig(epochs=args.finetune_epochs, lr=1e-3,
-                                             seed=args.seed), teacher=teacher)
-    after = evaluate(student, test_loader, input_size)
+    results = {}
+    for target in args.target:
+        student = copy.deepcopy(teacher)
+        initialize(student, calib, mode=args.init_mode, sim_temperature=args.sim_temperature)
+        config = SearchConfig(target=target, steps=args.search_steps,
+                              sim_temperature=args.sim_temperature, seed=args.seed)
+        search(student, train_loader, input_size, config, teacher=teacher)
+        finalize(student, input_size, target, tolerance=config.tolerance)
+        prune(student)
+        train(student, train_loader, TrainConfig(epochs=args.finetune_epochs, lr=1e-3,
+                                                 seed=args.seed), teacher=teacher)
+        results[target] = evaluate(student, test_loader, input_size)
 
-    table = Table(title=f"flatten_vit_micro on digits, MAC target {args.target}")
+    table = Table(title="flatten_vit_micro on digits: teacher vs pruned at each MAC target")
     table.add_column("")
     table.add_column("teacher", justify="right")
-    table.add_column("pruned", justify="right")
-    table.add_row("top-1 (%)", f"{before['top1']:.2f}", f"{after['top1']:.2f}")
-    table.add_row("MACs", f"{before['macs']:,}", f"{after['macs']:,} "
-                  f"({after['macs'] / before['macs']:.3f})")
-    table.add_row("params", f"{before['params']:,}", f"{after['params']:,}")
-    table.add_row("images/s (batch 64)", f"{before['throughput']:,.0f}",
-                  f"{after['throughput']:,.0f}")
+    for target in results:
+        table.add_column(f"pruned @ {target}", justify="right")
+    rows = [("top-1 (%)", lambda r: f"{r['top1']:.2f}"),
+            ("MACs", lambda r: f"{r['macs']:,}"),
+            ("MAC ratio", lambda r: f"{r['macs'] / before['macs']:.3f}"),
+            ("params", lambda r: f"{r['params']:,}"),
+            ("images/s (batch 64)", lambda r: f"{r['throughput']:,.0f}")]
+    for label, cell in rows:
+        table.add_row(label, cell(before), *(cell(r) for r in results.values()))
     console.print(table)
     console.print(f"wall time {time.perf_counter() - started:.0f} s")
     return 0
