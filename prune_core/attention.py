@@ -202,6 +202,7 @@ class SoftmaxAttention(_QKVAttention):
             wh, ww = window_size
             self.relative_position_bias_table = nn.Parameter(
                 torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+            nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # as Swin
             self.register_buffer("relative_position_index", _relative_index(wh, ww),
                                  persistent=False)
 
@@ -314,6 +315,7 @@ class FocusedLinearAttention(_QKVAttention):
         return x / x.norm(dim=-1, keepdim=True) * norm
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``mask`` (Swin's shift mask) is accepted and ignored, as in FLatten's own code."""
         B, N, _ = x.shape
         H, dq, dv = self.num_heads, self.qk_dim, self.v_dim
         q, k, v = self._split(x)
@@ -333,11 +335,12 @@ class FocusedLinearAttention(_QKVAttention):
         k = k.view(B, N, H, dq).transpose(1, 2)
         v = v.view(B, N, H, dv).transpose(1, 2)
         self._record(phi_q=q, phi_k=k)
-        z = 1.0 / (q @ k.sum(dim=2, keepdim=True).transpose(-2, -1) + 1e-6)  # (B, H, N, 1)
+        # Normaliser as in the official code: q·mean(k) (+ε), the product scaled by 1/N.
+        z = 1.0 / (q @ k.mean(dim=2, keepdim=True).transpose(-2, -1) + 1e-6)  # (B, H, N, 1)
         if self._kv_first(N):
-            out = (q @ (k.transpose(-2, -1) @ v)) * z
+            out = (q @ ((k.transpose(-2, -1) / N) @ v)) * z
         else:
-            out = ((q @ k.transpose(-2, -1)) @ v) * z
+            out = ((q @ k.transpose(-2, -1)) @ v) * (z / N)
         fmap = v.reshape(B * H, self.grid[0], self.grid[1], dv).permute(0, 3, 1, 2)
         fmap = self.dwc(fmap).permute(0, 2, 3, 1).reshape(B, H, N, dv)
         if m_v is not None:  # the conv's bias would otherwise revive masked channels
