@@ -206,6 +206,12 @@ class SoftmaxAttention(_QKVAttention):
             self.register_buffer("relative_position_index", _relative_index(wh, ww),
                                  persistent=False)
 
+    def set_window_size(self, window_size: tuple[int, int]) -> None:
+        """timm's Swin ``set_input_size`` calls this; a prunable layer keeps its window."""
+        if tuple(window_size) != tuple(self.window_size or ()):
+            raise ValueError("change the input size (set_input_size) before make_prunable: "
+                             f"this prunable window attention is fixed at {self.window_size}")
+
     def _attn_bias(self, batch: int, tokens: int, mask: Tensor | None) -> Tensor | None:
         if self.window_size is None:
             return None
