@@ -1,0 +1,156 @@
+"""Tables (markdown) and plots (PNG) from the benchmark CSVs.
+
+    python -m benchmarks.plot accuracy   # results/accuracy.csv -> accuracy.md, accuracy.png
+    python -m benchmarks.plot speedup    # results/speedup.csv  -> speedup.md, speedup.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+RESULTS = Path(__file__).resolve().parent / "results"
+LABELS = {
+    "method": "method (ours)",
+    "method_0step": "method, 0 search steps",
+    "no_similarity": "(c) no similarity (τ=∞)",
+    "unaligned": "(d) no head alignment*",
+    "no_reweight": "(e) no reweight",
+    "uniform_init": "(f) uniform init",
+    "magnitude": "(a) L1 magnitude, uniform",
+    "random": "(b) random channels",
+    "tp": "(g) Torch-Pruning, local",
+    "tp_global": "(g) Torch-Pruning, global",
+}
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {0.0 if pd.isna(std) else std:.2f}"
+
+
+def accuracy_report(csv: Path, md: Path, png: Path) -> str:
+    df = pd.read_csv(csv)
+    g = df.groupby(["method", "target"])
+    stats = g.agg(top1=("top1", "mean"), top1_std=("top1", "std"),
+                  before=("top1_before_ft", "mean"), before_std=("top1_before_ft", "std"),
+                  ratio=("macs_ratio", "mean"), n=("seed", "nunique")).reset_index()
+    targets = sorted(df["target"].unique(), reverse=True)
+    methods = [m for m in LABELS if m in set(df["method"])]
+    teacher = df.groupby("seed")["teacher_top1"].first()
+    lines = [(f"Teacher (unpruned) top-1: {_pm(teacher.mean(), teacher.std())} % over "
+              f"{len(teacher)} seeds."), "",
+             ("| method | " + " | ".join(f"top-1 @ {t:g} (MACs)" for t in targets)
+              + " | seeds |"),
+             "|---|" + "---:|" * len(targets) + "---:|"]
+    for m in methods:
+        cells = []
+        for t in targets:
+            r = stats[(stats.method == m) & (stats.target == t)]
+            cells.append("–" if r.empty else
+                         f"{_pm(r.top1.iloc[0], r.top1_std.iloc[0])} ({r.ratio.iloc[0]:.3f})")
+        n = stats[stats.method == m].n.min()
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {n} |")
+    lines += ["", "Before fine-tune (same models, top-1 right after pruning):", "",
+              "| method | " + " | ".join(f"@ {t:g}" for t in targets) + " |",
+              "|---|" + "---:|" * len(targets)]
+    for m in methods:
+        cells = []
+        for t in targets:
+            r = stats[(stats.method == m) & (stats.target == t)]
+            cells.append("–" if r.empty else _pm(r.before.iloc[0], r.before_std.iloc[0]))
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    # margin of the method over the best other realisable method, per target
+    lines += ["", "Margin of the method over the best baseline/peer/ablation (points):", "",
+              "| target | method | best other | margin |", "|---:|---:|---|---:|"]
+    for t in targets:
+        at = stats[stats.target == t].set_index("method")
+        if "method" not in at.index:
+            continue
+        others = at.drop(index="method")
+        if others.empty:
+            continue
+        best = others.top1.idxmax()
+        lines.append(f"| {t:g} | {at.top1['method']:.2f} | {LABELS[best]} "
+                     f"{others.top1[best]:.2f} | {at.top1['method'] - others.top1[best]:+.2f} |")
+    text = "\n".join(lines) + "\n"
+    md.write_text(text)
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for m in methods:
+        s = stats[stats.method == m].sort_values("ratio")
+        style = {"lw": 2.5, "color": "black"} if m == "method" else {"lw": 1.2}
+        ax.errorbar(s.ratio, s.top1, yerr=s.top1_std.fillna(0), marker="o", capsize=3,
+                    ls="--" if m == "unaligned" else "-", label=LABELS[m], **style)
+    ax.axhline(teacher.mean(), color="grey", ls=":", label="teacher (unpruned)")
+    ax.set_xlabel("MACs / MACs of the unpruned model")
+    ax.set_ylabel("top-1 on digits test split (%)")
+    ax.set_title("flatten_vit_micro on digits: top-1 vs MACs (mean ± std over seeds)\n"
+                 "* masked only, not realisable as a dense model", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return text
+
+
+def speedup_report(csv: Path, md: Path, png: Path) -> str:
+    df = pd.read_csv(csv)
+    lines = []
+    for (model, batch), part in df.groupby(["model", "batch"], sort=False):
+        lines += [f"**{model}, batch {batch}**", "",
+                  ("| plan | target | MAC ratio | latency (ms) | speed-up | limit 1/ratio | "
+                   "% of limit |"), "|---|---:|---:|---:|---:|---:|---:|"]
+        for _, r in part.iterrows():
+            lines.append(f"| {r.plan} | {r.target:g} | {r.macs_ratio:.3f} | "
+                         f"{r.latency_ms:.3f} | {r.speedup:.2f}× | {1 / r.macs_ratio:.2f}× | "
+                         f"{100 * r.fraction_of_limit:.0f} % |")
+        lines.append("")
+    text = "\n".join(lines)
+    md.write_text(text)
+    groups = list(df.groupby(["model", "batch"], sort=False))
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4), squeeze=False)
+    for ax, ((model, batch), part) in zip(axes[0], groups):
+        pruned = part[part.plan != "full"]
+        xs = sorted(set(pruned.macs_ratio) | {1.0})
+        ax.plot(xs, [1 / x for x in xs], "k:", label="limit 1/ratio")
+        for plan, s in pruned.groupby("plan"):
+            s = s.sort_values("macs_ratio")
+            ax.plot(s.macs_ratio, s.speedup, marker="o", label=plan)
+        ax.set_title(f"{model}\nbatch {batch}", fontsize=9)
+        ax.set_xlabel("MAC ratio")
+        ax.set_ylabel("measured speed-up")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("accuracy", "speedup"))
+    p.add_argument("--csv", type=Path)
+    p.add_argument("--md", type=Path)
+    p.add_argument("--png", type=Path)
+    args = p.parse_args(argv)
+    csv = args.csv or RESULTS / f"{args.what}.csv"
+    if not csv.is_file():
+        p.error(f"no such CSV: {csv} (run python -m benchmarks.{args.what} first)")
+    md = args.md or csv.with_suffix(".md")
+    png = args.png or csv.with_suffix(".png")
+    report = accuracy_report if args.what == "accuracy" else speedup_report
+    print(report(csv, md, png))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
