@@ -1,0 +1,460 @@
+"""The experiment YAML as a pydantic schema: one file describes one sweep completely.
+
+Configs are data, so everything a sweep does is in its YAML (seeds included) and is logged to
+the parent MLflow run. Validation is strict because a typo that is silently ignored costs a
+whole GPU sweep: unknown and duplicate keys are errors, and every error is reported as one line
+that names the file and the field, e.g.
+``experiments/x.yaml: search_space.mac_target.low: must be in (0, 1]``.
+
+Anywhere the search space takes a range, a fixed value is allowed too (``mac_target: 0.5``),
+as is a list of choices. File-system checks (paths exist, the timm model is known) are kept
+out of the schema in :func:`check_inputs`, so a config for another machine can still be parsed
+and printed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# prune_core.INIT_MODES, repeated so that validating a YAML does not import torch (seconds);
+# tests/test_orchestrator_config.py checks the two stay equal.
+INIT_MODES = ("uniform", "magnitude", "attn_single", "attn_leave_out")
+
+
+
+class ConfigError(Exception):
+    """A bad experiment file; ``str()`` is the one line the CLI prints."""
+
+    def __init__(self, source: str | Path, field: str, message: str) -> None:
+        self.source, self.field, self.message = str(source), field, message
+        where = f"{self.source}: {field}: " if field else f"{self.source}: "
+        super().__init__(where + message)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- search space
+def _interval(lo: float | None, lo_open: bool, hi: float | None, hi_open: bool) -> str:
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    return f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+
+
+class FloatSpace(Strict):
+    """One float hyper-parameter: a fixed ``value``, a ``low``/``high`` range, or ``choices``."""
+
+    BOUNDS: ClassVar[tuple[float | None, bool, float | None, bool]] = (None, False, None, False)
+
+    value: float | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[float] | None = None
+
+    @classmethod
+    def _check(cls, x: float) -> float:
+        lo, lo_open, hi, hi_open = cls.BOUNDS
+        ok = math.isfinite(x)
+        if lo is not None:
+            ok = ok and (x > lo if lo_open else x >= lo)
+        if hi is not None:
+            ok = ok and (x < hi if hi_open else x <= hi)
+        if not ok:
+            raise ValueError(f"must be in {_interval(*cls.BOUNDS)}, got {x:g}")
+        return x
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, bool):  # pydantic reports ValueError (not TypeError) with the field
+            raise ValueError(f"expected a number, a range or choices, got {data!r}")  # noqa: TRY004
+        if isinstance(data, (int, float)):
+            cls._check(float(data))
+            return {"value": data}
+        if isinstance(data, list):
+            return {"choices": data}
+        return data
+
+    @field_validator("value", "low", "high")
+    @classmethod
+    def _in_bounds(cls, x: float | None) -> float | None:
+        return None if x is None else cls._check(x)
+
+    @field_validator("choices")
+    @classmethod
+    def _choices_in_bounds(cls, xs: list[float] | None) -> list[float] | None:
+        if xs is not None:
+            if not xs:
+                raise ValueError("must not be empty")
+            for x in xs:
+                cls._check(x)
+        return xs
+
+    @model_validator(mode="after")
+    def _one_form(self) -> FloatSpace:
+        forms = [self.value is not None, self.low is not None or self.high is not None,
+                 self.choices is not None]
+        if sum(forms) != 1:
+            raise ValueError("give exactly one of: a value, low+high, or choices")
+        if forms[1]:
+            if self.low is None or self.high is None:
+                raise ValueError("a range needs both low and high")
+            if not self.low < self.high:
+                raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+            if self.log and self.low <= 0:
+                raise ValueError("a log range needs low > 0")
+            if self.log and self.step is not None:
+                raise ValueError("step and log cannot be combined (Optuna)")
+        elif self.log or self.step is not None:
+            raise ValueError("log and step only apply to a low/high range")
+        return self
+
+    def describe(self) -> str:
+        if self.value is not None:
+            return f"{self.value:g} (fixed)"
+        if self.choices is not None:
+            return "choice of " + ", ".join(f"{c:g}" for c in self.choices)
+        scale = "log " if self.log else ""
+        step = f" step {self.step:g}" if self.step is not None else ""
+        return f"{scale}range [{self.low:g}, {self.high:g}]{step}"
+
+
+class Fraction(FloatSpace):
+    BOUNDS = (0.0, True, 1.0, False)
+
+
+class Positive(FloatSpace):
+    BOUNDS = (0.0, True, None, False)
+
+
+class NonNegative(FloatSpace):
+    BOUNDS = (0.0, False, None, False)
+
+
+class InitModeSpace(Strict):
+    """prune_core's initialisation mode: one fixed mode or a list of choices."""
+
+    value: str | None = None
+    choices: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            cls._check(data)
+            return {"value": data}
+        if isinstance(data, list):
+            return {"choices": data}
+        return data
+
+    @staticmethod
+    def _check(mode: str) -> str:
+        if mode not in INIT_MODES:
+            raise ValueError(f"must be one of {', '.join(INIT_MODES)}, got {mode!r}")
+        return mode
+
+    @field_validator("value")
+    @classmethod
+    def _known(cls, mode: str | None) -> str | None:
+        return None if mode is None else cls._check(mode)
+
+    @field_validator("choices")
+    @classmethod
+    def _known_all(cls, modes: list[str] | None) -> list[str] | None:
+        if modes is not None:
+            if not modes:
+                raise ValueError("must not be empty")
+            for mode in modes:
+                cls._check(mode)
+        return modes
+
+    @model_validator(mode="after")
+    def _one_form(self) -> InitModeSpace:
+        if (self.value is None) == (self.choices is None):
+            raise ValueError("give exactly one of: a mode or choices")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.value} (fixed)" if self.value else "choice of " + ", ".join(self.choices)
+
+
+class SearchSpace(Strict):
+    """Everything Optuna explores; field names are the Optuna parameter names."""
+
+    mac_target: Fraction
+    sim_temperature: Positive = Positive(value=1.0)
+    init_mode: InitModeSpace = InitModeSpace(value="attn_leave_out")
+    init_scale: NonNegative = NonNegative(value=1.0)
+    mac_loss_weight: Positive = Positive(value=10.0)
+    search_lr: Positive = Positive(value=5e-4)
+    logit_lr: Positive = Positive(value=0.1)
+    finetune_lr: Positive = Positive(value=1e-3)
+
+
+# ----------------------------------------------------------------------------- sections
+class ModelConfig(Strict):
+    name: str
+    num_classes: int = Field(ge=1)
+    img_size: int = Field(ge=8)
+    checkpoint: Path | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm.create_model arguments
+
+
+class DataConfig(Strict):
+    kind: Literal["digits", "imagefolder", "parquet"]
+    train: Path | None = None  # imagefolder: a class-per-folder directory; parquet: dir or glob
+    val: Path | None = None
+    image_column: str = "image"  # parquet: encoded bytes (or a struct with a ``bytes`` field)
+    label_column: str = "label"
+    test_fraction: float = Field(0.25, gt=0, lt=1)  # digits only
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(0, ge=0)
+    calib_images: int = Field(128, ge=2)
+    # timm's training transform: RandomResizedCrop(scale=(crop_scale_min, 1)), flip, RandAugment,
+    # random erasing; digits ignores these (its own ±1 pixel shift is all a digit survives).
+    crop_scale_min: float = Field(0.08, gt=0, le=1)
+    hflip: float = Field(0.5, ge=0, le=1)
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    re_prob: float = Field(0.25, ge=0, le=1)
+    crop_pct: float = Field(0.875, gt=0, le=1)
+    interpolation: Literal["bilinear", "bicubic"] = "bicubic"
+    shuffle_buffer: int = Field(10_000, ge=1)  # parquet training stream
+
+
+class TeacherConfig(Strict):
+    """The unpruned model: the starting point of every trial and its distillation teacher."""
+
+    epochs: int = Field(0, ge=0)  # train (from model.checkpoint or from scratch) this long
+    checkpoint: Path | None = None  # or a state dict of the unpruned model, as a whole
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class SearchSchedule(Strict):
+    steps: int = Field(300, ge=1)
+    ramp_fraction: float = Field(0.6, gt=0, le=1)
+    sim_every: int = Field(50, ge=0)
+    penalty: Literal["squared", "one_sided", "log"] = "squared"
+    distill_alpha: float = Field(0.5, ge=0, le=1)
+    distill_temperature: float = Field(2.0, gt=0)
+    use_reweight: bool = True
+    tolerance: float = Field(0.02, ge=0, lt=1)
+    round_to: int = Field(1, ge=1)
+    theta0: float = 3.0
+
+
+class FinetuneSchedule(Strict):
+    epochs: int = Field(ge=1)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    distill_alpha: float = Field(0.5, ge=0, le=1)
+    distill_temperature: float = Field(2.0, gt=0)
+    workers: int = Field(1, ge=1)  # > 1: Ray Train data-parallel fine-tune inside the trial
+
+
+class AshaConfig(Strict):
+    metric: str = "top1"  # reported every epoch by every trial
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SweepConfig(Strict):
+    num_samples: int = Field(12, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    population_size: int = Field(4, ge=2)  # NSGA-II generation size
+    asha: AshaConfig | None = AshaConfig()
+    max_failures: int = Field(1, ge=-1)  # retries of a failed trial (-1: forever)
+
+
+class ResourcesConfig(Strict):
+    num_cpus: int | None = Field(None, ge=1)  # only when Ray is started locally
+    num_gpus: int | None = Field(None, ge=0)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)  # data-parallel fine-tune workers
+    gpus_per_worker: float = Field(1.0, ge=0)
+    torch_threads: int | None = Field(None, ge=1)  # default: cpus_per_trial, rounded up
+    teacher_cpus: float = Field(1.0, gt=0)
+    teacher_gpus: float = Field(0.0, ge=0)
+
+    def threads(self) -> int:
+        return self.torch_threads or max(1, math.ceil(self.cpus_per_trial))
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None  # default: sqlite:///<storage.path>/mlflow.db (never the file store)
+    experiment: str | None = None  # default: the experiment name
+
+
+class StorageConfig(Strict):
+    path: Path = Path("results")  # Ray storage_path; the sweep lives in <path>/<name>
+
+
+class Experiment(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig
+    teacher: TeacherConfig = TeacherConfig()
+    search: SearchSchedule = SearchSchedule()
+    finetune: FinetuneSchedule
+    search_space: SearchSpace
+    sweep: SweepConfig = SweepConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.storage.path / self.name
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return (3, self.model.img_size, self.model.img_size)
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.storage.path.resolve() / 'mlflow.db'}"
+
+
+# ----------------------------------------------------------------------------- loading
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+_PATH_FIELDS = (("model", "checkpoint"), ("data", "train"), ("data", "val"),
+                ("teacher", "checkpoint"), ("storage", "path"))
+_UNSET_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _expand_paths(raw: dict, source: str) -> None:
+    """``~`` and ``$VAR`` in path fields, so one YAML serves machines with different mounts.
+
+    Paths become absolute (against the current directory) here, in the driver: Ray runs each
+    trial in its own working directory, where a relative path would point elsewhere.
+    """
+    for section, key in _PATH_FIELDS:
+        block = raw.get(section)
+        if isinstance(block, dict) and isinstance(block.get(key), str):
+            value = os.path.expanduser(os.path.expandvars(block[key]))
+            unset = _UNSET_VAR.search(value)
+            if unset:
+                raise ConfigError(source, f"{section}.{key}",
+                                  f"environment variable {unset.group(1)} is not set")
+            block[key] = os.path.abspath(value)
+
+
+def _message(error: dict) -> str:
+    msg = error["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required"
+    return msg[:1].lower() + msg[1:]
+
+
+def parse_config(raw: Any, source: str | Path = "<config>") -> Experiment:
+    """Validate an already-loaded mapping; raises :class:`ConfigError` (first problem only)."""
+    source = str(source)
+    if not isinstance(raw, dict):
+        raise ConfigError(source, "", "expected a mapping of sections (model, data, ...)")
+    _expand_paths(raw, source)
+    try:
+        config = Experiment.model_validate(raw)
+    except ValidationError as err:
+        errors = err.errors()
+        first = errors[0]
+        field = ".".join(str(p) for p in first["loc"])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(source, field, _message(first) + more) from None
+    _cross_checks(config, source)
+    return config
+
+
+def load_config(path: str | Path) -> Experiment:
+    """Read and validate an experiment YAML; every failure is a :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(path, "", "no such file")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(path, where, f"invalid YAML: {problem}") from None
+    if raw is None:
+        raise ConfigError(path, "", "the file is empty")
+    return parse_config(raw, path)
+
+
+def _cross_checks(config: Experiment, source: str) -> None:
+    """Rules that span fields (pydantic reports these without a field, so we name it)."""
+    if config.data.kind != "digits":
+        for split in ("train", "val"):
+            if getattr(config.data, split) is None:
+                raise ConfigError(source, f"data.{split}", f"required for kind {config.data.kind}")
+    if config.teacher.epochs == 0 and not (config.teacher.checkpoint or config.model.checkpoint):
+        raise ConfigError(source, "teacher.epochs", "must be > 0 when neither "
+                          "model.checkpoint nor teacher.checkpoint is given (nothing to prune)")
+    if config.data.kind == "digits" and config.model.num_classes != 10:
+        raise ConfigError(source, "model.num_classes", "digits has 10 classes")
+    asha = config.sweep.asha
+    if asha is not None and asha.grace_period > config.finetune.epochs + 1:
+        raise ConfigError(source, "sweep.asha.grace_period",
+                          f"must be <= finetune.epochs + 1 ({config.finetune.epochs + 1})")
+    if config.resources.gpus_per_trial > 1 and config.resources.gpus_per_trial % 1:
+        raise ConfigError(source, "resources.gpus_per_trial", "above 1 it must be a whole number")
+
+
+def check_inputs(config: Experiment, source: str | Path) -> None:
+    """What the schema cannot know: the model exists in timm and the input files exist."""
+    import timm
+
+    import prune_core  # noqa: F401  (registers the FLatten models with timm)
+
+    if not timm.is_model(config.model.name):
+        raise ConfigError(source, "model.name", f"unknown timm model {config.model.name!r}")
+    files = [("model.checkpoint", config.model.checkpoint),
+             ("teacher.checkpoint", config.teacher.checkpoint)]
+    for field, path in files:
+        if path is not None and not path.is_file():
+            raise ConfigError(source, field, f"no such file: {path}")
+    if config.data.kind != "digits":
+        from orchestrator.data import resolve_split
+
+        for split in ("train", "val"):
+            try:
+                resolve_split(config.data, split)
+            except FileNotFoundError as err:
+                raise ConfigError(source, f"data.{split}", str(err)) from None

@@ -1,0 +1,272 @@
+"""Datasets for a sweep: scikit-learn digits, an ImageFolder tree, or Parquet shards.
+
+Digits ships with scikit-learn, so the embedded sweep and the tests run on real images with no
+download. ImageFolder and Parquet (a column of encoded image bytes, or of ``{bytes, path}``
+structs, plus an integer label: the layout of the common Parquet exports of ImageNet) get timm's
+usual train/eval transforms. Parquet is streamed row group by row group with a shuffle buffer,
+because random access into large shards reads a whole row group per image.
+
+``python -m orchestrator.data export-digits OUT`` writes digits as Parquet shards (PNG bytes),
+so the Parquet path can be exercised on real images anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from orchestrator.config import DataConfig, Experiment
+
+
+@dataclass
+class Datasets:
+    train: Dataset
+    val: Dataset
+    calib: Tensor  # un-augmented training images for the indicator initialisation
+
+
+# ----------------------------------------------------------------------------- file lookup
+def resolve_split(data: DataConfig, split: str) -> list[Path]:
+    """The files (parquet) or the directory (imagefolder) of a split; FileNotFoundError if none."""
+    where = getattr(data, split)
+    if data.kind == "imagefolder":
+        if not Path(where).is_dir():
+            raise FileNotFoundError(f"no such directory: {where}")
+        return [Path(where)]
+    if Path(where).is_dir():
+        files = sorted(Path(where).glob("*.parquet"))
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(where)))
+    if not files:
+        raise FileNotFoundError(f"no parquet files at {where}")
+    return files
+
+
+# ----------------------------------------------------------------------------- transforms
+def transforms(config: Experiment, training: bool):
+    """timm's standard transforms at the model's input size (ImageNet mean/std)."""
+    from timm.data import create_transform
+
+    d = config.data
+    size = config.input_size
+    if training:
+        return create_transform(size, is_training=True, scale=(d.crop_scale_min, 1.0),
+                                hflip=d.hflip, auto_augment=d.auto_augment,
+                                interpolation=d.interpolation, re_prob=d.re_prob)
+    return create_transform(size, is_training=False, crop_pct=d.crop_pct,
+                            interpolation=d.interpolation)
+
+
+def decode(value: bytes | dict) -> Image.Image:
+    """Encoded bytes, or a Hugging Face style ``{"bytes": ..., "path": ...}`` struct."""
+    raw = value["bytes"] if isinstance(value, dict) else value
+    return Image.open(io.BytesIO(raw)).convert("RGB")
+
+
+# ----------------------------------------------------------------------------- parquet
+class ParquetImages(IterableDataset):
+    """Image/label rows streamed from Parquet shards, split over DataLoader workers and ranks.
+
+    The unit of work is a (file, row group): units are shuffled per epoch (training), dealt out
+    round-robin to ``rank × worker``, and rows pass through a shuffle buffer. With
+    ``equal_split`` every rank yields exactly ``rows // world`` samples (cycling its units if
+    short), because data-parallel ranks that run out of batches at different times deadlock.
+    """
+
+    def __init__(self, files: list[Path], image_column: str, label_column: str, transform,
+                 *, shuffle: bool, seed: int = 0, buffer: int = 10_000,
+                 equal_split: bool = True) -> None:
+        self.files = [str(f) for f in files]
+        self.image_column, self.label_column = image_column, label_column
+        self.transform = transform
+        self.shuffle, self.seed, self.buffer, self.equal_split = shuffle, seed, buffer, equal_split
+        self.units: list[tuple[int, int, int]] = []  # (file index, row group, rows)
+        for i, f in enumerate(self.files):
+            meta = pq.ParquetFile(f).metadata
+            names = set(meta.schema.to_arrow_schema().names)
+            for column in (image_column, label_column):
+                if column not in names:
+                    raise ValueError(f"{f}: no column {column!r} (columns: {sorted(names)})")
+            self.units += [(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+        self.rows = sum(u[2] for u in self.units)
+
+    def _world(self) -> tuple[int, int]:
+        dist = torch.distributed
+        if self.equal_split and dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return self.rows // self._world()[1]
+
+    def _read(self, unit: tuple[int, int, int]) -> list[tuple[object, int]]:
+        table = pq.ParquetFile(self.files[unit[0]]).read_row_group(
+            unit[1], columns=[self.image_column, self.label_column])
+        return list(zip(table.column(self.image_column).to_pylist(),
+                        table.column(self.label_column).to_pylist(), strict=True))
+
+    def _rows(self, units: list[tuple[int, int, int]], rng: random.Random):
+        buffer: list[tuple[object, int]] = []
+        for unit in units:
+            rows = self._read(unit)
+            if not self.shuffle:
+                yield from rows
+                continue
+            buffer += rows
+            while len(buffer) > self.buffer:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def __iter__(self):
+        rank, world = self._world()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # One epoch seed shared by the workers of a rank (torch draws a fresh base seed per
+        # epoch, and prune_core seeds torch per epoch, so ranks agree and a resumed run repeats).
+        epoch_seed = (info.seed - info.id) if info else int(torch.randint(0, 2**31 - 1, (1,)))
+        units = list(self.units)
+        if self.shuffle:
+            random.Random(f"{self.seed}/{epoch_seed}").shuffle(units)
+        slot, slots = rank * workers + worker, world * workers
+        rng = random.Random(f"{self.seed}/{epoch_seed}/{slot}")
+        mine = units[slot::slots]
+        if not self.equal_split:  # every row exactly once over all workers
+            yield from (self._sample(row) for row in self._rows(mine, rng))
+            return
+        quota = len(self) // workers + (1 if worker < len(self) % workers else 0)
+        mine = mine or units  # more workers than row groups: repeat rather than starve
+        count = 0
+        while count < quota:
+            for row in self._rows(mine, rng):
+                yield self._sample(row)
+                count += 1
+                if count == quota:
+                    return
+
+    def _sample(self, item: tuple[object, int]) -> tuple[Tensor, int]:
+        image, label = item
+        return self.transform(decode(image)), int(label)
+
+
+# ----------------------------------------------------------------------------- building
+def _calibration(dataset: Dataset, count: int, seed: int) -> Tensor:
+    """``count`` images from a (non-augmented) view of the training split, fixed by the seed."""
+    if isinstance(dataset, IterableDataset):
+        images = []
+        for image, _ in dataset:
+            images.append(image)
+            if len(images) == count:
+                break
+        return torch.stack(images)
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=generator)[:count].tolist()
+    return torch.stack([dataset[i][0] for i in idx])
+
+
+def build_datasets(config: Experiment, *, distributed: bool = False) -> Datasets:
+    """Train/val datasets and the calibration batch that every trial of a sweep shares."""
+    d = config.data
+    if d.kind == "digits":
+        from prune_core.digits import DigitsDataset, digits_datasets
+
+        train, val = digits_datasets(config.model.img_size, seed=config.seed,
+                                     test_fraction=d.test_fraction)
+        plain = DigitsDataset(train.images, train.labels, augment=False)
+        return Datasets(train, val, _calibration(plain, d.calib_images, config.seed))
+    train_tf, eval_tf = transforms(config, training=True), transforms(config, training=False)
+    if d.kind == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        train_dir, val_dir = resolve_split(d, "train")[0], resolve_split(d, "val")[0]
+        train = ImageFolder(str(train_dir), transform=train_tf)
+        val = ImageFolder(str(val_dir), transform=eval_tf)
+        calib = _calibration(ImageFolder(str(train_dir), transform=eval_tf), d.calib_images,
+                             config.seed)
+        return Datasets(train, val, calib)
+    train_files, val_files = resolve_split(d, "train"), resolve_split(d, "val")
+    common = {"image_column": d.image_column, "label_column": d.label_column}
+    train = ParquetImages(train_files, transform=train_tf, shuffle=True, seed=config.seed,
+                          buffer=d.shuffle_buffer, equal_split=distributed, **common)
+    val = ParquetImages(val_files, transform=eval_tf, shuffle=False, equal_split=False, **common)
+    calib_view = ParquetImages(train_files, transform=eval_tf, shuffle=False, equal_split=False,
+                               **common)
+    return Datasets(train, val, _calibration(calib_view, d.calib_images, config.seed))
+
+
+def loaders(config: Experiment, datasets: Datasets):
+    """(train, eval) DataLoaders with the config's batch sizes."""
+    from torch.utils.data import DataLoader
+
+    d = config.data
+    shuffle = not isinstance(datasets.train, IterableDataset)
+    train = DataLoader(datasets.train, batch_size=d.batch_size, shuffle=shuffle, drop_last=True,
+                       num_workers=d.num_workers, persistent_workers=False)
+    val = DataLoader(datasets.val, batch_size=d.eval_batch_size, num_workers=d.num_workers)
+    return train, val
+
+
+# ----------------------------------------------------------------------------- digits export
+def export_digits(out: str | Path, *, shards: int = 3, seed: int = 0,
+                  test_fraction: float = 0.25, row_group_size: int = 100) -> dict[str, list[Path]]:
+    """Write scikit-learn digits as ``train/`` and ``val/`` Parquet shards of PNG bytes.
+
+    The split is the same stratified split as ``prune_core.digits_datasets`` (same seed), and
+    the layout is the Hugging Face one: ``image: struct<bytes, path>``, ``label: int64``.
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    pixels = np.clip(data.images * 16, 0, 255).astype(np.uint8)
+    train_idx, val_idx = train_test_split(np.arange(len(data.target)), test_size=test_fraction,
+                                          random_state=seed, stratify=data.target)
+    written: dict[str, list[Path]] = {}
+    for split, idx, n in (("train", train_idx, shards), ("val", val_idx, 1)):
+        directory = Path(out) / split
+        directory.mkdir(parents=True, exist_ok=True)
+        written[split] = []
+        for s, part in enumerate(np.array_split(idx, n)):
+            images = []
+            for i in part:
+                buf = io.BytesIO()
+                Image.fromarray(pixels[i], mode="L").save(buf, format="PNG")
+                images.append({"bytes": buf.getvalue(), "path": f"digit_{i:04d}.png"})
+            table = pa.table({"image": images, "label": pa.array(data.target[part], pa.int64())})
+            path = directory / f"{split}-{s:05d}-of-{n:05d}.parquet"
+            pq.write_table(table, path, row_group_size=row_group_size)
+            written[split].append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.data",
+                                     description="dataset utilities")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export-digits", help="write scikit-learn digits as Parquet shards")
+    exp.add_argument("out", help="output directory (gets train/ and val/)")
+    exp.add_argument("--shards", type=int, default=3)
+    exp.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    written = export_digits(args.out, shards=args.shards, seed=args.seed)
+    for split, files in written.items():
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        print(f"{split}: {len(files)} shard(s), {rows} images -> {files[0].parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

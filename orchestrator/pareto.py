@@ -1,0 +1,150 @@
+"""The accuracy-vs-MACs Pareto front: non-dominated set, hypervolume, Parquet tables, plot.
+
+Objectives: maximise top-1, minimise MACs. Only trials that finished the whole fine-tune
+(``fully_trained``) may enter the front: ASHA-stopped trials report partially trained top-1,
+and Optuna records them as COMPLETE, so neither Optuna's ``best_trials`` nor Tune's result grid
+can be used as the front as-is.
+
+Hypervolume is measured in (MAC ratio, top-1 / 100), both in [0, 1], against the reference
+point (ratio 1, top-1 0): the unpruned cost with no accuracy, the worst a useful pruned model
+can be. It is then the fraction of the unit square the front dominates, comparable across
+sweeps of the same model and independent of the MAC scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TRIAL_COLUMNS = ("trial_id", "status", "fully_trained", "top1", "macs", "macs_ratio", "params",
+                 "throughput", "pruned_top1", "iterations", "run_id")
+
+
+def non_dominated(top1: Sequence[float], macs: Sequence[float]) -> list[bool]:
+    """Mask of points no other point dominates (>= top-1 and <= MACs, one strictly).
+
+    Sort by MACs ascending (top-1 descending among equal MACs) and sweep: a point survives iff
+    its top-1 beats every point with fewer MACs. Exact duplicates of a front point survive
+    too (neither dominates the other). O(n log n).
+    """
+    order = sorted(range(len(top1)), key=lambda i: (macs[i], -top1[i]))
+    keep = [False] * len(top1)
+    best: tuple[float, float] | None = None  # (macs, top1) of the best point so far
+    for i in order:
+        if best is None or top1[i] > best[1]:
+            keep[i] = True
+            best = (macs[i], top1[i])
+        elif (macs[i], top1[i]) == best:
+            keep[i] = True
+    return keep
+
+
+def hypervolume(top1: Sequence[float], macs_ratio: Sequence[float]) -> float:
+    """Area dominated by the points in (ratio, top-1/100) space, reference (1, 0); in [0, 1].
+
+    Along the front, top-1 rises with the ratio, so the union of the boxes
+    [r_i, 1] x [0, t_i] is the sum of strips (r_{i+1} - r_i) * t_i, with r_n = 1.
+    """
+    ratio = [min(max(float(r), 0.0), 1.0) for r in macs_ratio]
+    top = [min(max(float(t) / 100.0, 0.0), 1.0) for t in top1]
+    front = sorted({(r, t) for r, t, k in zip(ratio, top, non_dominated(top, ratio), strict=True)
+                    if k})
+    edges = [r for r, _ in front[1:]] + [1.0]
+    return sum((right - r) * t for (r, t), right in zip(front, edges, strict=True))
+
+
+def trials_table(rows: list[dict]) -> pa.Table:
+    """One row per trial with the columns of TRIAL_COLUMNS plus ``param_*`` columns."""
+    params = sorted({k for r in rows for k in r if k.startswith("param_")})
+    columns = list(TRIAL_COLUMNS) + params
+    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows],
+                                schema=_schema(rows, columns))
+
+
+def _schema(rows: list[dict], columns: list[str]) -> pa.Schema:
+    types = {"trial_id": pa.string(), "status": pa.string(), "run_id": pa.string(),
+             "fully_trained": pa.bool_(), "iterations": pa.int64(), "macs": pa.int64(),
+             "params": pa.int64()}
+    fields = []
+    for c in columns:
+        if c in types:
+            fields.append(pa.field(c, types[c]))
+        elif any(isinstance(r.get(c), str) for r in rows):
+            fields.append(pa.field(c, pa.string()))
+        else:
+            fields.append(pa.field(c, pa.float64()))
+    return pa.schema(fields)
+
+
+def front_table(trials: pa.Table) -> pa.Table:
+    """The Pareto set of the fully trained trials, sorted by MACs."""
+    rows = [r for r in trials.to_pylist() if r["fully_trained"] and r["top1"] is not None
+            and r["macs"] is not None]
+    mask = non_dominated([r["top1"] for r in rows], [r["macs"] for r in rows])
+    front = sorted((r for r, k in zip(rows, mask, strict=True) if k), key=lambda r: r["macs"])
+    return pa.Table.from_pylist(front, schema=trials.schema)
+
+
+def front_hypervolume(front: pa.Table) -> float:
+    rows = front.to_pylist()
+    return hypervolume([r["top1"] for r in rows], [r["macs_ratio"] for r in rows])
+
+
+def plot(trials: pa.Table, front: pa.Table, path: str | Path, *,
+         teacher: dict | None = None, title: str = "") -> Path:
+    """top-1 vs MAC ratio: every trial, ASHA-stopped ones hollow, the front as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in trials.to_pylist() if r["top1"] is not None and r["macs_ratio"] is not None]
+    done = [r for r in rows if r["fully_trained"]]
+    partial = [r for r in rows if not r["fully_trained"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    ax.scatter([r["macs_ratio"] for r in done], [r["top1"] for r in done], s=28, c="tab:blue",
+               label=f"fully fine-tuned ({len(done)})", zorder=2)
+    if partial:
+        ax.scatter([r["macs_ratio"] for r in partial], [r["top1"] for r in partial], s=28,
+                   facecolors="none", edgecolors="tab:gray",
+                   label=f"stopped early ({len(partial)})", zorder=2)
+    pts = sorted((r["macs_ratio"], r["top1"]) for r in front.to_pylist())
+    if pts:
+        ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", c="tab:red", lw=1.2,
+                zorder=3)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=60, c="tab:red", marker="D",
+                   label=f"Pareto front ({len(pts)})", zorder=4)
+    if teacher is not None:
+        ax.scatter([1.0], [teacher["top1"]], s=160, c="gold", marker="*", edgecolors="black",
+                   label=f"teacher ({teacher['top1']:.1f} %)", zorder=5)
+    ax.set_xlabel("MACs / unpruned MACs")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_xlim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_tables(trials: pa.Table, directory: str | Path, *, teacher: dict | None = None,
+                 title: str = "") -> dict[str, Path]:
+    """Rewrite ``trials.parquet``, ``pareto.parquet`` and ``pareto.png`` in ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    front = front_table(trials)
+    paths = {"trials": directory / "trials.parquet", "pareto": directory / "pareto.parquet",
+             "plot": directory / "pareto.png"}
+    for key, table in (("trials", trials), ("pareto", front)):
+        tmp = paths[key].with_name(f".{paths[key].name}.tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(paths[key])
+    plot(trials, front, paths["plot"], teacher=teacher, title=title)
+    return paths

@@ -1,0 +1,286 @@
+"""``python -m orchestrator.sweep experiments/<name>.yaml``: the sweep driver.
+
+Ray Tune runs the trials; Optuna (through OptunaSearch, define-by-run) chooses them, as a
+two-objective study (max top-1, min MACs) whose metric/mode lists live *only* on the searcher
+(a metric on ``TuneConfig`` would silently make the study single-objective); ASHA stops weak
+trials on its own scalar; ``FailureConfig`` retries a failed trial from its checkpoint. The
+teacher is made once per sweep and handed to every trial through the object store.
+
+Bad input (missing file, bad field, unknown model, a tracking URI on the retired file store)
+exits with status 2 and one line on stderr, before anything is written. ``--resume`` continues
+an interrupted sweep from its storage directory (finished trials are not re-run, the same
+parent MLflow run is continued); without it, an existing sweep directory is refused rather
+than mixed into.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator import space as space_mod
+from orchestrator.config import ConfigError, Experiment, check_inputs, load_config
+from orchestrator.tracking import TrackingError, check_uri
+
+SWEEP_STATE = "sweep.json"  # parent run id and tracking URI, for --resume and report
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m orchestrator.sweep",
+                                description="Prune a vision transformer at many MAC budgets: "
+                                "Ray Tune + Optuna + MLflow.")
+    p.add_argument("config", help="experiment YAML, e.g. experiments/digits.yaml")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join ('auto': the running one); default: start locally")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted sweep in <storage.path>/<name>")
+    p.add_argument("--num-samples", type=int, default=None, help="override sweep.num_samples")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI (e.g. http://head:5000); default tracking.uri, else SQLite "
+                   "in the storage path")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, print the space and the resources, run nothing")
+    return p.parse_args(argv)
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+# ----------------------------------------------------------------------------- building
+def make_searcher(exp: Experiment):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = exp.sweep
+    if s.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size,
+                                                seed=exp.seed)
+    elif s.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=exp.seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=exp.seed)
+    return OptunaSearch(space=space_mod.DefineByRun(exp.search_space), metric=["top1", "macs"],
+                        mode=["max", "min"], sampler=sampler, study_name=exp.name)
+
+
+def make_scheduler(exp: Experiment):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    a = exp.sweep.asha
+    if a is None:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", metric=a.metric, mode=a.mode,
+                         max_t=exp.finetune.epochs + 1, grace_period=a.grace_period,
+                         reduction_factor=a.reduction_factor)
+
+
+def make_trainable(exp: Experiment, teacher_state: dict):
+    from ray import tune
+
+    from orchestrator.trial import run_trial
+
+    r = exp.resources
+    trainable = tune.with_parameters(run_trial, experiment=exp, teacher_state=teacher_state)
+    return tune.with_resources(trainable, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+
+
+def trial_name(trial) -> str:
+    """Short, stable names (Tune's default puts every parameter in the directory name)."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_tuner(exp: Experiment, trainable, callbacks: list):
+    from ray import tune
+
+    tune_config = tune.TuneConfig(search_alg=make_searcher(exp), scheduler=make_scheduler(exp),
+                                  num_samples=exp.sweep.num_samples,
+                                  max_concurrent_trials=exp.sweep.max_concurrent_trials,
+                                  trial_name_creator=trial_name,
+                                  trial_dirname_creator=trial_name)
+    run_config = tune.RunConfig(
+        name=exp.name, storage_path=str(exp.storage.path.resolve()),
+        failure_config=tune.FailureConfig(max_failures=exp.sweep.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks)
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+# ----------------------------------------------------------------------------- dry run
+def print_plan(exp: Experiment, uri: str, source: str) -> None:
+    """What --dry-run shows: the space Optuna explores and what each trial costs."""
+    r, f = exp.resources, exp.finetune
+    table = Table(title=f"search space of {exp.name} ({source})", title_justify="left")
+    table.add_column("parameter")
+    table.add_column("values")
+    for name, text in space_mod.describe(exp.search_space):
+        table.add_row(name, text)
+    console.print(table)
+    asha = exp.sweep.asha
+    stopping = f"ASHA on {asha.metric} ({asha.mode})" if asha else "no early stopping"
+    checkpoint = f", from {exp.model.checkpoint}" if exp.model.checkpoint else ""
+    files = f" ({exp.data.train}, {exp.data.val})" if exp.data.kind != "digits" else ""
+    teacher_from = f" from {exp.teacher.checkpoint}" if exp.teacher.checkpoint else ""
+    finetune = ("in the trial" if f.workers == 1 else
+                f"Ray Train, {f.workers} workers x ({r.cpus_per_worker:g} CPU, "
+                f"{r.gpus_per_worker:g} GPU)")
+    m = exp.model
+    rows = [
+        ("model", f"{m.name}, {m.num_classes} classes, {m.img_size} px{checkpoint}"),
+        ("data", exp.data.kind + files),
+        ("teacher", f"{exp.teacher.epochs} epochs{teacher_from}"),
+        ("trial", f"search {exp.search.steps} steps, fine-tune {f.epochs} epochs"),
+        ("sweep", (f"{exp.sweep.num_samples} trials, {exp.sweep.sampler} sampler, objectives "
+                  f"max top1 / min macs, {stopping}, {exp.sweep.max_failures} retries")),
+        ("per trial", (f"{r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU, "
+                      f"{r.threads()} torch threads")),
+        ("fine-tune", finetune),
+        ("concurrency", f"{exp.sweep.max_concurrent_trials} trials at once"),
+        ("teacher task", f"{r.teacher_cpus:g} CPU, {r.teacher_gpus:g} GPU"),
+        ("storage", str(exp.sweep_dir.resolve())),
+        ("tracking", uri),
+    ]
+    plan = Table(title="resources and schedule", title_justify="left", show_header=False)
+    plan.add_column()
+    plan.add_column()
+    for key, value in rows:
+        plan.add_row(key, value)
+    console.print(plan)
+
+
+# ----------------------------------------------------------------------------- running
+def _check_gpu_room(exp: Experiment) -> None:
+    """A data-parallel fine-tune waits for GPUs beyond the ones its trial holds."""
+    import ray
+
+    r, f = exp.resources, exp.finetune
+    if f.workers == 1 or r.gpus_per_worker == 0:
+        return
+    total = ray.cluster_resources().get("GPU", 0)
+    need = exp.sweep.max_concurrent_trials * r.gpus_per_trial + f.workers * r.gpus_per_worker
+    if need > total:
+        console.print(f"[yellow]warning: {need:g} GPUs needed for {exp.sweep.max_concurrent_trials}"
+                      f" concurrent trials plus one {f.workers}-worker fine-tune, the cluster "
+                      f"has {total:g}; fine-tunes will queue (or wait for the autoscaler)[/]")
+
+
+def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
+    """The sweep's parent MLflow run: created once, found again on --resume."""
+    from orchestrator import tracking
+
+    state_file = exp.sweep_dir / SWEEP_STATE
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if state["tracking_uri"] != uri:
+            raise TrackingError(f"this sweep logs to {state['tracking_uri']}, not {uri} "
+                                "(a restored sweep keeps its tracking URI)")
+        tracking.reopen_parent(uri, state["parent_run_id"])
+        return state["parent_run_id"]
+    artifact_root = None if uri.startswith(("http:", "https:")) else (
+        exp.storage.path / "mlartifacts")
+    exp_id = tracking.experiment_id(uri, exp.tracking.experiment or exp.name, artifact_root)
+    parent = tracking.start_parent(uri, exp_id, exp.name, exp.model_dump(mode="json"),
+                                   space_mod.describe(exp.search_space), teacher)
+    tmp = state_file.with_name(f".{SWEEP_STATE}.tmp")
+    tmp.write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri,
+                               "experiment_id": exp_id}, indent=1))
+    os.replace(tmp, state_file)
+    return parent
+
+
+def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
+    import ray
+    from ray import tune
+
+    from orchestrator import tracking
+    from orchestrator.teacher import prepare_teacher
+
+    started = time.perf_counter()
+    # A checkpoint per epoch is the point (restarts resume from it): no snapshot warnings.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    exp.sweep_dir.mkdir(parents=True, exist_ok=True)
+    init = {"include_dashboard": False}
+    if address is None:
+        init.update(num_cpus=exp.resources.num_cpus, num_gpus=exp.resources.num_gpus)
+    ray.init(address=address, **init)
+    parent, status = None, "FAILED"
+    try:
+        _check_gpu_room(exp)
+        console.print(f"teacher: {exp.sweep_dir / 'teacher'}")
+        teacher_state, teacher = prepare_teacher(exp)
+        console.print(f"teacher top-1 {teacher['top1']:.2f} %, {teacher['macs']:,} MACs")
+        parent = _parent_run(exp, uri, teacher, resume)
+        logger = tracking.TrialLogger(uri, parent, str(exp.sweep_dir.resolve()), exp.name,
+                                      list(type(exp.search_space).model_fields), teacher)
+        trainable = make_trainable(exp, teacher_state)
+        path = str(exp.sweep_dir.resolve())
+        if resume:
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            tuner = make_tuner(exp, trainable, [logger])
+        grid = tuner.fit()
+        summary = logger.refresh()
+        errors = sum(1 for result in grid if result.error is not None)
+        status = "FINISHED"
+        console.print(f"{len(grid)} trials ({errors} failed) in "
+                      f"{time.perf_counter() - started:.0f} s; hypervolume "
+                      f"{summary['hypervolume']:.4f}; tables in {exp.sweep_dir}")
+        if errors == len(grid):
+            return fail("orchestrator.sweep: every trial failed (see the Ray logs above)", 1)
+        return 0
+    except KeyboardInterrupt:
+        status = "KILLED"
+        return fail("orchestrator.sweep: interrupted; continue with --resume", 130)
+    finally:
+        if parent is not None:
+            tracking.end_parent(uri, parent, status)
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    # torch.utils.benchmark (imported by prune_core) warns about CUDA on CPU-only machines; an
+    # error must stay the only line on stderr.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    args = parse_args(argv)
+    try:
+        exp = load_config(args.config)
+        if args.num_samples is not None:
+            if args.num_samples < 1:
+                raise ConfigError(args.config, "--num-samples", "must be >= 1")
+            exp = exp.model_copy(update={"sweep": exp.sweep.model_copy(
+                update={"num_samples": args.num_samples})})
+        check_inputs(exp, args.config)
+        uri = check_uri(args.tracking_uri or exp.tracking_uri())
+    except ConfigError as err:
+        return fail(str(err))
+    except TrackingError as err:
+        return fail(f"{args.config}: tracking.uri: {err}")
+    if args.dry_run:
+        print_plan(exp, uri, args.config)
+        return 0
+    from ray import tune
+
+    path = exp.sweep_dir.resolve()
+    restorable = tune.Tuner.can_restore(str(path))
+    if args.resume and not restorable:
+        return fail(f"{args.config}: --resume: no sweep to resume in {path}")
+    if restorable and not args.resume:
+        return fail(f"{args.config}: {path} already holds sweep {exp.name!r}: pass --resume to "
+                    "continue it, or change name / storage.path")
+    try:
+        return run(exp, uri, address=args.address, resume=args.resume)
+    except TrackingError as err:
+        return fail(f"{args.config}: tracking: {err}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The unpruned model of a sweep: built, loaded or trained once, then shared by every trial.
+
+It is both where every trial starts (the weights to prune) and the distillation teacher. It is
+trained (or loaded) in one Ray task, with the teacher's resources, and written to the sweep's
+storage as ``teacher/teacher.pt`` (a plain state dict of the prunable model) plus
+``teacher/teacher.json`` (its metrics). A resumed sweep finds the file and never retrains.
+The driver hands the state dict to the trials through the object store
+(``tune.with_parameters``), so trials on other nodes need no shared file system for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from orchestrator.config import Experiment
+
+TEACHER_WEIGHTS, TEACHER_METRICS = "teacher.pt", "teacher.json"
+
+
+def create_model(config: Experiment, *, load_checkpoint: bool = True) -> nn.Module:
+    """The timm model of the config, made prunable; weights from the model's checkpoint."""
+    import timm
+
+    import prune_core
+
+    m = config.model
+    model = timm.create_model(m.name, pretrained=False, num_classes=m.num_classes,
+                              img_size=m.img_size, **m.kwargs)
+    path = config.teacher.checkpoint or m.checkpoint
+    if load_checkpoint and path is not None:
+        _load_weights(model, Path(path))
+    return prune_core.make_prunable(model)
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    """Strict loading: a silently partial load would prune a half-random model."""
+    if type(model).__module__.startswith("prune_core"):  # FLatten models: official keys
+        from prune_core.models.flatten_swin import load_flatten_checkpoint
+
+        load_flatten_checkpoint(model, path)
+        return
+    from timm.models import load_checkpoint
+
+    load_checkpoint(model, str(path), strict=True, weights_only=True)
+
+
+def teacher_dir(config: Experiment) -> Path:
+    return config.sweep_dir / "teacher"
+
+
+def _train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
+    """Runs inside a Ray task: build/load, train if asked, evaluate. Returns CPU tensors."""
+    import prune_core
+    from orchestrator.data import build_datasets, loaders
+
+    torch.set_num_threads(max(1, int(config.resources.teacher_cpus)))
+    datasets = build_datasets(config)
+    train_loader, val_loader = loaders(config, datasets)
+    model = create_model(config)
+    t = config.teacher
+    if t.epochs:
+        prune_core.train(model, train_loader,
+                         prune_core.TrainConfig(epochs=t.epochs, lr=t.lr,
+                                                weight_decay=t.weight_decay,
+                                                warmup_epochs=t.warmup_epochs,
+                                                label_smoothing=t.label_smoothing,
+                                                seed=config.seed),
+                         progress=False)
+    metrics = prune_core.evaluate(model, val_loader, config.input_size)
+    metrics["epochs"] = t.epochs
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return state, metrics
+
+
+def prepare_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load the sweep's teacher from storage, or make it once in a Ray task and store it."""
+    directory = teacher_dir(config)
+    weights, meta = directory / TEACHER_WEIGHTS, directory / TEACHER_METRICS
+    if weights.is_file() and meta.is_file():
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        return state, json.loads(meta.read_text())
+    import ray
+
+    task = ray.remote(_train_teacher).options(num_cpus=config.resources.teacher_cpus,
+                                              num_gpus=config.resources.teacher_gpus)
+    state, metrics = ray.get(task.remote(config))
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, write in ((weights, lambda p: torch.save(state, p)),
+                        (meta, lambda p: p.write_text(json.dumps(metrics, indent=1)))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        write(tmp)
+        os.replace(tmp, path)  # a killed driver never leaves a half-written teacher
+    return state, metrics
+
+
+def load_teacher(config: Experiment, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A fresh prunable model holding the teacher's weights (no checkpoint file read)."""
+    model = create_model(config, load_checkpoint=False)
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,197 @@
+"""One trial: calibrate + initialise -> search -> finalize -> prune -> fine-tune -> evaluate.
+
+A Ray Tune function trainable. Every report carries both objectives (``top1``, ``macs``),
+because OptunaSearch tells the study the *last* reported values and a report missing one of
+them leaves an orphan RUNNING Optuna trial. Iteration 1 is the search (top-1 of the pruned,
+not yet fine-tuned model); iterations 2..E+1 are fine-tune epochs; the last one also carries
+``params``, ``throughput`` and ``fully_trained = 1``. ASHA may stop a trial at any iteration,
+and Optuna records such a trial as COMPLETE with partial values, so ``fully_trained`` is what
+the Pareto front filters on.
+
+Every report saves a checkpoint (the plan plus the model or the whole fine-tune state), so a
+trial restarted on another node resumes after its last finished epoch and never repeats the
+search. The final checkpoint holds ``plan.json`` + ``weights.pt`` (prune_core's portable format)
+and ``search.json`` (the search curve), which the driver logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from orchestrator.config import Experiment
+
+PLAN, WEIGHTS, STATE, MODEL, META, SEARCH_LOG = (
+    "plan.json", "weights.pt", "train_state.pt", "model.pt", "trial.json", "search.json")
+SEARCH_LOG_POINTS = 50  # the search curve is subsampled to this many steps
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """The sampled (or fixed) values of one trial; names are the search-space fields."""
+
+    mac_target: float
+    sim_temperature: float
+    init_mode: str
+    init_scale: float
+    mac_loss_weight: float
+    search_lr: float
+    logit_lr: float
+    finetune_lr: float
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrialParams:
+        return cls(**{f.name: config[f.name] for f in fields(cls)})
+
+
+def _search_config(exp: Experiment, p: TrialParams):
+    import prune_core
+
+    s = exp.search
+    return prune_core.SearchConfig(
+        target=p.mac_target, steps=s.steps, lr=p.search_lr, logit_lr=p.logit_lr,
+        mac_loss_weight=p.mac_loss_weight, penalty=s.penalty, ramp_fraction=s.ramp_fraction,
+        sim_temperature=p.sim_temperature, sim_every=s.sim_every, distill_alpha=s.distill_alpha,
+        distill_temperature=s.distill_temperature, use_reweight=s.use_reweight,
+        tolerance=s.tolerance, round_to=s.round_to, seed=exp.seed)
+
+
+def finetune_config(exp: Experiment, p: TrialParams):
+    import prune_core
+
+    f = exp.finetune
+    return prune_core.TrainConfig(
+        epochs=f.epochs, lr=p.finetune_lr, weight_decay=f.weight_decay,
+        warmup_epochs=f.warmup_epochs, label_smoothing=f.label_smoothing,
+        distill_alpha=f.distill_alpha, distill_temperature=f.distill_temperature, seed=exp.seed)
+
+
+def _subsample(history: list[dict]) -> list[dict]:
+    stride = max(1, len(history) // SEARCH_LOG_POINTS)
+    return history[::stride] + ([history[-1]] if (len(history) - 1) % stride else [])
+
+
+class Reporter:
+    """Builds the result dicts (both objectives, always) and their checkpoint directories."""
+
+    def __init__(self, plan_json: str, summary: dict[str, Any], search_log: list[dict]) -> None:
+        self.plan_json, self.summary, self.search_log = plan_json, summary, search_log
+
+    def report(self, metrics: dict[str, Any], files: dict[str, Any]) -> None:
+        from ray import tune
+
+        result = {**self.summary, **metrics}
+        with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as tmp:
+            d = Path(tmp)
+            (d / PLAN).write_text(self.plan_json)
+            (d / SEARCH_LOG).write_text(json.dumps(self.search_log))
+            (d / META).write_text(json.dumps({"summary": self.summary, "result": result}))
+            for name, obj in files.items():
+                torch.save(obj, d / name)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _restore(checkpoint) -> dict[str, Any] | None:
+    """Everything a restarted trial needs, read into memory from its latest checkpoint."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as tmp:
+        d = Path(tmp)
+        out: dict[str, Any] = {"plan": (d / PLAN).read_text(),
+                               "search_log": json.loads((d / SEARCH_LOG).read_text()),
+                               **json.loads((d / META).read_text())}
+        for name in (MODEL, STATE):
+            if (d / name).is_file():
+                out[name] = torch.load(d / name, map_location="cpu", weights_only=True)
+    return out
+
+
+def _search_phase(exp: Experiment, p: TrialParams, teacher: nn.Module, calib: torch.Tensor,
+                  train_loader, val_loader, full_macs: int) -> tuple[nn.Module, Reporter]:
+    """Initialise, search, finalize, prune; report iteration 1 with the pruned model."""
+    import prune_core
+
+    student = copy.deepcopy(teacher)
+    prune_core.initialize(student, calib, mode=p.init_mode, init_scale=p.init_scale,
+                          theta0=exp.search.theta0, sim_temperature=p.sim_temperature)
+    history = prune_core.search(student, train_loader, exp.input_size, _search_config(exp, p),
+                                teacher=teacher, progress=False)
+    plan = prune_core.finalize(student, exp.input_size, p.mac_target,
+                               tolerance=exp.search.tolerance, round_to=exp.search.round_to)
+    prune_core.prune(student)
+    macs = prune_core.count_macs(student, exp.input_size)
+    top1 = prune_core.accuracy(student, val_loader)
+    summary = {"macs": macs, "macs_ratio": macs / full_macs, "pruned_top1": top1,
+               "search_final_loss": history[-1]["loss"],
+               "search_soft_ratio": history[-1]["soft_ratio"]}
+    reporter = Reporter(plan.to_json(), summary, _subsample(history))
+    reporter.report({"phase": "search", "epoch": 0, "top1": top1, "fully_trained": 0},
+                    {MODEL: student.state_dict()})
+    return student, reporter
+
+
+def run_trial(config: dict[str, Any], *, experiment: Experiment,
+              teacher_state: dict[str, torch.Tensor]) -> None:
+    """The Tune function: ``config`` holds the sampled parameters (plus Optuna constants)."""
+    from ray import tune
+
+    import prune_core
+    from orchestrator.data import build_datasets, loaders
+    from orchestrator.teacher import create_model, load_teacher
+
+    exp, p = experiment, TrialParams.from_config(config)
+    torch.set_num_threads(exp.resources.threads())
+    datasets = build_datasets(exp)
+    train_loader, val_loader = loaders(exp, datasets)
+    teacher = load_teacher(exp, teacher_state).eval()
+    full_macs = prune_core.count_macs(teacher, exp.input_size)
+
+    saved = _restore(tune.get_checkpoint())
+    resume_state = None
+    if saved is None:
+        student, reporter = _search_phase(exp, p, teacher, datasets.calib, train_loader,
+                                          val_loader, full_macs)
+    else:  # a restarted trial: rebuild the pruned model from its plan, skip the search
+        reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"])
+        weights = saved[STATE]["model"] if STATE in saved else saved[MODEL]
+        student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
+                                         prune_core.Plan.from_json(saved["plan"]), weights)
+        resume_state = saved.get(STATE)
+
+    if exp.finetune.workers > 1:
+        from orchestrator.finetune_dp import finetune_data_parallel
+
+        finetune_data_parallel(exp, p, reporter, student, teacher_state)
+        return
+
+    epochs = exp.finetune.epochs
+
+    def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
+        if epoch < epochs - 1:  # the last epoch is reported with the final evaluation
+            reporter.report({"phase": "finetune", "epoch": epoch + 1, "top1": metrics["top1"],
+                             "train_loss": metrics["train_loss"], "lr": metrics["lr"],
+                             "fully_trained": 0}, {STATE: state})
+
+    history = prune_core.train(student, train_loader, finetune_config(exp, p), teacher=teacher,
+                               eval_loader=val_loader, on_epoch=on_epoch,
+                               resume_state=resume_state, progress=False)
+    final = prune_core.evaluate(student, val_loader, exp.input_size)
+    report_final(reporter, final, history[-1] if history else {}, student, epochs)
+
+
+def report_final(reporter: Reporter, final: dict, last_epoch: dict, student: nn.Module,
+                 epochs: int) -> None:
+    """The last report: final metrics and the portable pruned model (plan.json + weights.pt)."""
+    metrics = {"phase": "done", "epoch": epochs, "top1": final["top1"], "macs": final["macs"],
+               "params": final["params"], "throughput": final["throughput"],
+               "train_loss": last_epoch.get("train_loss", float("nan")), "fully_trained": 1}
+    reporter.report(metrics, {WEIGHTS: student.state_dict()})
+
+
