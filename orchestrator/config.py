@@ -369,7 +369,18 @@ def _expand_paths(raw: dict, source: str) -> None:
             if unset:
                 raise ConfigError(source, f"{section}.{key}",
                                   f"environment variable {unset.group(1)} is not set")
+            if "://" in value:
+                raise ConfigError(source, f"{section}.{key}", f"{value}: only local or mounted "
+                                  "(NFS) paths are supported, not URLs")
             block[key] = os.path.abspath(value)
+    tracking = raw.get("tracking")
+    if isinstance(tracking, dict) and isinstance(tracking.get("uri"), str):
+        uri = os.path.expandvars(tracking["uri"])
+        unset = _UNSET_VAR.search(uri)
+        if unset:
+            raise ConfigError(source, "tracking.uri",
+                              f"environment variable {unset.group(1)} is not set")
+        tracking["uri"] = uri
 
 
 def _message(error: dict) -> str:

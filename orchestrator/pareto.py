@@ -52,6 +52,8 @@ def hypervolume(top1: Sequence[float], macs_ratio: Sequence[float]) -> float:
     top = [min(max(float(t) / 100.0, 0.0), 1.0) for t in top1]
     front = sorted({(r, t) for r, t, k in zip(ratio, top, non_dominated(top, ratio), strict=True)
                     if k})
+    if not front:
+        return 0.0
     edges = [r for r, _ in front[1:]] + [1.0]
     return sum((right - r) * t for (r, t), right in zip(front, edges, strict=True))
 

@@ -84,17 +84,24 @@ class Reporter:
     def __init__(self, plan_json: str, summary: dict[str, Any], search_log: list[dict]) -> None:
         self.plan_json, self.summary, self.search_log = plan_json, summary, search_log
 
+    def result(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {**self.summary, **metrics}
+
+    def write(self, directory: str | Path, result: dict[str, Any], files: dict[str, Any]) -> None:
+        """A checkpoint: the plan, the search curve, the result, and the given state dicts."""
+        d = Path(directory)
+        (d / PLAN).write_text(self.plan_json)
+        (d / SEARCH_LOG).write_text(json.dumps(self.search_log))
+        (d / META).write_text(json.dumps({"summary": self.summary, "result": result}))
+        for name, obj in files.items():
+            torch.save(obj, d / name)
+
     def report(self, metrics: dict[str, Any], files: dict[str, Any]) -> None:
         from ray import tune
 
-        result = {**self.summary, **metrics}
+        result = self.result(metrics)
         with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as tmp:
-            d = Path(tmp)
-            (d / PLAN).write_text(self.plan_json)
-            (d / SEARCH_LOG).write_text(json.dumps(self.search_log))
-            (d / META).write_text(json.dumps({"summary": self.summary, "result": result}))
-            for name, obj in files.items():
-                torch.save(obj, d / name)
+            self.write(tmp, result, files)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 

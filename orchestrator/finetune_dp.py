@@ -1,0 +1,120 @@
+"""Data-parallel fine-tune of one trial's pruned model with Ray Train (V2) inside the trial.
+
+Ray Train V2 cannot be handed to ``Tuner`` (``Tuner(trainer)`` fails), so the Tune function
+runs a ``TorchTrainer`` itself and ``TuneReportCallback`` forwards rank 0's reports (metrics
+plus ``checkpoint_path``) to Tune. The trial keeps its own search GPU while the trainer's
+workers take ``finetune.workers`` more, so size ``max_concurrent_trials`` to leave them room.
+
+Resuming: the trainer's run is named after the trial and stored under the sweep directory, and
+Ray Train V2 reloads a run's checkpoint state when a run of the same name and storage path is
+started again, so a restarted trial re-enters the fine-tune at its last epoch (the search is
+skipped through the trial's own Tune checkpoint). Rank 0 alone evaluates, on the unwrapped
+model (a DDP forward on one rank only would wait forever for the others).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from orchestrator.config import Experiment
+from orchestrator.trial import STATE, WEIGHTS, Reporter, TrialParams, finetune_config
+
+
+def finetune_data_parallel(exp: Experiment, p: TrialParams, reporter: Reporter,
+                           student: torch.nn.Module, teacher_state: dict) -> None:
+    """Run the fine-tune on ``exp.finetune.workers`` Ray Train workers; blocks until done."""
+    import ray
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    r = exp.resources
+    trial_id = tune.get_context().get_trial_id()
+    loop_config = {
+        "experiment": exp, "params": p, "plan": reporter.plan_json,
+        "summary": reporter.summary, "search_log": reporter.search_log,
+        "student": ray.put({k: v.cpu() for k, v in student.state_dict().items()}),
+        "teacher": ray.put(teacher_state),
+    }
+    trainer = TorchTrainer(
+        _worker_loop, train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=exp.finetune.workers, use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=f"finetune_{trial_id}", storage_path=str(exp.sweep_dir.resolve() / "finetune"),
+            failure_config=ray.train.FailureConfig(max_failures=exp.sweep.max_failures),
+            callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+def _worker_loop(cfg: dict[str, Any]) -> None:
+    """One data-parallel worker: rebuild the pruned model, fine-tune, rank 0 reports + saves."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    import prune_core
+    from orchestrator.data import build_datasets, loaders
+    from orchestrator.teacher import create_model, load_teacher
+
+    exp: Experiment = cfg["experiment"]
+    p: TrialParams = cfg["params"]
+    torch.set_num_threads(max(1, math.ceil(exp.resources.cpus_per_worker)))
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
+                                     prune_core.Plan.from_json(cfg["plan"]),
+                                     ray.get(cfg["student"]))
+    teacher = load_teacher(exp, ray.get(cfg["teacher"])).to(device).eval()
+    datasets = build_datasets(exp, distributed=True)
+    train_loader, val_loader = loaders(exp, datasets)
+    if not isinstance(datasets.train, torch.utils.data.IterableDataset):
+        train_loader = ray.train.torch.prepare_data_loader(train_loader)  # DistributedSampler
+    model = ray.train.torch.prepare_model(student)
+    plain = model.module if hasattr(model, "module") else model
+    resume_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume_state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=True)
+    epochs = exp.finetune.epochs
+
+    reporter = Reporter(cfg["plan"], cfg["summary"], cfg["search_log"])
+
+    def report(metrics: dict, files: dict | None) -> None:
+        """Every rank reports (a collective); rank 0's metrics and checkpoint reach Tune."""
+        result = reporter.result(metrics)
+        if rank != 0 or files is None:
+            ray.train.report(result)
+            return
+        with tempfile.TemporaryDirectory(prefix="dp-ckpt-") as tmp:
+            reporter.write(tmp, result, files)
+            ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
+        if epoch == epochs - 1:
+            return  # reported with the final evaluation
+        top1 = prune_core.accuracy(plain, val_loader, device) if rank == 0 else float("nan")
+        report({"phase": "finetune", "epoch": epoch + 1, "top1": top1,
+                "train_loss": metrics["train_loss"], "lr": metrics["lr"], "fully_trained": 0},
+               {STATE: state})
+
+    history = prune_core.train(model, train_loader, finetune_config(exp, p), teacher=teacher,
+                               device=device, on_epoch=on_epoch, resume_state=resume_state,
+                               progress=False)
+    if rank == 0:
+        final = prune_core.evaluate(plain, val_loader, exp.input_size, device=device)
+        last = history[-1] if history else {}
+        report({"phase": "done", "epoch": epochs, "top1": final["top1"], "macs": final["macs"],
+                "params": final["params"], "throughput": final["throughput"],
+                "train_loss": last.get("train_loss", float("nan")), "fully_trained": 1},
+               {WEIGHTS: plain.state_dict()})
+    else:
+        report({"phase": "done", "epoch": epochs, "fully_trained": 1}, None)

@@ -1,0 +1,188 @@
+"""Experiment YAML: the shipped configs validate; bad ones fail with one line naming file + field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.config import INIT_MODES, ConfigError, load_config, parse_config
+from orchestrator.space import DefineByRun, describe, explored
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minimal(**overrides) -> dict:
+    raw = {"name": "t", "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 8},
+           "data": {"kind": "digits"}, "teacher": {"epochs": 1}, "finetune": {"epochs": 1},
+           "search_space": {"mac_target": 0.5}}
+    for dotted, value in overrides.items():
+        *path, last = dotted.split("__")
+        node = raw
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return raw
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "experiments/x.yaml")
+    return str(info.value)
+
+
+def test_shipped_configs_validate(monkeypatch, tmp_path):
+    digits = load_config(ROOT / "experiments" / "digits.yaml")
+    assert digits.model.name == "flatten_vit_micro" and digits.data.kind == "digits"
+    assert digits.sweep.num_samples >= 12 and digits.resources.gpus_per_trial == 0
+    assert digits.tracking.uri is None and digits.tracking_uri().startswith("sqlite:///")
+    assert len(explored(digits.search_space)) >= 5  # Optuna has a real space to explore
+    with pytest.raises(ConfigError, match="imagenet.yaml: model.checkpoint: environment "
+                       "variable FLATTEN_SWIN_T_CKPT is not set"):
+        load_config(ROOT / "experiments" / "imagenet.yaml")
+    for var in ("FLATTEN_SWIN_T_CKPT", "IMAGENET", "SHARED"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    imagenet = load_config(ROOT / "experiments" / "imagenet.yaml")
+    assert imagenet.data.train == tmp_path / "imagenet" / "train"
+    assert imagenet.model.name == "flatten_swin_tiny" and imagenet.model.num_classes == 1000
+    assert imagenet.resources.gpus_per_trial == 1 and imagenet.finetune.workers > 1
+
+
+def test_init_modes_match_prune_core():
+    import prune_core
+
+    assert tuple(INIT_MODES) == tuple(prune_core.INIT_MODES)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"search_space__mac_target": {"low": 0, "high": 0.5}},
+     "experiments/x.yaml: search_space.mac_target.low: must be in (0, 1], got 0"),
+    ({"search_space__mac_target": 1.5},
+     "experiments/x.yaml: search_space.mac_target: must be in (0, 1], got 1.5"),
+    ({"search_space__mac_target": {"low": 0.8, "high": 0.3}},
+     "experiments/x.yaml: search_space.mac_target: low (0.8) must be below high (0.3)"),
+    ({"search_space__sim_temperature": {"low": 0.1, "high": 10, "log": True, "step": 1}},
+     "experiments/x.yaml: search_space.sim_temperature: step and log cannot be combined"),
+    ({"search_space__init_mode": ["uniform", "bogus"]},
+     "experiments/x.yaml: search_space.init_mode.choices: must be one of"),
+    ({"search_space__mac_targets": 0.5}, "experiments/x.yaml: search_space.mac_targets: unknown key"),
+    ({"model__img_szie": 16}, "experiments/x.yaml: model.img_szie: unknown key"),
+    ({"sweep__sampler": "grid"}, "experiments/x.yaml: sweep.sampler: input should be"),
+    ({"teacher__epochs": 0}, "experiments/x.yaml: teacher.epochs: must be > 0 when neither"),
+    ({"data__kind": "parquet"}, "experiments/x.yaml: data.train: required for kind parquet"),
+    ({"model__num_classes": 100}, "experiments/x.yaml: model.num_classes: digits has 10 classes"),
+])
+def test_errors_name_file_and_field(overrides, expected):
+    message = error_of(minimal(**overrides))
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_missing_section_is_named():
+    raw = minimal()
+    del raw["finetune"]
+    assert error_of(raw) == "experiments/x.yaml: finetune: required"
+
+
+def test_fixed_value_allowed_anywhere_a_range_is():
+    raw = minimal(search_space={"mac_target": 0.4, "sim_temperature": 2.0, "init_mode": "uniform",
+                                "init_scale": 0.0, "mac_loss_weight": 5.0, "search_lr": 1e-3,
+                                "logit_lr": 0.05, "finetune_lr": 2e-3})
+    config = parse_config(raw, "x.yaml")
+    assert explored(config.search_space) == []
+    assert DefineByRun(config.search_space)(None) == {
+        "mac_target": 0.4, "sim_temperature": 2.0, "init_mode": "uniform", "init_scale": 0.0,
+        "mac_loss_weight": 5.0, "search_lr": 1e-3, "logit_lr": 0.05, "finetune_lr": 2e-3}
+
+
+def test_define_by_run_samples_inside_the_ranges():
+    import optuna
+
+    config = parse_config(minimal(search_space={
+        "mac_target": {"low": 0.3, "high": 0.8}, "sim_temperature": {"low": 0.1, "high": 10,
+                                                                     "log": True},
+        "init_mode": ["uniform", "attn_leave_out"], "finetune_lr": [1e-3, 3e-3]}), "x.yaml")
+    space = DefineByRun(config.search_space)
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        constants = space(trial)
+        p = trial.params
+        assert 0.3 <= p["mac_target"] <= 0.8 and 0.1 <= p["sim_temperature"] <= 10
+        assert p["init_mode"] in ("uniform", "attn_leave_out") and p["finetune_lr"] in (1e-3, 3e-3)
+        assert set(constants) == {"init_scale", "mac_loss_weight", "search_lr", "logit_lr"}
+        study.tell(trial, [1.0, 1.0])
+    assert dict(describe(config.search_space))["sim_temperature"] == "log range [0.1, 10]"
+
+
+def test_yaml_level_errors(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(yaml.safe_dump(minimal()) + "seed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: line \d+: invalid YAML: .*duplicate key"):
+        load_config(dup)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: {name: [\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: line \d+: invalid YAML"):
+        load_config(broken)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty.yaml: the file is empty"):
+        load_config(empty)
+    with pytest.raises(ConfigError, match="nope.yaml: no such file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_paths_expand_env_vars_and_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    raw = minimal(data={"kind": "parquet", "train": "$SHARDS/train", "val": "rel/val"})
+    config = parse_config(raw, "x.yaml")
+    assert config.data.train == tmp_path / "train" and config.data.val == tmp_path / "rel" / "val"
+    monkeypatch.delenv("SHARDS")
+    raw = minimal(data={"kind": "parquet", "train": "${SHARDS}/train", "val": "v"})
+    assert error_of(raw) == ("experiments/x.yaml: data.train: environment variable SHARDS is "
+                             "not set")
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    ({"search_space__mac_target": {"low": 0, "high": 0.5}},
+     "search_space.mac_target.low: must be in (0, 1]"),
+    ({"model__name": "no_such_vit"}, "model.name: unknown timm model 'no_such_vit'"),
+    ({"model__checkpoint": "missing.pth"}, "model.checkpoint: no such file:"),
+    ({"tracking__uri": "./mlruns"}, "tracking.uri: './mlruns' is MLflow's retired file store"),
+])
+def test_cli_bad_input_one_line_no_traceback_nothing_written(tmp_path, edit, expected):
+    raw = minimal(**edit)
+    raw["storage"] = {"path": str(tmp_path / "results")}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = run_cli(str(path), cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"{path}: {expected}"] or (len(lines) == 1 and expected in lines[0]), lines
+    assert lines[0].startswith(str(path))
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing written
+
+
+def test_cli_missing_file_and_dry_run(tmp_path):
+    proc = run_cli("nope.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "nope.yaml: no such file"
+    raw = minimal(search_space={"mac_target": {"low": 0.3, "high": 0.8}})
+    raw["storage"] = {"path": str(tmp_path / "results")}
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = run_cli(str(path), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "mac_target" in proc.stdout and "range [0.3, 0.8]" in proc.stdout
+    assert "1 CPU, 0 GPU" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml"]  # dry run writes nothing

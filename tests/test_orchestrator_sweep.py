@@ -1,0 +1,165 @@
+"""End to end on digits: a real sweep (Ray local, 2 CPUs, tiny budgets), MLflow, Pareto, report.
+
+One sweep of 4 trials is shared by the assertions below. One of its MAC-target choices (0.02)
+is below what the model can reach, so the trial that draws it fails inside ``finalize``: the
+sweep must still finish, keep the other trials' results, and record the failure.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from test_orchestrator_pareto import brute_force
+
+TINY = {
+    "seed": 0,
+    "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 8,
+              "kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 4}},
+    "data": {"kind": "digits", "calib_images": 64},
+    "teacher": {"epochs": 2, "lr": 0.003},
+    "search": {"steps": 6, "sim_every": 3},
+    "finetune": {"epochs": 2},
+    "resources": {"num_cpus": 2, "cpus_per_trial": 1, "teacher_cpus": 1},
+}
+
+
+def write_config(tmp: Path, name: str, **sections) -> Path:
+    raw = {**json.loads(json.dumps(TINY)), "name": name,
+           "storage": {"path": str(tmp / "results")}, **sections}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def mlflow_client(tmp: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp / 'results' / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    from orchestrator.sweep import main
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    config = write_config(
+        tmp, "e2e",
+        search_space={"mac_target": [0.02, 0.5, 0.7], "init_mode": ["uniform", "attn_leave_out"],
+                      "finetune_lr": {"low": 1e-3, "high": 3e-3, "log": True}},
+        sweep={"num_samples": 4, "max_concurrent_trials": 2, "sampler": "random",
+               "asha": {"metric": "top1", "grace_period": 1, "reduction_factor": 2},
+               "max_failures": 1})
+    code = main([str(config)])
+    return {"tmp": tmp, "dir": tmp / "results" / "e2e", "code": code}
+
+
+def children(client, parent_id: str) -> list:
+    exp_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def test_sweep_exits_zero_and_parent_holds_the_artifacts(sweep):
+    assert sweep["code"] == 0
+    state = json.loads((sweep["dir"] / "sweep.json").read_text())
+    client = mlflow_client(sweep["tmp"])
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.parquet", "pareto.png", "trials.parquet", "config.json"} <= artifacts
+    assert parent.data.params["model.name"] == "flatten_vit_micro"
+    assert len(parent.data.tags["git_commit"]) >= 40
+    history = client.get_metric_history(parent.info.run_id, "hypervolume")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # once per finished trial
+    assert 0.0 < history[-1].value <= 1.0
+    assert parent.data.metrics["teacher_top1"] > 10.0  # better than chance after 2 epochs
+
+
+def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
+    import prune_core
+    from orchestrator.config import load_config
+    from orchestrator.teacher import create_model
+
+    state = json.loads((sweep["dir"] / "sweep.json").read_text())
+    client = mlflow_client(sweep["tmp"])
+    runs = children(client, state["parent_run_id"])
+    trials = pq.read_table(sweep["dir"] / "trials.parquet").to_pylist()
+    assert len(runs) == len(trials) == 4
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(t["trial_id"] for t in trials)
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(failed) >= 1 and len(finished) >= 1 and len(failed) + len(finished) == 4
+    assert all(float(r.data.params["mac_target"]) == 0.02 for r in failed)
+    exp = load_config(sweep["tmp"] / "e2e.yaml")
+    for run in finished:
+        assert set(run.data.params) == {"mac_target", "sim_temperature", "init_mode",
+                                        "init_scale", "mac_loss_weight", "search_lr",
+                                        "logit_lr", "finetune_lr"}
+        m = run.data.metrics
+        steps = [x.step for x in client.get_metric_history(run.info.run_id, "top1")]
+        assert steps == list(range(1, int(m["training_iteration"]) + 1))  # per epoch, no repeats
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"plan.json", "search.json"} <= names
+        if m["fully_trained"] == 1.0:
+            assert {"top1", "macs", "params", "throughput"} <= set(m)
+            assert m["macs_ratio"] <= float(run.data.params["mac_target"]) + 1e-9
+            local = Path(client.download_artifacts(run.info.run_id, "", str(sweep["tmp"] /
+                                                                             run.info.run_id)))
+            model = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
+                                           local / "plan.json", local / "weights.pt")
+            assert prune_core.count_macs(model, exp.input_size) == int(m["macs"])
+
+
+def test_pareto_parquet_equals_brute_force_over_trials_parquet(sweep):
+    trials = pq.read_table(sweep["dir"] / "trials.parquet").to_pylist()
+    done = [t for t in trials if t["fully_trained"]]
+    assert done, "no trial finished its fine-tune"
+    keep = brute_force([t["top1"] for t in done], [t["macs"] for t in done])
+    expected = sorted(t["trial_id"] for t, k in zip(done, keep, strict=True) if k)
+    front = pq.read_table(sweep["dir"] / "pareto.parquet").to_pylist()
+    assert sorted(t["trial_id"] for t in front) == expected
+    assert all(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+
+
+def test_optuna_study_has_no_orphan_running_trials(sweep):
+    import optuna
+
+    state_file = next(sweep["dir"].glob("searcher-state-*.pkl"))
+    searcher = pickle.loads(state_file.read_bytes())
+    study = searcher["_ot_study"]
+    states = [t.state for t in study.get_trials()]
+    assert len(states) == 4 and optuna.trial.TrialState.RUNNING not in states
+    assert len(study.directions) == 2  # still multi-objective: no metric leaked into TuneConfig
+
+
+def test_report_cli_prints_the_front_and_writes_the_plot(sweep, tmp_path):
+    out = tmp_path / "front.png"
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.report", str(sweep["dir"]),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    front = pq.read_table(sweep["dir"] / "pareto.parquet").to_pylist()
+    assert "teacher" in proc.stdout and "hypervolume" in proc.stdout
+    for row in front:
+        assert row["trial_id"] in proc.stdout
+    assert out.stat().st_size > 10_000
+    state = json.loads((sweep["dir"] / "sweep.json").read_text())
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.report", state["parent_run_id"],
+                           "--tracking-uri", f"sqlite:///{sweep['tmp'] / 'results' / 'mlflow.db'}",
+                           "--out", str(tmp_path / "from_run.png")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert all(row["trial_id"] in proc.stdout for row in front)
+
+
+def test_existing_sweep_is_not_overwritten_without_resume(sweep):
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep",
+                           str(sweep["tmp"] / "e2e.yaml")], capture_output=True, text=True, check=False,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "already holds sweep 'e2e': pass --resume" in proc.stderr.strip().splitlines()[-1]
