@@ -206,11 +206,15 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
     started = time.perf_counter()
     # A checkpoint per epoch is the point (restarts resume from it): no snapshot warnings.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    exp.sweep_dir.mkdir(parents=True, exist_ok=True)
     init = {"include_dashboard": False}
     if address is None:
         init.update(num_cpus=exp.resources.num_cpus, num_gpus=exp.resources.num_gpus)
-    ray.init(address=address, **init)
+    try:
+        ray.init(address=address, **init)
+    except ConnectionError as err:
+        return fail(f"orchestrator.sweep: --address {address}: {str(err).splitlines()[0]}")
+    fresh = not exp.sweep_dir.exists()
+    exp.sweep_dir.mkdir(parents=True, exist_ok=True)
     parent, status = None, "FAILED"
     try:
         _check_gpu_room(exp)
@@ -240,9 +244,14 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
     except KeyboardInterrupt:
         status = "KILLED"
         return fail("orchestrator.sweep: interrupted; continue with --resume", 130)
+    except ray.exceptions.RayTaskError as err:  # the teacher task: one line, not a traceback
+        cause = getattr(err, "cause", None) or err
+        return fail(f"orchestrator.sweep: teacher: {str(cause).splitlines()[0]}", 1)
     finally:
         if parent is not None:
             tracking.end_parent(uri, parent, status)
+        elif fresh and not any(exp.sweep_dir.iterdir()):
+            exp.sweep_dir.rmdir()  # failed before writing anything: leave no empty sweep
         ray.shutdown()
 
 

@@ -63,6 +63,11 @@ def _train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
     train_loader, val_loader = loaders(config, datasets)
     model = create_model(config)
     t = config.teacher
+
+    def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
+        print(f"teacher epoch {epoch + 1}/{t.epochs}: loss {metrics['train_loss']:.3f}",
+              flush=True)  # reaches the driver's console through Ray's log forwarding
+
     if t.epochs:
         prune_core.train(model, train_loader,
                          prune_core.TrainConfig(epochs=t.epochs, lr=t.lr,
@@ -70,7 +75,7 @@ def _train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
                                                 warmup_epochs=t.warmup_epochs,
                                                 label_smoothing=t.label_smoothing,
                                                 seed=config.seed),
-                         progress=False)
+                         on_epoch=on_epoch, progress=False)
     metrics = prune_core.evaluate(model, val_loader, config.input_size)
     metrics["epochs"] = t.epochs
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

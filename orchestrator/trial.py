@@ -114,7 +114,7 @@ def _restore(checkpoint) -> dict[str, Any] | None:
         out: dict[str, Any] = {"plan": (d / PLAN).read_text(),
                                "search_log": json.loads((d / SEARCH_LOG).read_text()),
                                **json.loads((d / META).read_text())}
-        for name in (MODEL, STATE):
+        for name in (MODEL, STATE, WEIGHTS):
             if (d / name).is_file():
                 out[name] = torch.load(d / name, map_location="cpu", weights_only=True)
     return out
@@ -167,6 +167,9 @@ def run_trial(config: dict[str, Any], *, experiment: Experiment,
                                           val_loader, full_macs)
     else:  # a restarted trial: rebuild the pruned model from its plan, skip the search
         reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"])
+        if WEIGHTS in saved:  # it had finished: report the final result again, nothing to do
+            tune.report(saved["result"])
+            return
         weights = saved[STATE]["model"] if STATE in saved else saved[MODEL]
         student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
                                          prune_core.Plan.from_json(saved["plan"]), weights)

@@ -163,3 +163,76 @@ def test_existing_sweep_is_not_overwritten_without_resume(sweep):
                           timeout=120)
     assert proc.returncode == 2
     assert "already holds sweep 'e2e': pass --resume" in proc.stderr.strip().splitlines()[-1]
+
+
+def _finished_trials(sweep_dir: Path) -> list[str]:
+    path = sweep_dir / "trials.parquet"
+    if not path.is_file():
+        return []
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except OSError:  # being replaced right now
+        return []
+    return [r["trial_id"] for r in rows if r["status"] == "TERMINATED"]
+
+
+def _result_lines(sweep_dir: Path) -> dict[str, int]:
+    """Tune's per-trial result.json line counts: a re-run trial would add lines."""
+    return {p.parent.name.removeprefix("trial_"): len(p.read_text().splitlines())
+            for p in sweep_dir.glob("trial_*/result.json")}
+
+
+def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
+    import os
+    import signal
+    import time
+
+    import optuna
+
+    config = write_config(
+        tmp_path, "resume",
+        search_space={"mac_target": {"low": 0.4, "high": 0.8}},
+        sweep={"num_samples": 6, "max_concurrent_trials": 2, "sampler": "nsga2",
+               "population_size": 2, "asha": None, "max_failures": 0})
+    sweep_dir = tmp_path / "results" / "resume"
+    cmd = [sys.executable, "-m", "orchestrator.sweep", str(config)]
+    log = (tmp_path / "first.log").open("w")
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 400
+    try:
+        while len(_finished_trials(sweep_dir)) < 2:
+            assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no two trials finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray node it started
+        driver.wait()
+    before = set(_finished_trials(sweep_dir))
+    lines_before = _result_lines(sweep_dir)
+    teacher_mtime = (sweep_dir / "teacher" / "teacher.pt").stat().st_mtime
+    assert 2 <= len(before) < 6
+
+    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+    trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
+    assert len(trials) == 6 and len({t["trial_id"] for t in trials}) == 6
+    assert all(t["status"] == "TERMINATED" and t["fully_trained"] for t in trials)
+    lines_after = _result_lines(sweep_dir)
+    for trial_id in before:  # finished before the kill: not run again
+        assert lines_after[trial_id] == lines_before[trial_id] == 3
+    assert (sweep_dir / "teacher" / "teacher.pt").stat().st_mtime == teacher_mtime
+
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    client = mlflow_client(tmp_path)
+    runs = children(client, state["parent_run_id"])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(t["trial_id"] for t in trials)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:  # epochs logged once each, even for the trial interrupted mid-way
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "top1")]
+        assert steps == [1, 2, 3]
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
+    study = pickle.loads(next(sweep_dir.glob("searcher-state-*.pkl")).read_bytes())["_ot_study"]
+    complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 6
