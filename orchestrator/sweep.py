@@ -243,7 +243,8 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         return 0
     except KeyboardInterrupt:
         status = "KILLED"
-        return fail("orchestrator.sweep: interrupted; continue with --resume", 130)
+        again = "--resume" if tune.Tuner.can_restore(str(exp.sweep_dir.resolve())) else "again"
+        return fail(f"orchestrator.sweep: interrupted; run it {again} to continue", 130)
     except ray.exceptions.RayTaskError as err:  # the teacher task: one line, not a traceback
         cause = getattr(err, "cause", None) or err
         return fail(f"orchestrator.sweep: teacher: {str(cause).splitlines()[0]}", 1)

@@ -58,7 +58,7 @@ def _train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
     import prune_core
     from orchestrator.data import build_datasets, loaders
 
-    torch.set_num_threads(max(1, int(config.resources.teacher_cpus)))
+    torch.set_num_threads(config.resources.torch_threads or max(1, int(config.resources.teacher_cpus)))
     datasets = build_datasets(config)
     train_loader, val_loader = loaders(config, datasets)
     model = create_model(config)

@@ -105,19 +105,46 @@ class Reporter:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
+def _read(directory: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"plan": (directory / PLAN).read_text(),
+                           "search_log": json.loads((directory / SEARCH_LOG).read_text()),
+                           **json.loads((directory / META).read_text())}
+    for name in (MODEL, STATE, WEIGHTS):
+        if (directory / name).is_file():
+            out[name] = torch.load(directory / name, map_location="cpu", weights_only=True)
+    return out
+
+
+def _newer_on_disk(checkpoint) -> list[Path]:
+    """Checkpoints this trial persisted after the one Tune restored, newest first.
+
+    Tune snapshots its experiment state every few seconds, so a driver killed just after a
+    trial's last reports restores the trial at an older checkpoint although newer ones (even
+    the final one) are already in storage. Resuming from those avoids repeating finished work.
+    Local and mounted storage only; elsewhere Tune's choice stands.
+    """
+    if checkpoint is None or getattr(checkpoint.filesystem, "type_name", "") != "local":
+        return []
+    current = Path(checkpoint.path)
+    try:
+        index = int(current.name.rsplit("_", 1)[1])
+        found = [(int(p.name.rsplit("_", 1)[1]), p) for p in current.parent.glob("checkpoint_*")]
+    except (IndexError, ValueError):
+        return []
+    return [p for i, p in sorted(found, reverse=True) if i > index]
+
+
 def _restore(checkpoint) -> dict[str, Any] | None:
     """Everything a restarted trial needs, read into memory from its latest checkpoint."""
     if checkpoint is None:
         return None
+    for directory in _newer_on_disk(checkpoint):
+        try:
+            return {**_read(directory), "unreported": True}
+        except (OSError, ValueError, RuntimeError, KeyError):  # cut short by the kill
+            continue
     with checkpoint.as_directory() as tmp:
-        d = Path(tmp)
-        out: dict[str, Any] = {"plan": (d / PLAN).read_text(),
-                               "search_log": json.loads((d / SEARCH_LOG).read_text()),
-                               **json.loads((d / META).read_text())}
-        for name in (MODEL, STATE, WEIGHTS):
-            if (d / name).is_file():
-                out[name] = torch.load(d / name, map_location="cpu", weights_only=True)
-    return out
+        return {**_read(Path(tmp)), "unreported": False}
 
 
 def _search_phase(exp: Experiment, p: TrialParams, teacher: nn.Module, calib: torch.Tensor,
@@ -167,8 +194,9 @@ def run_trial(config: dict[str, Any], *, experiment: Experiment,
                                           val_loader, full_macs)
     else:  # a restarted trial: rebuild the pruned model from its plan, skip the search
         reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"])
-        if WEIGHTS in saved:  # it had finished: report the final result again, nothing to do
-            tune.report(saved["result"])
+        if WEIGHTS in saved:  # it had finished; Tune may not know it yet: tell it, train nothing
+            if saved["unreported"]:
+                reporter.report(saved["result"], {WEIGHTS: saved[WEIGHTS]})
             return
         weights = saved[STATE]["model"] if STATE in saved else saved[MODEL]
         student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
