@@ -108,6 +108,7 @@ class AshaConfig(Strict):
     mode: Literal["max", "min"] = "max"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
+    mac_buckets: int = Field(1, ge=1)  # rank trials only against trials of similar MACs
 
 
 class SweepConfig(Strict):

@@ -77,6 +77,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     train_loader, val_loader = loaders(exp, datasets)
     if not isinstance(datasets.train, torch.utils.data.IterableDataset):
         train_loader = ray.train.torch.prepare_data_loader(train_loader)  # DistributedSampler
+    for module in prune_core.gated_modules(student).values():
+        module.gates.requires_grad_(False)  # pruned: unused, and DDP rejects unused parameters
     model = ray.train.torch.prepare_model(student)
     plain = model.module if hasattr(model, "module") else model
     resume_state = None

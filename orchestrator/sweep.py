@@ -74,14 +74,16 @@ def make_searcher(exp: Experiment):
 
 
 def make_scheduler(exp: Experiment):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from orchestrator.scheduler import MacBucketASHA
 
     a = exp.sweep.asha
     if a is None:
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", metric=a.metric, mode=a.mode,
-                         max_t=exp.finetune.epochs + 1, grace_period=a.grace_period,
-                         reduction_factor=a.reduction_factor)
+    return MacBucketASHA(buckets=a.mac_buckets, metric=a.metric, mode=a.mode,
+                         time_attr="training_iteration", max_t=exp.finetune.epochs + 1,
+                         grace_period=a.grace_period, reduction_factor=a.reduction_factor)
 
 
 def make_trainable(exp: Experiment, teacher_state: dict):
@@ -125,7 +127,8 @@ def print_plan(exp: Experiment, uri: str, source: str) -> None:
         table.add_row(name, text)
     console.print(table)
     asha = exp.sweep.asha
-    stopping = f"ASHA on {asha.metric} ({asha.mode})" if asha else "no early stopping"
+    stopping = (f"ASHA on {asha.metric} ({asha.mode}) in {asha.mac_buckets} MAC bucket(s)"
+                if asha else "no early stopping")
     checkpoint = f", from {exp.model.checkpoint}" if exp.model.checkpoint else ""
     files = f" ({exp.data.train}, {exp.data.val})" if exp.data.kind != "digits" else ""
     teacher_from = f" from {exp.teacher.checkpoint}" if exp.teacher.checkpoint else ""
