@@ -88,7 +88,9 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
             resume_state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=True)
     epochs = exp.finetune.epochs
 
-    reporter = Reporter(cfg["plan"], cfg["summary"], cfg["search_log"])
+    reporter = Reporter(cfg["plan"], {**cfg["summary"],
+                                      "finetune_workers": ray.train.get_context().get_world_size()},
+                        cfg["search_log"])
 
     def report(metrics: dict, files: dict | None) -> None:
         """Every rank reports (a collective); rank 0's metrics and checkpoint reach Tune."""

@@ -31,7 +31,7 @@ from orchestrator import pareto
 PARENT_TAG, TRIAL_TAG, SWEEP_TAG = "mlflow.parentRunId", "trial_id", "sweep"
 METRICS = ("top1", "train_loss", "lr", "macs", "macs_ratio", "params", "throughput",
            "pruned_top1", "search_final_loss", "search_soft_ratio", "fully_trained",
-           "time_total_s")  # logged per iteration; the last iteration holds the final values
+           "finetune_workers", "time_total_s")  # per iteration; the last one holds the finals
 ARTIFACTS = ("plan.json", "weights.pt", "search.json")
 
 
