@@ -15,6 +15,7 @@ widths are separate pruning decisions, so the fused ``qkv`` linear is laid out a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -448,6 +449,11 @@ def attention_modules(model: nn.Module) -> dict[str, _QKVAttention]:
 
 
 __all__ = [
-    "GatedModule", "SoftmaxAttention", "FocusedLinearAttention", "GatedMlp", "gated_modules",
-    "attention_modules", "check_kept",
+    "FocusedLinearAttention",
+    "GatedMlp",
+    "GatedModule",
+    "SoftmaxAttention",
+    "attention_modules",
+    "check_kept",
+    "gated_modules",
 ]

@@ -98,7 +98,7 @@ class MacModel:
 
     def total(self, widths: Widths | None = None) -> int:
         widths = self.current_widths() if widths is None else widths
-        return self.fixed + int(round(float(self._gated_total(widths))))
+        return self.fixed + round(float(self._gated_total(widths)))
 
     def soft_total(self) -> Tensor:
         """Differentiable MACs from the soft keep counts Σ sigmoid(θ) / H of every gate."""

@@ -7,7 +7,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader
 
-import prune_core  # noqa: F401  (registers the models)
+import prune_core
 from prune_core.digits import digits_datasets
 
 torch.set_num_threads(2)
@@ -16,7 +16,8 @@ torch.set_num_threads(2)
 def tiny_vit(seed: int = 0, **kwargs) -> torch.nn.Module:
     """flatten_vit_micro shrunk further: one linear and one softmax block, 8x8 input."""
     torch.manual_seed(seed)
-    cfg = dict(num_classes=10, img_size=8, patch_size=2, embed_dim=32, depth=2, num_heads=4)
+    cfg = {"num_classes": 10, "img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
+           "num_heads": 4}
     cfg.update(kwargs)
     return timm.create_model("flatten_vit_micro", **cfg)
 
