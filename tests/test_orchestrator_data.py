@@ -10,13 +10,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from orchestrator.config import parse_config
-from orchestrator.data import ParquetImages, build_datasets, export_digits, loaders
+from orchestrator.data import ParquetImages, build_datasets, loaders, main
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits_parquet")
-    export_digits(out, shards=3, row_group_size=100)
+    assert main(["export-digits", str(out), "--shards", "3"]) == 0  # the CLI the README names
     return out
 
 
@@ -82,3 +82,26 @@ def test_equal_split_gives_every_rank_the_same_count(shards, monkeypatch):
         counts.append(len(items))
         seen |= {rank}
     assert counts == [1347 // 4] * 4
+
+
+def test_imagefolder_reads_class_folders(shards, tmp_path):
+    """The same images as a class-per-folder tree (ImageFolder's layout, labels by folder)."""
+    from orchestrator.data import decode
+
+    for split in ("train", "val"):
+        for row in pq.read_table(shards / split).to_pylist():
+            folder = tmp_path / split / f"class_{row['label']}"
+            folder.mkdir(parents=True, exist_ok=True)
+            decode(row["image"]).save(folder / row["image"]["path"])
+    exp = parse_config({
+        "name": "t", "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 16},
+        "data": {"kind": "imagefolder", "train": str(tmp_path / "train"),
+                 "val": str(tmp_path / "val"), "calib_images": 16, "auto_augment": None},
+        "teacher": {"epochs": 1}, "finetune": {"epochs": 1},
+        "search_space": {"mac_target": 0.5}}, "x.yaml")
+    datasets = build_datasets(exp)
+    assert len(datasets.train) == 1347 and len(datasets.val) == 450
+    _, val = loaders(exp, datasets)
+    labels = collections.Counter(int(v) for _, y in val for v in y)
+    truth = collections.Counter(pq.read_table(shards / "val").column("label").to_pylist())
+    assert labels == truth and datasets.calib.shape == (16, 3, 16, 16)

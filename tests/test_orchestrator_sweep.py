@@ -54,10 +54,10 @@ def sweep(tmp_path_factory):
         tmp, "e2e", seed=4,
         search_space={"mac_target": [0.02, 0.5, 0.7], "init_mode": ["uniform", "attn_leave_out"],
                       "finetune_lr": {"low": 1e-3, "high": 3e-3, "log": True}},
-        sweep={"num_samples": 4, "max_concurrent_trials": 2, "sampler": "random",
+        sweep={"num_samples": 20, "max_concurrent_trials": 2, "sampler": "random",
                "asha": {"metric": "top1", "grace_period": 1, "reduction_factor": 2},
                "max_failures": 1})
-    code = main([str(config)])
+    code = main([str(config), "--num-samples", "4"])
     return {"tmp": tmp, "dir": tmp / "results" / "e2e", "code": code}
 
 
