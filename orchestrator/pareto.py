@@ -13,6 +13,7 @@ sweeps of the same model and independent of the MAC scale.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TRIAL_COLUMNS = ("trial_id", "status", "fully_trained", "top1", "macs", "macs_ratio", "params",
-                 "throughput", "pruned_top1", "iterations", "run_id")
+                 "throughput", "pruned_top1", "iterations", "run_id", "error")
 
 
 def non_dominated(top1: Sequence[float], macs: Sequence[float]) -> list[bool]:
@@ -68,6 +69,7 @@ def trials_table(rows: list[dict]) -> pa.Table:
 
 def _schema(rows: list[dict], columns: list[str]) -> pa.Schema:
     types = {"trial_id": pa.string(), "status": pa.string(), "run_id": pa.string(),
+             "error": pa.string(),
              "fully_trained": pa.bool_(), "iterations": pa.int64(), "macs": pa.int64(),
              "params": pa.int64()}
     fields = []
@@ -131,8 +133,13 @@ def plot(trials: pa.Table, front: pa.Table, path: str | Path, *,
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # suffix: the format
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)  # a reader sees the old plot or the new one, never half of one
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -145,8 +152,11 @@ def write_tables(trials: pa.Table, directory: str | Path, *, teacher: dict | Non
     paths = {"trials": directory / "trials.parquet", "pareto": directory / "pareto.parquet",
              "plot": directory / "pareto.png"}
     for key, table in (("trials", trials), ("pareto", front)):
-        tmp = paths[key].with_name(f".{paths[key].name}.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(paths[key])
+        tmp = paths[key].with_name(f".{paths[key].name}.{os.getpid()}.tmp")
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, paths[key])
+        finally:
+            tmp.unlink(missing_ok=True)
     plot(trials, front, paths["plot"], teacher=teacher, title=title)
     return paths

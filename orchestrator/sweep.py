@@ -27,7 +27,13 @@ from rich.table import Table
 
 from orchestrator import space as space_mod
 from orchestrator.config import ConfigError, Experiment, check_inputs, load_config
-from orchestrator.tracking import TrackingError, check_uri
+from orchestrator.tracking import TrackingError, check_uri, ping
+
+# MLflow's defaults (7 retries with exponential backoff, 120 s timeouts) turn a dead server
+# into minutes of silence per call; a sweep wants to know in seconds (the user may override).
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 SWEEP_STATE = "sweep.json"  # parent run id and tracking URI, for --resume and report
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -59,7 +65,8 @@ def fail(message: str, code: int = 2) -> int:
 # ----------------------------------------------------------------------------- building
 def make_searcher(exp: Experiment):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.searcher import FailureAwareOptunaSearch
 
     s = exp.sweep
     if s.sampler == "nsga2":
@@ -69,8 +76,9 @@ def make_searcher(exp: Experiment):
         sampler = optuna.samplers.TPESampler(seed=exp.seed)
     else:
         sampler = optuna.samplers.RandomSampler(seed=exp.seed)
-    return OptunaSearch(space=space_mod.DefineByRun(exp.search_space), metric=["top1", "macs"],
-                        mode=["max", "min"], sampler=sampler, study_name=exp.name)
+    return FailureAwareOptunaSearch(space=space_mod.DefineByRun(exp.search_space),
+                                    metric=["top1", "macs"], mode=["max", "min"],
+                                    sampler=sampler, study_name=exp.name)
 
 
 def make_scheduler(exp: Experiment):
@@ -218,7 +226,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         return fail(f"orchestrator.sweep: --address {address}: {str(err).splitlines()[0]}")
     fresh = not exp.sweep_dir.exists()
     exp.sweep_dir.mkdir(parents=True, exist_ok=True)
-    parent, status = None, "FAILED"
+    parent, status, logger = None, "FAILED", None
     try:
         _check_gpu_room(exp)
         console.print(f"teacher: {exp.sweep_dir / 'teacher'}")
@@ -230,13 +238,16 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         trainable = make_trainable(exp, teacher_state)
         path = str(exp.sweep_dir.resolve())
         if resume:
+            logger.flush()  # what an earlier run could not log (MLflow down), before new events
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
             tuner = make_tuner(exp, trainable, [logger])
         grid = tuner.fit()
-        summary = logger.refresh()
-        errors = sum(1 for result in grid if result.error is not None)
+        logger.flush()
+        summary = logger.summary()
+        errors = sum(1 for result in grid if result.error is not None
+                     or (result.metrics or {}).get("failed"))
         status = "FINISHED"
         console.print(f"{len(grid)} trials ({errors} failed) in "
                       f"{time.perf_counter() - started:.0f} s; hypervolume "
@@ -252,7 +263,12 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         cause = getattr(err, "cause", None) or err
         return fail(f"orchestrator.sweep: teacher: {str(cause).splitlines()[0]}", 1)
     finally:
-        if parent is not None:
+        if logger is not None:
+            if not logger.end_sweep(status):
+                print(f"orchestrator.sweep: MLflow at {uri} did not take every record; they are "
+                      f"kept in {exp.sweep_dir / 'tracking-outbox.jsonl'}: run with --resume "
+                      "when it is back", file=sys.stderr)
+        elif parent is not None:
             tracking.end_parent(uri, parent, status)
         elif fresh and not any(exp.sweep_dir.iterdir()):
             exp.sweep_dir.rmdir()  # failed before writing anything: leave no empty sweep
@@ -263,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     # torch.utils.benchmark (imported by prune_core) warns about CUDA on CPU-only machines; an
     # error must stay the only line on stderr.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    for var, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(var, value)
     args = parse_args(argv)
     try:
         exp = load_config(args.config)
@@ -289,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     if restorable and not args.resume:
         return fail(f"{args.config}: {path} already holds sweep {exp.name!r}: pass --resume to "
                     "continue it, or change name / storage.path")
+    try:
+        ping(uri)  # a dead tracking server stops the sweep here, before any teacher or trial
+    except TrackingError as err:
+        return fail(f"orchestrator.sweep: {err}")
     try:
         return run(exp, uri, address=args.address, resume=args.resume)
     except TrackingError as err:

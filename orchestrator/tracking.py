@@ -20,13 +20,16 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
 from orchestrator import pareto
+from orchestrator.outbox import Outbox, plain_dict
 
 PARENT_TAG, TRIAL_TAG, SWEEP_TAG = "mlflow.parentRunId", "trial_id", "sweep"
 METRICS = ("top1", "train_loss", "lr", "macs", "macs_ratio", "params", "throughput",
@@ -46,6 +49,24 @@ def check_uri(uri: str) -> str:
         raise TrackingError(f"{uri!r} is MLflow's retired file store; use sqlite:///path.db "
                             "or http://host:5000")
     return uri
+
+
+def ping(uri: str) -> None:
+    """Fail fast, before any trial runs, when the tracking server does not answer.
+
+    Bounded by MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT (the driver sets small defaults), so
+    a wrong or dead URI costs seconds, not MLflow's default minutes of retries.
+    """
+    if not uri.lower().startswith(("http:", "https:")):
+        return
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001  (connection refused, timeout, 5xx, auth, ...)
+        text = str(err)
+        why = ("connection refused" if "refused" in text.lower() else
+               "timed out" if "timeout" in text.lower() or "timed out" in text.lower() else
+               _first_line(err))
+        raise TrackingError(f"cannot reach the MLflow server at {uri}: {why}") from None
 
 
 def client(uri: str):
@@ -159,11 +180,50 @@ def trial_rows(uri: str, parent_id: str) -> list[dict]:
                "macs_ratio": m.get("macs_ratio"),
                "params": int(m["params"]) if "params" in m else None,
                "throughput": m.get("throughput"), "pruned_top1": m.get("pruned_top1"),
-               "iterations": int(m.get("training_iteration", 0)), "run_id": run.info.run_id}
+               "iterations": int(m.get("training_iteration", 0)), "run_id": run.info.run_id,
+               "error": tags.get("error")}
         for k, v in run.data.params.items():
             row[f"param_{k}"] = _param_value(v)
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial_id"] or "")
+
+
+RESULT_KEYS = METRICS + ("training_iteration", "timestamp", "failed", "error",
+                         "checkpoint_path", "phase")
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+def _checkpoint_uri(checkpoint) -> str | None:
+    """Where a checkpoint lives, as a URI a later process (a replay) can open again."""
+    if checkpoint is None:
+        return None
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    if kind == "local":
+        return str(checkpoint.path)
+    return f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}"
+
+
+def _error_reason(trial) -> str:
+    """The trial's exception, one line (the cause, not Ray's wrapper), for the run's tags."""
+    try:
+        err = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001
+        err = None
+    if err is not None:
+        return _first_line(getattr(err, "cause", None) or err)
+    try:
+        lines = Path(trial.error_file).read_text().strip().splitlines()
+        return lines[-1][:500] if lines else "unknown error"
+    except (OSError, TypeError):
+        return "unknown error"
 
 
 def _param_value(text: str) -> float | str:
@@ -174,7 +234,17 @@ def _param_value(text: str) -> float | str:
 
 
 class TrialLogger(Callback):
-    """Tune callback (driver side): child runs per trial, Pareto artifacts on the parent."""
+    """Tune callback (driver side): child runs per trial, Pareto artifacts on the parent.
+
+    Every callback becomes an *operation* (a JSON-safe dict naming the trial by id) that is
+    applied to MLflow at once, or, when MLflow cannot be reached, appended to the sweep's
+    :class:`~orchestrator.outbox.Outbox`. While the outbox holds anything, new operations queue
+    behind it (order matters: a run is created before its metrics) and the outbox is replayed
+    at most every ``RETRY_S`` seconds, at the end of the sweep and by ``--resume``. A tracking
+    failure therefore never stops the sweep (an exception in a Tune callback would).
+    """
+
+    RETRY_S = 10.0
 
     def __init__(self, uri: str, parent_id: str, sweep_dir: str, sweep_name: str,
                  param_names: list[str], teacher: dict) -> None:
@@ -182,13 +252,81 @@ class TrialLogger(Callback):
         self.sweep_name, self.param_names, self.teacher = sweep_name, param_names, teacher
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
+        self._next_try = 0.0
 
     def __getstate__(self) -> dict:  # caches are rebuilt from MLflow after a restore
-        return {**self.__dict__, "_runs": {}, "_last_step": {}}
+        return {**self.__dict__, "_runs": {}, "_last_step": {}, "_next_try": 0.0}
+
+    # ------------------------------------------------------------------ operations
+    def _op(self, kind: str, trial=None, **fields: Any) -> dict:
+        op: dict[str, Any] = {"op": kind, **fields}
+        if trial is not None:
+            op["trial"] = trial.trial_id
+            op["config"] = plain_dict(trial.config, tuple(self.param_names))
+        return op
+
+    def submit(self, op: dict) -> None:
+        box = Outbox(self.sweep_dir)
+        if box.pending():
+            box.append(op)
+            self.flush(force=False)
+            return
+        try:
+            self._apply(op)
+        except Exception as err:  # noqa: BLE001  (whatever MLflow raised: keep it for later)
+            box.append(op)
+            self._next_try = time.monotonic() + self.RETRY_S
+            _warn(f"tracking: MLflow at {self.uri} failed ({_first_line(err)}); buffering in "
+                  f"{box.path}, replayed when it answers")
+
+    def flush(self, force: bool = True) -> bool:
+        """Replay the outbox in order, stopping at the first failure; True when it is empty."""
+        box = Outbox(self.sweep_dir)
+        ops = box.pending()
+        if not ops:
+            return True
+        if not force and time.monotonic() < getattr(self, "_next_try", 0.0):
+            return False
+        last_refresh = max((i for i, op in enumerate(ops) if op["op"] == "refresh"), default=-1)
+        done = 0
+        try:
+            for i, op in enumerate(ops):
+                if op["op"] != "refresh" or i == last_refresh:  # one rebuild is enough
+                    self._apply(op)
+                done = i + 1
+        except Exception as err:  # noqa: BLE001
+            box.replace(ops[done:])
+            self._next_try = time.monotonic() + self.RETRY_S
+            if force:
+                _warn(f"tracking: MLflow at {self.uri} still failing ({_first_line(err)}); "
+                      f"{len(ops) - done} operation(s) kept in {box.path}")
+            return False
+        box.replace([])
+        _warn(f"tracking: MLflow at {self.uri} is back; replayed {len(ops)} buffered "
+              "operation(s)")
+        return True
+
+    def _apply(self, op: dict) -> None:
+        kind = op["op"]
+        if kind == "refresh":
+            self.refresh()
+            return
+        if kind == "end_parent":
+            end_parent(self.uri, self.parent_id, op["status"])
+            return
+        run_id = self._run_id(op["trial"], op.get("config", {}))
+        if kind in ("result", "complete"):
+            self._log_result(op["trial"], run_id, op["result"])
+        if kind == "complete":
+            self._log_artifacts(run_id, op.get("checkpoint"), op["result"])
+            failed = op["result"].get("failed")
+            self._finish(run_id, "FAILED" if failed else "FINISHED",
+                         "ERROR" if failed else "TERMINATED", op["result"].get("error"))
+        elif kind == "error":
+            self._finish(run_id, "FAILED", "ERROR", op.get("reason"))
 
     # ------------------------------------------------------------------ child runs
-    def _run_id(self, trial) -> str:
-        tid = trial.trial_id
+    def _run_id(self, tid: str, config: dict) -> str:
         if tid in self._runs:
             return self._runs[tid]
         c = client(self.uri)
@@ -200,11 +338,13 @@ class TrialLogger(Callback):
             self._last_step[tid] = int(run.data.metrics.get("training_iteration", 0))
             if run.info.status != "RUNNING":
                 c.update_run(run.info.run_id, status="RUNNING")
+            if not run.data.params:  # created just before an outage cut the params off
+                self._log_params(run.info.run_id, config)
         else:
             run = c.create_run(exp_id, run_name=f"{self.sweep_name}-{tid}", tags={
                 PARENT_TAG: self.parent_id, TRIAL_TAG: tid, SWEEP_TAG: self.sweep_name,
                 "trial_status": "RUNNING"})
-            self._log_params(run.info.run_id, trial.config)
+            self._log_params(run.info.run_id, config)
             self._last_step[tid] = 0
         self._runs[tid] = run.info.run_id
         return run.info.run_id
@@ -213,56 +353,77 @@ class TrialLogger(Callback):
         from mlflow.entities import Param
 
         params = [Param(k, str(config[k])) for k in self.param_names if k in config]
-        client(self.uri).log_batch(run_id, params=params)
+        if params:
+            client(self.uri).log_batch(run_id, params=params)
 
-    def _log_metrics(self, run_id: str, result: dict, names: tuple[str, ...], step: int) -> None:
+    def _log_result(self, tid: str, run_id: str, result: dict) -> None:
         from mlflow.entities import Metric
 
+        step = int(result.get("training_iteration", 0))
+        if step <= self._last_step.get(tid, 0):  # logged before a restore (or a replay)
+            return
         stamp = int(result.get("timestamp", 0) * 1000)
-        metrics = [Metric(k, v, stamp, step) for k in names + ("training_iteration",)
+        metrics = [Metric(k, v, stamp, step) for k in METRICS + ("training_iteration",)
                    if (v := _number(result.get(k))) is not None]
         if metrics:
             client(self.uri).log_batch(run_id, metrics=metrics)
+        self._last_step[tid] = step
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._run_id(trial)
+        self.submit(self._op("start", trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict,
                         **info) -> None:
-        run_id = self._run_id(trial)
-        step = int(result.get("training_iteration", 0))
-        if step > self._last_step.get(trial.trial_id, 0):  # skip epochs logged before a restore
-            self._log_metrics(run_id, result, METRICS, step)
-            self._last_step[trial.trial_id] = step
+        self.submit(self._op("result", trial, result=plain_dict(result, RESULT_KEYS)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        result = trial.last_result or {}
-        self.on_trial_result(iteration, trials, trial, result)  # no-op unless not yet seen
-        run_id = self._run_id(trial)
-        self._log_artifacts(run_id, trial, result)
-        self._finish(run_id, "FINISHED", "TERMINATED")
-        self.refresh()
+        result = plain_dict(trial.last_result or {}, RESULT_KEYS)
+        self.submit(self._op("complete", trial, result=result,
+                             checkpoint=_checkpoint_uri(trial.checkpoint)))
+        self.submit(self._op("refresh"))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        run_id = self._run_id(trial)
-        self._finish(run_id, "FAILED", "ERROR")
-        self.refresh()
+        self.submit(self._op("error", trial, reason=_error_reason(trial)))
+        self.submit(self._op("refresh"))
 
-    def _finish(self, run_id: str, run_status: str, trial_status: str) -> None:
+    def end_sweep(self, status: str) -> bool:
+        """Replay what is buffered, then end the parent run; True when nothing is left over."""
+        self.flush(force=True)
+        self.submit(self._op("end_parent", status=status))
+        return not Outbox(self.sweep_dir).pending()
+
+    def summary(self) -> dict:
+        """The front for the closing line: from MLflow, else from the local trials table."""
+        try:
+            if Outbox(self.sweep_dir).pending():
+                raise ConnectionError("tracking operations still buffered")
+            return self.refresh()
+        except Exception:  # noqa: BLE001
+            path = Path(self.sweep_dir) / "trials.parquet"
+            if not path.is_file():
+                return {"hypervolume": float("nan"), "finished": 0, "front": None}
+            import pyarrow.parquet as pq
+
+            front = pareto.front_table(pq.read_table(path))
+            return {"hypervolume": pareto.front_hypervolume(front), "front": front}
+
+    def _finish(self, run_id: str, run_status: str, trial_status: str,
+                reason: str | None = None) -> None:
         c = client(self.uri)
         c.set_tag(run_id, "trial_status", trial_status)
+        if reason:
+            c.set_tag(run_id, "error", reason[:5000])
         c.set_terminated(run_id, status=run_status)
 
-    def _log_artifacts(self, run_id: str, trial, result: dict) -> None:
+    def _log_artifacts(self, run_id: str, checkpoint_uri: str | None, result: dict) -> None:
         """plan.json, weights.pt and the search curve from the trial's last checkpoint."""
         from ray.tune import Checkpoint
 
-        checkpoint = trial.checkpoint
         if result.get("checkpoint_path"):  # reported by a Ray Train (data-parallel) fine-tune
-            checkpoint = Checkpoint(result["checkpoint_path"])
-        if checkpoint is None:
+            checkpoint_uri = result["checkpoint_path"]
+        if not checkpoint_uri:
             return
-        with checkpoint.as_directory() as d:
+        with Checkpoint(checkpoint_uri).as_directory() as d:
             for name in ARTIFACTS:
                 if name == "weights.pt" and not result.get("fully_trained"):
                     continue

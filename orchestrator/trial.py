@@ -12,6 +12,12 @@ Every report saves a checkpoint (the plan plus the model or the whole fine-tune 
 trial restarted on another node resumes after its last finished epoch and never repeats the
 search. The final checkpoint holds ``plan.json`` + ``weights.pt`` (prune_core's portable format)
 and ``search.json`` (the search curve), which the driver logs to MLflow.
+
+A non-finite loss (search or fine-tune: prune_core raises FloatingPointError) is not retried:
+the same parameters would diverge again, and ``FailureConfig`` would spend every retry on it.
+The trial instead reports a terminal result with ``failed = 1``, ``error`` (the reason) and
+``top1 = NaN`` (Optuna records the trial as FAIL) and returns; the driver marks its MLflow run
+FAILED with the reason. Any other exception propagates and is retried from the checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from orchestrator import faults
 from orchestrator.config import Experiment
 
 PLAN, WEIGHTS, STATE, MODEL, META, SEARCH_LOG = (
@@ -88,13 +95,20 @@ class Reporter:
         return {**self.summary, **metrics}
 
     def write(self, directory: str | Path, result: dict[str, Any], files: dict[str, Any]) -> None:
-        """A checkpoint: the plan, the search curve, the result, and the given state dicts."""
+        """A checkpoint: the plan, the search curve, the result, and the given state dicts.
+
+        ``trial.json`` is written last and lists every other file with its size: Tune copies
+        the directory into storage file by file (in parallel), so a worker killed mid-copy
+        leaves a directory that :func:`_read` must recognise as incomplete.
+        """
         d = Path(directory)
         (d / PLAN).write_text(self.plan_json)
         (d / SEARCH_LOG).write_text(json.dumps(self.search_log))
-        (d / META).write_text(json.dumps({"summary": self.summary, "result": result}))
         for name, obj in files.items():
             torch.save(obj, d / name)
+        sizes = {name: (d / name).stat().st_size for name in (PLAN, SEARCH_LOG, *files)}
+        (d / META).write_text(json.dumps({"summary": self.summary, "result": result,
+                                          "files": sizes}))
 
     def report(self, metrics: dict[str, Any], files: dict[str, Any]) -> None:
         from ray import tune
@@ -106,9 +120,15 @@ class Reporter:
 
 
 def _read(directory: Path) -> dict[str, Any]:
+    """A checkpoint's contents; ValueError when it is incomplete (a copy cut short)."""
+    meta = json.loads((directory / META).read_text())
+    for name, size in meta.get("files", {}).items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != size:
+            raise ValueError(f"{path}: missing or truncated (checkpoint incomplete)")
     out: dict[str, Any] = {"plan": (directory / PLAN).read_text(),
                            "search_log": json.loads((directory / SEARCH_LOG).read_text()),
-                           **json.loads((directory / META).read_text())}
+                           **meta}
     for name in (MODEL, STATE, WEIGHTS):
         if (directory / name).is_file():
             out[name] = torch.load(directory / name, map_location="cpu", weights_only=True)
@@ -174,6 +194,30 @@ def _search_phase(exp: Experiment, p: TrialParams, teacher: nn.Module, calib: to
 def run_trial(config: dict[str, Any], *, experiment: Experiment,
               teacher_state: dict[str, torch.Tensor]) -> None:
     """The Tune function: ``config`` holds the sampled parameters (plus Optuna constants)."""
+    summary: dict[str, Any] = {}
+    try:
+        _run_trial(config, experiment, teacher_state, summary)
+    except FloatingPointError as err:  # diverged: terminal, never retried
+        report_failure(f"non-finite loss: {err}", summary)
+
+
+def report_failure(reason: str, summary: dict[str, Any]) -> None:
+    """A terminal result that says why; both objectives present (NaN top-1: Optuna FAIL)."""
+    from ray import tune
+
+    tune.report({**summary, "phase": "failed", "failed": 1, "error": reason[:500],
+                 "top1": float("nan"), "macs": summary.get("macs", float("nan")),
+                 "fully_trained": 0})
+
+
+def _poison(model: nn.Module) -> None:
+    """Fault injection (``nan``): a NaN weight makes the next loss NaN, as divergence would."""
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.is_floating_point()).fill_(float("nan"))
+
+
+def _run_trial(config: dict[str, Any], experiment: Experiment,
+               teacher_state: dict[str, torch.Tensor], summary_out: dict[str, Any]) -> None:
     from ray import tune
 
     import prune_core
@@ -202,6 +246,10 @@ def run_trial(config: dict[str, Any], *, experiment: Experiment,
         student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
                                          prune_core.Plan.from_json(saved["plan"]), weights)
         resume_state = saved.get(STATE)
+    summary_out.update(reporter.summary)
+    trial_id = tune.get_context().get_trial_id()
+    if faults.inject("before_finetune", 0, trial_id) == "nan":
+        _poison(student)
 
     if exp.finetune.workers > 1:
         from orchestrator.finetune_dp import finetune_data_parallel
@@ -216,6 +264,7 @@ def run_trial(config: dict[str, Any], *, experiment: Experiment,
             reporter.report({"phase": "finetune", "epoch": epoch + 1, "top1": metrics["top1"],
                              "train_loss": metrics["train_loss"], "lr": metrics["lr"],
                              "fully_trained": 0}, {STATE: state})
+            faults.inject("epoch_end", epoch + 1, trial_id)
 
     history = prune_core.train(student, train_loader, finetune_config(exp, p), teacher=teacher,
                                eval_loader=val_loader, on_epoch=on_epoch,

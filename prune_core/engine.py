@@ -179,6 +179,8 @@ def search(model: nn.Module, loader: DataLoader, input_size: tuple[int, int, int
                                       config.distill_alpha, config.distill_temperature)
             ratio = macs.soft_total() / macs.full
             loss_mac = config.mac_loss_weight * mac_penalty(ratio, target_now, config.penalty)
+            if not torch.isfinite(loss_task + loss_mac):
+                raise FloatingPointError(f"search loss is {float(loss_task + loss_mac)} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             (loss_task + loss_mac).backward()
             optimizer.step()

@@ -1,0 +1,273 @@
+"""Faults injected into real sweeps (Ray local, 2 CPUs, tiny budgets): nothing may be lost.
+
+- a trial that raises once is retried from its last checkpoint (no search again, no epoch twice);
+- a trial whose loss goes NaN is stopped at once, not retried, and recorded as failed with the
+  reason (MLflow child run FAILED + ``error`` tag, ``trials.parquet`` status/error columns);
+- a trial's Ray worker SIGKILLed mid-trial restarts from its checkpoint;
+- an MLflow server that does not answer at start: one line naming the URI, non-zero exit,
+  nothing run or written;
+- an MLflow server killed mid-sweep: the driver buffers what it could not log in the sweep
+  directory and replays it when the server is back (or at the end / on ``--resume``).
+
+Faults reach inside the trials through ``ORCHESTRATOR_FAULTS`` (see orchestrator/faults.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_orchestrator_sweep import _results, children, write_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sweep_cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator.sweep", str(config), *extra]
+
+
+# ----------------------------------------------------------------------------- trial faults
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    """3 trials, 3 faults: the first to start fine-tuning goes NaN, the first to finish fine-tune
+    epoch 1 raises, the next to finish epoch 1 stalls until this fixture SIGKILLs its worker."""
+    tmp = tmp_path_factory.mktemp("faults")
+    rules = tmp / "faults" / "rules.json"
+    rules.parent.mkdir()
+    rules.write_text(json.dumps([
+        {"point": "before_finetune", "action": "nan"},
+        {"point": "epoch_end", "epoch": 1, "action": "raise"},
+        {"point": "epoch_end", "epoch": 1, "action": "stall", "seconds": 300},
+    ]))
+    config = write_config(
+        tmp, "faulty", seed=1, finetune={"epochs": 3},
+        search_space={"mac_target": {"low": 0.4, "high": 0.8}},
+        sweep={"num_samples": 3, "max_concurrent_trials": 2, "sampler": "random",
+               "asha": None, "max_failures": 1})
+    log = (tmp / "driver.log").open("w")
+    driver = subprocess.Popen(sweep_cmd(config), stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "ORCHESTRATOR_FAULTS": str(rules)},
+                              start_new_session=True)
+    stall = rules.with_name("fired-2.json")
+    deadline = time.monotonic() + 400
+    killed = None
+    try:
+        while killed is None:
+            assert driver.poll() is None, (tmp / "driver.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "no trial reached the stall"
+            try:
+                killed = json.loads(stall.read_text())
+            except (FileNotFoundError, ValueError):
+                time.sleep(0.3)
+        time.sleep(0.5)  # inside time.sleep, past its report: a worker killed mid-trial
+        os.kill(killed["pid"], signal.SIGKILL)
+        code = driver.wait(timeout=400)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    fired = {json.loads(p.read_text())["action"]: json.loads(p.read_text())
+             for p in rules.parent.glob("fired-*.json")}
+    return {"tmp": tmp, "dir": tmp / "results" / "faulty", "code": code, "fired": fired,
+            "log": (tmp / "driver.log").read_text()}
+
+
+def _client(tmp: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp / 'results' / 'mlflow.db'}")
+
+
+def _runs_by_trial(tmp: Path, sweep_dir: Path) -> dict:
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    return {r.data.tags["trial_id"]: r for r in children(_client(tmp), state["parent_run_id"])}
+
+
+def _assert_resumed_from_checkpoint(faulty, trial_id: str) -> None:
+    """One search, epochs 0..3 each reported once, one final result: nothing redone or lost."""
+    rows = _results(faulty["dir"])[trial_id]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3], rows
+    assert [r["training_iteration"] for r in rows] == [1, 2, 3, 4]
+    assert [r["phase"] for r in rows].count("search") == 1
+    assert [r["phase"] for r in rows].count("done") == 1
+    run = _runs_by_trial(faulty["tmp"], faulty["dir"])[trial_id]
+    assert run.info.status == "FINISHED" and run.data.metrics["fully_trained"] == 1.0
+    steps = [m.step for m in _client(faulty["tmp"]).get_metric_history(run.info.run_id, "top1")]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_faulty_sweep_finishes_every_trial(faulty):
+    assert faulty["code"] == 0, faulty["log"][-4000:]
+    assert set(faulty["fired"]) == {"nan", "raise", "stall"}
+    assert len({f["trial_id"] for f in faulty["fired"].values()}) == 3  # one fault per trial
+    trials = pq.read_table(faulty["dir"] / "trials.parquet").to_pylist()
+    assert len(trials) == 3
+    assert sorted(t["status"] for t in trials) == ["ERROR", "TERMINATED", "TERMINATED"]
+
+
+def test_trial_that_raises_once_is_retried_from_its_checkpoint(faulty):
+    _assert_resumed_from_checkpoint(faulty, faulty["fired"]["raise"]["trial_id"])
+
+
+def test_sigkilled_worker_restarts_the_trial_from_its_checkpoint(faulty):
+    killed = faulty["fired"]["stall"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed["pid"], 0)  # the worker really is gone
+    _assert_resumed_from_checkpoint(faulty, killed["trial_id"])
+
+
+def test_nan_trial_fails_once_with_its_reason_and_is_not_retried(faulty):
+    import pickle
+
+    import optuna
+
+    trial_id = faulty["fired"]["nan"]["trial_id"]
+    rows = _results(faulty["dir"])[trial_id]
+    assert [r["phase"] for r in rows] == ["search", "failed"]  # no retry, no second search
+    assert "non-finite loss" in rows[-1]["error"]
+    run = _runs_by_trial(faulty["tmp"], faulty["dir"])[trial_id]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["trial_status"] == "ERROR"
+    assert "non-finite loss" in run.data.tags["error"]
+    (row,) = [t for t in pq.read_table(faulty["dir"] / "trials.parquet").to_pylist()
+              if t["trial_id"] == trial_id]
+    assert row["status"] == "ERROR" and "non-finite loss" in row["error"]
+    assert not row["fully_trained"]
+    front = pq.read_table(faulty["dir"] / "pareto.parquet").to_pylist()
+    assert trial_id not in {t["trial_id"] for t in front}
+    study = pickle.loads(next(faulty["dir"].glob("searcher-state-*.pkl")).read_bytes())
+    states = sorted(t.state.name for t in study["_ot_study"].get_trials())
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert optuna.trial.TrialState.RUNNING.name not in states
+
+
+# ----------------------------------------------------------------------------- tracking faults
+def test_unreachable_tracking_server_at_start_fails_fast_with_one_line(tmp_path):
+    config = write_config(tmp_path, "nomlflow", search_space={"mac_target": 0.5})
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = subprocess.run(sweep_cmd(config, "--tracking-uri", uri), capture_output=True,
+                          text=True, timeout=120, check=False)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"orchestrator.sweep: cannot reach the MLflow server at {uri}: " \
+                   "connection refused"
+    assert not (tmp_path / "results").exists()  # no teacher, no trial, no sweep directory
+    print(f"unreachable MLflow reported in {elapsed:.1f} s")
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on a loopback port; SIGKILLed and restarted by the test."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port, self.proc = root, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+               "--artifacts-destination", str(self.root / "artifacts")]
+        self.log = (self.root / "server.log").open("a")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_up(self, timeout: float = 180) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return
+            except OSError:
+                assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(0.3)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
+    from mlflow import MlflowClient
+
+    server = MlflowServer(tmp_path)
+    server.start()
+    config = write_config(
+        tmp_path, "outage", finetune={"epochs": 2},
+        search_space={"mac_target": {"low": 0.4, "high": 0.8}},
+        sweep={"num_samples": 3, "max_concurrent_trials": 2, "sampler": "random",
+               "asha": None, "max_failures": 0})
+    sweep_dir = tmp_path / "results" / "outage"
+    outbox = sweep_dir / "tracking-outbox.jsonl"
+    try:
+        server.wait_up()
+        log = (tmp_path / "driver.log").open("w")
+        driver = subprocess.Popen(sweep_cmd(config, "--tracking-uri", server.uri), stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 400
+        while not (sweep_dir / "sweep.json").is_file():  # parent run created: cut the server
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        server.kill()
+        buffered: list[str] = []
+        while "complete" not in buffered and driver.poll() is None:  # a trial ends unlogged
+            assert time.monotonic() < deadline
+            try:
+                buffered = [json.loads(x)["op"] for x in outbox.read_text().splitlines()]
+            except (FileNotFoundError, ValueError):
+                pass
+            time.sleep(0.3)
+        assert "complete" in buffered, (tmp_path / "driver.log").read_text()[-4000:]
+        server.start()  # same port, same database: the server is back
+        server.wait_up()
+        code = driver.wait(timeout=400)
+        text = (tmp_path / "driver.log").read_text()
+        assert code == 0, text[-4000:]
+        assert f"tracking: MLflow at {server.uri} failed" in text
+        if outbox.exists():  # the sweep ended before the server was back: --resume replays
+            proc = subprocess.run(sweep_cmd(config, "--tracking-uri", server.uri, "--resume"),
+                                  capture_output=True, text=True, timeout=400, check=False)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        assert not outbox.exists()
+
+        client = MlflowClient(server.uri)
+        state = json.loads((sweep_dir / "sweep.json").read_text())
+        parent = client.get_run(state["parent_run_id"])
+        assert parent.info.status == "FINISHED"
+        runs = children(client, state["parent_run_id"])
+        trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
+        assert len(runs) == len(trials) == 3
+        assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(
+            p.name.removeprefix("trial_") for p in sweep_dir.glob("trial_*"))
+        for run in runs:  # every epoch of every trial, once, and the pruned model
+            assert run.info.status == "FINISHED", run.data.tags
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "top1")]
+            assert steps == [1, 2, 3]
+            assert run.data.metrics["fully_trained"] == 1.0 and len(run.data.params) == 8
+            names = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"plan.json", "weights.pt", "search.json"} <= names
+        artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+        assert {"trials.parquet", "pareto.parquet", "pareto.png"} <= artifacts
+        assert client.get_metric_history(parent.info.run_id, "hypervolume")
+    finally:
+        server.kill()
