@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import io
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -247,7 +248,9 @@ def export_digits(out: str | Path, *, shards: int = 3, seed: int = 0,
                 images.append({"bytes": buf.getvalue(), "path": f"digit_{i:04d}.png"})
             table = pa.table({"image": images, "label": pa.array(data.target[part], pa.int64())})
             path = directory / f"{split}-{s:05d}-of-{n:05d}.parquet"
-            pq.write_table(table, path, row_group_size=row_group_size)
+            tmp = path.with_name(f".{path.name}.tmp")  # a torn shard must not look like data
+            pq.write_table(table, tmp, row_group_size=row_group_size)
+            os.replace(tmp, path)
             written[split].append(path)
     return written
 

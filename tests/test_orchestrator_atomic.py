@@ -1,0 +1,112 @@
+"""Files the orchestrator writes are whole or absent: a crash mid-write never leaves a file that
+is read back as valid (the previous version stays, or the reader refuses it).
+
+Crashes are simulated by making the writer raise after it has written part of its bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from orchestrator import outbox, pareto, trial
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"trial_id": f"t{i}", "status": "TERMINATED", "fully_trained": True,
+             "top1": 90.0 + i, "macs": 1000 * (i + 1), "macs_ratio": 0.2 * (i + 1),
+             "params": 10, "throughput": 1.0, "pruned_top1": 50.0, "iterations": 3,
+             "run_id": f"r{i}", "error": None} for i in range(n)]
+
+
+def test_tables_and_plot_survive_a_crash_mid_write(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    pareto.write_tables(pareto.trials_table(_rows(2)), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"trials.parquet", "pareto.parquet", "pareto.png"}
+
+    def torn_parquet(table, where, **kw):
+        Path(where).write_bytes(b"PAR1 half a table")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", torn_parquet)
+    with pytest.raises(OSError):
+        pareto.write_tables(pareto.trials_table(_rows(3)), tmp_path)
+    monkeypatch.undo()
+
+    def torn_png(self, where, **kw):
+        Path(where).write_bytes(b"\x89PNG half an image")
+        raise OSError("killed")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", torn_png)
+    with pytest.raises(OSError):
+        pareto.plot(pareto.trials_table(_rows(3)), pareto.front_table(
+            pareto.trials_table(_rows(3))), tmp_path / "pareto.png")
+    monkeypatch.undo()
+    for name, data in before.items():  # the previous versions, byte for byte
+        assert (tmp_path / name).read_bytes() == data, name
+    assert pq.read_table(tmp_path / "trials.parquet").num_rows == 2
+
+
+def test_outbox_is_replaced_whole_and_ignores_a_torn_line(tmp_path, monkeypatch):
+    box = outbox.Outbox(tmp_path)
+    box.append({"op": "start", "trial": "a"})
+    box.append({"op": "result", "trial": "a", "result": {"top1": float("nan"), "x": 1}})
+    assert [op["op"] for op in box.pending()] == ["start", "result"]
+
+    def crash(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        box.append({"op": "complete", "trial": "a"})
+    monkeypatch.undo()
+    assert [op["op"] for op in box.pending()] == ["start", "result"]  # old version intact
+    with box.path.open("a") as f:  # a torn write by someone else: never parsed as an op
+        f.write('{"op": "comp')
+    assert [op["op"] for op in box.pending()] == ["start", "result"]
+
+
+def _checkpoint(directory: Path, epoch: int) -> Path:
+    d = directory / f"checkpoint_{epoch:06d}"
+    d.mkdir(parents=True)
+    reporter = trial.Reporter('{"plan": 1}', {"macs": 5}, [{"step": 0, "loss": 1.0}])
+    reporter.write(d, {"epoch": epoch}, {trial.STATE: {"model": {"w": torch.ones(64)},
+                                                       "epoch": epoch}})
+    return d
+
+
+@pytest.mark.parametrize("damage", ["truncate", "missing", "torn_meta"])
+def test_half_copied_checkpoint_is_never_resumed_from(tmp_path, damage):
+    from ray import tune
+
+    older = _checkpoint(tmp_path, 1)
+    newer = _checkpoint(tmp_path, 2)
+    state = newer / trial.STATE
+    if damage == "truncate":  # the copy into storage was cut short
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    elif damage == "missing":  # killed before the weights were copied at all
+        state.unlink()
+    else:
+        (newer / trial.META).write_text('{"summary": {"macs"')
+    with pytest.raises((OSError, ValueError, RuntimeError, KeyError)):
+        trial._read(newer)
+    saved = trial._restore(tune.Checkpoint.from_directory(str(older)))
+    assert saved["result"] == {"epoch": 1} and saved["unreported"] is False
+    assert saved[trial.STATE]["epoch"] == 1
+
+
+def test_intact_newer_checkpoint_is_preferred(tmp_path):
+    from ray import tune
+
+    older = _checkpoint(tmp_path, 1)
+    _checkpoint(tmp_path, 2)
+    saved = trial._restore(tune.Checkpoint.from_directory(str(older)))
+    assert saved["result"] == {"epoch": 2} and saved["unreported"] is True
+    assert json.loads((older / trial.META).read_text())["files"][trial.STATE] > 0
