@@ -140,8 +140,24 @@ class TrackingConfig(Strict):
     experiment: str | None = None  # default: the experiment name
 
 
+STORAGE_SCHEMES = ("s3", "gs", "gcs")  # resolved by pyarrow.fs (Ray's storage layer)
+
+
 class StorageConfig(Strict):
-    path: Path = Path("results")  # Ray storage_path; the sweep lives in <path>/<name>
+    """Where Tune keeps trial checkpoints and results: shared by every node of a cluster.
+
+    ``path`` is a local or mounted (NFS) directory, or ``s3://bucket/prefix`` /
+    ``gs://bucket/prefix`` (pyarrow resolves it; credentials come from the usual environment
+    or instance role). With a URI, the driver's own files (teacher weights, ``sweep.json``, the
+    Pareto tables, the tracking outbox, the default SQLite) live in ``local_dir``.
+    """
+
+    path: str = "results"  # Ray storage_path; the sweep lives in <path>/<name>
+    local_dir: Path = Path("results")  # driver-side state when path is a URI
+
+    @property
+    def is_uri(self) -> bool:
+        return "://" in self.path
 
 
 class Experiment(Strict):
@@ -160,14 +176,27 @@ class Experiment(Strict):
 
     @property
     def sweep_dir(self) -> Path:
-        return self.storage.path / self.name
+        """The driver's directory of this sweep (Tune's too, unless storage is a URI)."""
+        base = self.storage.local_dir if self.storage.is_uri else Path(self.storage.path)
+        return base / self.name
+
+    @property
+    def storage_uri(self) -> str:
+        """Tune's ``storage_path``: an absolute local path or an s3:// / gs:// URI."""
+        s = self.storage
+        return s.path.rstrip("/") if s.is_uri else str(Path(s.path).resolve())
+
+    @property
+    def tune_dir(self) -> str:
+        """Where Tune keeps this sweep (what ``Tuner.restore`` / ``can_restore`` take)."""
+        return f"{self.storage_uri}/{self.name}"
 
     @property
     def input_size(self) -> tuple[int, int, int]:
         return (3, self.model.img_size, self.model.img_size)
 
     def tracking_uri(self) -> str:
-        return self.tracking.uri or f"sqlite:///{self.storage.path.resolve() / 'mlflow.db'}"
+        return self.tracking.uri or f"sqlite:///{self.sweep_dir.parent.resolve() / 'mlflow.db'}"
 
 
 # ----------------------------------------------------------------------------- loading
@@ -189,7 +218,7 @@ def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = Fals
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 _PATH_FIELDS = (("model", "checkpoint"), ("data", "train"), ("data", "val"),
-                ("teacher", "checkpoint"), ("storage", "path"))
+                ("teacher", "checkpoint"), ("storage", "path"), ("storage", "local_dir"))
 _UNSET_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -208,8 +237,17 @@ def _expand_paths(raw: dict, source: str) -> None:
                 raise ConfigError(source, f"{section}.{key}",
                                   f"environment variable {unset.group(1)} is not set")
             if "://" in value:
-                raise ConfigError(source, f"{section}.{key}", f"{value}: only local or mounted "
-                                  "(NFS) paths are supported, not URLs")
+                scheme = value.split("://", 1)[0].lower()
+                if (section, key) == ("storage", "path") and scheme in STORAGE_SCHEMES:
+                    if not value.split("://", 1)[1].strip("/"):
+                        raise ConfigError(source, "storage.path", f"{value}: no bucket")
+                    block[key] = value
+                    continue
+                allowed = ("a local/NFS path, s3://bucket/prefix or gs://bucket/prefix"
+                           if (section, key) == ("storage", "path") else
+                           "only local or mounted (NFS) paths")
+                raise ConfigError(source, f"{section}.{key}",
+                                  f"{value}: unsupported scheme {scheme!r}; use {allowed}")
             block[key] = os.path.abspath(value)
     tracking = raw.get("tracking")
     if isinstance(tracking, dict) and isinstance(tracking.get("uri"), str):

@@ -48,7 +48,7 @@ def finetune_data_parallel(exp: Experiment, p: TrialParams, reporter: Reporter,
             num_workers=exp.finetune.workers, use_gpu=r.gpus_per_worker > 0,
             resources_per_worker={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=f"finetune_{trial_id}", storage_path=str(exp.sweep_dir.resolve() / "finetune"),
+            name=f"finetune_{trial_id}", storage_path=f"{exp.tune_dir}/finetune",
             failure_config=ray.train.FailureConfig(max_failures=exp.sweep.max_failures),
             callbacks=[TuneReportCallback()]))
     trainer.fit()

@@ -118,7 +118,7 @@ def make_tuner(exp: Experiment, trainable, callbacks: list):
                                   trial_name_creator=trial_name,
                                   trial_dirname_creator=trial_name)
     run_config = tune.RunConfig(
-        name=exp.name, storage_path=str(exp.storage.path.resolve()),
+        name=exp.name, storage_path=exp.storage_uri,
         failure_config=tune.FailureConfig(max_failures=exp.sweep.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks)
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
@@ -156,7 +156,8 @@ def print_plan(exp: Experiment, uri: str, source: str) -> None:
         ("fine-tune", finetune),
         ("concurrency", f"{exp.sweep.max_concurrent_trials} trials at once"),
         ("teacher task", f"{r.teacher_cpus:g} CPU, {r.teacher_gpus:g} GPU"),
-        ("storage", str(exp.sweep_dir.resolve())),
+        ("storage", exp.tune_dir + (f" (driver files in {exp.sweep_dir.resolve()})"
+                                    if exp.storage.is_uri else "")),
         ("tracking", uri),
     ]
     plan = Table(title="resources and schedule", title_justify="left", show_header=False)
@@ -196,7 +197,7 @@ def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
         tracking.reopen_parent(uri, state["parent_run_id"])
         return state["parent_run_id"]
     artifact_root = None if uri.startswith(("http:", "https:")) else (
-        exp.storage.path / "mlartifacts")
+        exp.sweep_dir.parent / "mlartifacts")
     exp_id = tracking.experiment_id(uri, exp.tracking.experiment or exp.name, artifact_root)
     parent = tracking.start_parent(uri, exp_id, exp.name, exp.model_dump(mode="json"),
                                    space_mod.describe(exp.search_space), teacher)
@@ -236,7 +237,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         logger = tracking.TrialLogger(uri, parent, str(exp.sweep_dir.resolve()), exp.name,
                                       list(type(exp.search_space).model_fields), teacher)
         trainable = make_trainable(exp, teacher_state)
-        path = str(exp.sweep_dir.resolve())
+        path = exp.tune_dir
         if resume:
             logger.flush()  # what an earlier run could not log (MLflow down), before new events
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
@@ -257,7 +258,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         return 0
     except KeyboardInterrupt:
         status = "KILLED"
-        again = "--resume" if tune.Tuner.can_restore(str(exp.sweep_dir.resolve())) else "again"
+        again = "--resume" if tune.Tuner.can_restore(exp.tune_dir) else "again"
         return fail(f"orchestrator.sweep: interrupted; run it {again} to continue", 130)
     except ray.exceptions.RayTaskError as err:  # the teacher task: one line, not a traceback
         cause = getattr(err, "cause", None) or err
@@ -300,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ray import tune
 
-    path = exp.sweep_dir.resolve()
-    restorable = tune.Tuner.can_restore(str(path))
+    path = exp.tune_dir
+    restorable = tune.Tuner.can_restore(path)
     if args.resume and not restorable:
         return fail(f"{args.config}: --resume: no sweep to resume in {path}")
     if restorable and not args.resume:
