@@ -184,12 +184,20 @@ class Experiment(Strict):
     def storage_uri(self) -> str:
         """Tune's ``storage_path``: an absolute local path or an s3:// / gs:// URI."""
         s = self.storage
-        return s.path.rstrip("/") if s.is_uri else str(Path(s.path).resolve())
+        if s.is_uri:
+            base, sep, query = s.path.partition("?")
+            return f"{base.rstrip('/')}{sep}{query}"
+        return str(Path(s.path).resolve())
 
     @property
     def tune_dir(self) -> str:
-        """Where Tune keeps this sweep (what ``Tuner.restore`` / ``can_restore`` take)."""
-        return f"{self.storage_uri}/{self.name}"
+        """Where Tune keeps this sweep (what ``Tuner.restore`` / ``can_restore`` take).
+
+        A URI may carry pyarrow options after ``?`` (``endpoint_override=...&scheme=http`` for
+        MinIO or another S3-compatible store); the sweep's name goes before them.
+        """
+        base, sep, query = self.storage_uri.partition("?")
+        return f"{base.rstrip('/')}/{self.name}{sep}{query}"
 
     @property
     def input_size(self) -> tuple[int, int, int]:

@@ -235,7 +235,8 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         console.print(f"teacher top-1 {teacher['top1']:.2f} %, {teacher['macs']:,} MACs")
         parent = _parent_run(exp, uri, teacher, resume)
         logger = tracking.TrialLogger(uri, parent, str(exp.sweep_dir.resolve()), exp.name,
-                                      list(type(exp.search_space).model_fields), teacher)
+                                      list(type(exp.search_space).model_fields), teacher,
+                                      storage_uri=exp.storage_uri)
         trainable = make_trainable(exp, teacher_state)
         path = exp.tune_dir
         if resume:

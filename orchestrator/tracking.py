@@ -201,14 +201,19 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
-def _checkpoint_uri(checkpoint) -> str | None:
-    """Where a checkpoint lives, as a URI a later process (a replay) can open again."""
+def _checkpoint_uri(checkpoint, storage_uri: str = "") -> str | None:
+    """Where a checkpoint lives, as a URI a later process (a replay) can open again.
+
+    The storage URI's pyarrow options (``?endpoint_override=...``) are carried over, so a
+    checkpoint on an S3-compatible store (MinIO) opens against the same endpoint.
+    """
     if checkpoint is None:
         return None
     kind = getattr(checkpoint.filesystem, "type_name", "local")
     if kind == "local":
         return str(checkpoint.path)
-    return f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}"
+    _, sep, query = storage_uri.partition("?")
+    return f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}{sep}{query}"
 
 
 def _error_reason(trial) -> str:
@@ -247,8 +252,9 @@ class TrialLogger(Callback):
     RETRY_S = 10.0
 
     def __init__(self, uri: str, parent_id: str, sweep_dir: str, sweep_name: str,
-                 param_names: list[str], teacher: dict) -> None:
+                 param_names: list[str], teacher: dict, storage_uri: str = "") -> None:
         self.uri, self.parent_id, self.sweep_dir = uri, parent_id, sweep_dir
+        self.storage_uri = storage_uri
         self.sweep_name, self.param_names, self.teacher = sweep_name, param_names, teacher
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
@@ -379,7 +385,8 @@ class TrialLogger(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = plain_dict(trial.last_result or {}, RESULT_KEYS)
         self.submit(self._op("complete", trial, result=result,
-                             checkpoint=_checkpoint_uri(trial.checkpoint)))
+                             checkpoint=_checkpoint_uri(trial.checkpoint,
+                                                        getattr(self, "storage_uri", ""))))
         self.submit(self._op("refresh"))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:

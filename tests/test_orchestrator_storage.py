@@ -34,11 +34,14 @@ def test_local_storage_is_absolute_and_shared_by_tune_and_driver(tmp_path, monke
     assert config.tune_dir == str(config.sweep_dir) == str(tmp_path / "nfs" / "results" / "t")
 
 
+ALLOWED = "use a local/NFS path, s3://bucket/prefix or gs://bucket/prefix"
+
+
 @pytest.mark.parametrize(("path", "expected"), [
-    ("hdfs://namenode/x", "experiments/x.yaml: storage.path: hdfs://namenode/x: unsupported "
-     "scheme 'hdfs'; use a local/NFS path, s3://bucket/prefix or gs://bucket/prefix"),
-    ("http://host/x", "experiments/x.yaml: storage.path: http://host/x: unsupported scheme "
-     "'http'; use a local/NFS path, s3://bucket/prefix or gs://bucket/prefix"),
+    ("hdfs://namenode/x",
+     f"experiments/x.yaml: storage.path: hdfs://namenode/x: unsupported scheme 'hdfs'; {ALLOWED}"),
+    ("http://host/x",
+     f"experiments/x.yaml: storage.path: http://host/x: unsupported scheme 'http'; {ALLOWED}"),
     ("s3://", "experiments/x.yaml: storage.path: s3://: no bucket"),
 ])
 def test_unsupported_storage_is_refused_with_one_line(path, expected):
@@ -61,3 +64,64 @@ def test_dry_run_shows_the_cloud_storage(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "s3://my-bucket/sweeps/digits" in proc.stdout
     assert not Path(tmp_path / "state").exists()  # a dry run writes nothing
+
+
+def test_storage_uri_options_stay_after_the_sweep_name():
+    config = parse_config(minimal(storage={
+        "path": "s3://bucket/sweeps/?endpoint_override=127.0.0.1:9000&scheme=http"}), "x.yaml")
+    assert config.tune_dir == "s3://bucket/sweeps/t?endpoint_override=127.0.0.1:9000&scheme=http"
+
+
+def test_sweep_on_s3_compatible_storage(tmp_path):
+    """A real sweep whose Tune storage is S3 (moto's server on loopback, via pyarrow)."""
+    moto_server = pytest.importorskip("moto.server")
+    import json
+    import os
+
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    from test_orchestrator_sweep import write_config
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        query = f"endpoint_override={host}:{port}&scheme=http&allow_bucket_creation=true"
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+            os.environ.setdefault(key, env[key])
+        s3 = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http",
+                               allow_bucket_creation=True, access_key="testing",
+                               secret_key="testing", region="us-east-1")
+        s3.create_dir("sweeps")
+        config = write_config(
+            tmp_path, "ons3", finetune={"epochs": 1},
+            search_space={"mac_target": 0.5},
+            storage={"path": f"s3://sweeps/results?{query}",
+                     "local_dir": str(tmp_path / "results")},
+            sweep={"num_samples": 2, "max_concurrent_trials": 2, "asha": None,
+                   "max_failures": 0})
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", str(config)],
+                              capture_output=True, text=True, timeout=600, check=False, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        local = tmp_path / "results" / "ons3"
+        trials = pq.read_table(local / "trials.parquet").to_pylist()
+        assert len(trials) == 2 and all(t["fully_trained"] for t in trials)
+        stored = [f.path for f in s3.get_file_info(pafs.FileSelector("sweeps/results/ons3",
+                                                                     recursive=True))]
+        for t in trials:  # Tune's results and every checkpoint live in the bucket
+            assert f"sweeps/results/ons3/trial_{t['trial_id']}/result.json" in stored
+            assert any(p.startswith(f"sweeps/results/ons3/trial_{t['trial_id']}/checkpoint_")
+                       and p.endswith("weights.pt") for p in stored)
+        assert not list(local.glob("trial_*"))  # nothing of Tune's on the local disk
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+        parent = json.loads((local / "sweep.json").read_text())["parent_run_id"]
+        for run in client.search_runs([client.get_run(parent).info.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{parent}'"):
+            names = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"plan.json", "weights.pt"} <= names  # fetched back from the bucket
+    finally:
+        server.stop()
