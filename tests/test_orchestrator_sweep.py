@@ -131,7 +131,7 @@ def test_pareto_parquet_equals_brute_force_over_trials_parquet(sweep):
 def test_optuna_study_has_no_orphan_running_trials(sweep):
     import optuna
 
-    state_file = next(sweep["dir"].glob("searcher-state-*.pkl"))
+    state_file = max(sweep["dir"].glob("searcher-state-*.pkl"))
     searcher = pickle.loads(state_file.read_bytes())
     study = searcher["_ot_study"]
     states = [t.state for t in study.get_trials()]
@@ -245,6 +245,7 @@ def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "top1")]
         assert steps == [1, 2, 3]
     assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
-    study = pickle.loads(next(sweep_dir.glob("searcher-state-*.pkl")).read_bytes())["_ot_study"]
+    newest = max(sweep_dir.glob("searcher-state-*.pkl"))  # one per driver start
+    study = pickle.loads(newest.read_bytes())["_ot_study"]
     complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4
