@@ -90,7 +90,8 @@ def _gate_shrink(gate: ChannelGate, kept: list[list[int]]) -> None:
     """Shrink a gate to the kept units: the pruned layer keeps an all-ones, OFF gate."""
     k = len(kept[0])
     index = torch.tensor(kept, dtype=torch.long, device=gate.logits.device)
-    gate.logits = nn.Parameter(gate.logits.detach().gather(1, index).clone())
+    # Frozen: a pruned layer's gate is off, and DDP refuses parameters that get no gradient.
+    gate.logits = nn.Parameter(gate.logits.detach().gather(1, index).clone(), requires_grad=False)
     gate.similarity = gate.similarity.gather(1, index).clone()
     gate.hard_mask = torch.ones_like(gate.similarity)
     gate.channels = k

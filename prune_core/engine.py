@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
-from torch.utils import benchmark
 from torch.utils.data import DataLoader
 
 from prune_core.attention import gated_modules
@@ -360,6 +359,8 @@ def accuracy(model: nn.Module, loader: DataLoader,
 def throughput(model: nn.Module, input_size: tuple[int, int, int], batch_size: int = 64,
                device: str | torch.device | None = None, min_run_time: float = 0.5) -> float:
     """Images per second: median of repeated timed runs after warm-up (torch.utils.benchmark)."""
+    from torch.utils import benchmark  # imported here: at module load it warns on CPU machines
+
     device = default_device(device)
     was_training = model.training
     model.eval().to(device)
