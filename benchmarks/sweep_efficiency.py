@@ -1,0 +1,162 @@
+"""Item 4: the orchestrator's overhead on the digits sweep, and hypervolume vs sampler.
+
+    python -m benchmarks.sweep_efficiency overhead   # experiments/digits.yaml as shipped
+    python -m benchmarks.sweep_efficiency samplers --samplers nsga2 tpe random --seeds 0 1 \
+        --trials 24
+
+``overhead`` runs ``python -m orchestrator.sweep`` on a copy of the digits config (own name and
+storage under ``benchmarks/.cache/sweeps``, everything else unchanged) and compares its wall
+time with the work it holds: the teacher (until the driver prints its top-1) plus each trial's
+own ``time_total_s`` (Ray's, measured inside the trial) spread over the concurrent slots.
+Overhead = (wall - teacher - Σ trial time / slots) / wall: Ray start-up, MLflow, scheduling and
+the idle slot at the tail all count as overhead.
+
+``samplers`` runs the same sweep with ``--trials`` trials per (sampler, seed); the teacher of a
+seed is trained once and copied into its other sweeps' directories (the driver finds a stored
+teacher and does not retrain it). Hypervolume (the
+orchestrator's own, in (MAC ratio, top-1) against (1, 0)) is taken over the fully trained
+trials among the first 8/16/24 trials in creation order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from benchmarks.digits_setup import CACHE, machine
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS = CACHE / "sweeps"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_config(name: str, *, seed: int | None = None, sampler: str | None = None) -> Path:
+    config = yaml.safe_load((ROOT / "experiments" / "digits.yaml").read_text())
+    config["name"] = name
+    config["storage"] = {"path": str(SWEEPS)}
+    config["tracking"] = {**config.get("tracking", {}), "uri": None}
+    if seed is not None:
+        config["seed"] = seed
+    if sampler is not None:
+        config["sweep"]["sampler"] = sampler
+    SWEEPS.mkdir(parents=True, exist_ok=True)
+    path = SWEEPS / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_sweep(config: Path, num_samples: int | None, log: Path) -> dict:
+    """Run the sweep CLI; wall time, and when the teacher was ready (driver's own line)."""
+    cmd = [sys.executable, "-m", "orchestrator.sweep", str(config)]
+    if num_samples is not None:
+        cmd += ["--num-samples", str(num_samples)]
+    started = time.perf_counter()
+    teacher_ready = None
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        for line in proc.stdout:
+            out.write(line)
+            if teacher_ready is None and "teacher top-1" in line:
+                teacher_ready = time.perf_counter() - started
+        code = proc.wait()
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"sweep {config} exited {code}; see {log}")
+    return {"wall_s": wall, "teacher_s": teacher_ready or 0.0}
+
+
+def trial_times(sweep_dir: Path) -> list[float]:
+    """Each trial's own time: the last ``time_total_s`` Ray recorded for it."""
+    times = []
+    for result in sorted(sweep_dir.glob("trial_*/result.json")):
+        lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+        if lines:
+            times.append(float(lines[-1]["time_total_s"]))
+    if not times:
+        raise SystemExit(f"no trial results under {sweep_dir}")
+    return times
+
+
+def overhead(args: argparse.Namespace) -> None:
+    name = f"bench_overhead_{int(time.time())}"
+    config = write_config(name)
+    exp = yaml.safe_load(config.read_text())
+    slots = min(exp["sweep"]["max_concurrent_trials"],
+                exp["resources"]["num_cpus"] // exp["resources"]["cpus_per_trial"])
+    timing = run_sweep(config, None, SWEEPS / f"{name}.log")
+    times = trial_times(SWEEPS / name)
+    work = timing["teacher_s"] + sum(times) / slots
+    row = {"sweep": "experiments/digits.yaml", "trials": len(times), "slots": slots,
+           "wall_s": timing["wall_s"], "teacher_s": timing["teacher_s"],
+           "sum_trial_s": sum(times), "ideal_s": work,
+           "overhead_pct": 100 * (timing["wall_s"] - work) / timing["wall_s"],
+           "machine": machine()}
+    RESULTS.mkdir(exist_ok=True)
+    pd.DataFrame([row]).to_csv(RESULTS / "sweep_overhead.csv", index=False, float_format="%.4g")
+    print(json.dumps(row, indent=1))
+
+
+def samplers(args: argparse.Namespace) -> None:
+    rows = []
+    out = RESULTS / "sweep_samplers.csv"
+    for seed in args.seeds:
+        teacher = None
+        for sampler in args.samplers:
+            name = f"bench_{sampler}_s{seed}_{args.trials}"
+            sweep_dir = SWEEPS / name
+            if not (sweep_dir / "trials.parquet").is_file():
+                config = write_config(name, seed=seed, sampler=sampler)
+                if teacher is not None:  # the driver finds it and does not retrain
+                    shutil.copytree(teacher, sweep_dir / "teacher", dirs_exist_ok=True)
+                run_sweep(config, args.trials, SWEEPS / f"{name}.log")
+            if teacher is None:
+                teacher = sweep_dir / "teacher"
+            trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
+            trials.sort(key=lambda r: int(str(r["trial_id"]).rsplit("_", 1)[-1]))
+            from orchestrator.pareto import hypervolume
+
+            for n in args.checkpoints:
+                first = [r for r in trials[:n] if r["fully_trained"] and r["top1"] is not None]
+                hv = hypervolume([r["top1"] for r in first], [r["macs_ratio"] for r in first])
+                rows.append({"sampler": sampler, "seed": seed, "after_trials": n,
+                             "fully_trained": len(first), "hypervolume": hv})
+                print(f"{sampler:>7} seed {seed} after {n:>2} trials: hypervolume {hv:.4f} "
+                      f"({len(first)} fully trained)", flush=True)
+            pd.DataFrame(rows).to_csv(out, index=False, float_format="%.5g")
+    df = pd.DataFrame(rows)
+    table = df.groupby(["sampler", "after_trials"]).hypervolume.agg(["mean", "std"]).unstack()
+    print(table.round(4).to_string())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    sub.add_parser("overhead", help="wall time vs the trials' own time, digits sweep")
+    s = sub.add_parser("samplers", help="hypervolume after N trials: NSGA-II vs TPE vs random")
+    s.add_argument("--samplers", nargs="+", default=["nsga2", "tpe", "random"],
+                   choices=["nsga2", "tpe", "random"])
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    s.add_argument("--trials", type=int, default=24)
+    s.add_argument("--checkpoints", type=int, nargs="+", default=[8, 16, 24])
+    args = p.parse_args(argv)
+    if args.what == "samplers":
+        if args.trials < 1 or any(not 0 < c <= args.trials for c in args.checkpoints):
+            p.error("--trials must be >= 1 and every --checkpoints value in [1, --trials]")
+        samplers(args)
+    else:
+        overhead(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
