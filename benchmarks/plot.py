@@ -2,6 +2,7 @@
 
     python -m benchmarks.plot accuracy   # results/accuracy.csv -> accuracy.md, accuracy.png
     python -m benchmarks.plot speedup    # results/speedup.csv  -> speedup.md, speedup.png
+    python -m benchmarks.plot equal_steps  # results/accuracy_equal_steps.csv -> .md
 """
 
 from __future__ import annotations
@@ -118,6 +119,33 @@ def accuracy_report(csv: Path, md: Path, png: Path) -> str:
     return text
 
 
+def equal_steps_report(csv: Path, md: Path, png: Path | None = None) -> str:
+    """Baselines with as many gradient steps as the method (fine-tune + search) vs the method."""
+    main = pd.read_csv(RESULTS / "accuracy.csv")
+    extra = pd.read_csv(csv)
+    targets = sorted(extra.target.unique(), reverse=True)
+
+    def cell(df: pd.DataFrame, method: str, target: float) -> str:
+        r = df[(df.method == method) & (df.target == target)].top1
+        return "–" if r.empty else f"{_pm(r.mean(), r.std())} (n={len(r)})"
+
+    epochs = int(extra.finetune_epochs.iloc[0])
+    base = int(main.finetune_epochs.iloc[0])
+    steps = int(main[main.method == "method"].search_steps.iloc[0])
+    lines = ["| method | fine-tune | " + " | ".join(f"top-1 @ {t:g}" for t in targets) + " |",
+             "|---|---|" + "---:|" * len(targets),
+             f"| method (ours) | {steps} search steps + {base} epochs | "
+             + " | ".join(cell(main, "method", t) for t in targets) + " |"]
+    for m in sorted(extra.method.unique()):
+        lines.append(f"| {LABELS[m]} | {base} epochs | "
+                     + " | ".join(cell(main, m, t) for t in targets) + " |")
+        lines.append(f"| {LABELS[m]} | {epochs} epochs (≈ the method's steps) | "
+                     + " | ".join(cell(extra, m, t) for t in targets) + " |")
+    text = "\n".join(lines) + "\n"
+    md.write_text(text)
+    return text
+
+
 def speedup_report(csv: Path, md: Path, png: Path) -> str:
     df = pd.read_csv(csv)
     lines = []
@@ -154,17 +182,19 @@ def speedup_report(csv: Path, md: Path, png: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("accuracy", "speedup"))
+    p.add_argument("what", choices=("accuracy", "speedup", "equal_steps"))
     p.add_argument("--csv", type=Path)
     p.add_argument("--md", type=Path)
     p.add_argument("--png", type=Path)
     args = p.parse_args(argv)
-    csv = args.csv or RESULTS / f"{args.what}.csv"
+    default = "accuracy_equal_steps" if args.what == "equal_steps" else args.what
+    csv = args.csv or RESULTS / f"{default}.csv"
     if not csv.is_file():
-        p.error(f"no such CSV: {csv} (run python -m benchmarks.{args.what} first)")
+        p.error(f"no such CSV: {csv} (run the benchmark that writes it first)")
     md = args.md or csv.with_suffix(".md")
     png = args.png or csv.with_suffix(".png")
-    report = accuracy_report if args.what == "accuracy" else speedup_report
+    report = {"accuracy": accuracy_report, "speedup": speedup_report,
+              "equal_steps": equal_steps_report}[args.what]
     print(report(csv, md, png))
     return 0
 

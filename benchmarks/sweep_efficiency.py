@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,14 @@ def write_config(name: str, *, seed: int | None = None, sampler: str | None = No
     return path
 
 
+def config_commit() -> str:
+    """The commit that last changed experiments/digits.yaml (the config evolves)."""
+    out = subprocess.run(["git", "log", "-1", "--format=%h %cs", "--",
+                          "experiments/digits.yaml"], cwd=ROOT, capture_output=True, text=True,
+                         check=False)
+    return out.stdout.strip() or "uncommitted"
+
+
 def run_sweep(config: Path, num_samples: int | None, log: Path) -> dict:
     """Run the sweep CLI; wall time, and when the teacher was ready (driver's own line)."""
     cmd = [sys.executable, "-m", "orchestrator.sweep", str(config)]
@@ -63,7 +72,7 @@ def run_sweep(config: Path, num_samples: int | None, log: Path) -> dict:
     teacher_ready = None
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+                                text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         for line in proc.stdout:
             out.write(line)
             if teacher_ready is None and "teacher top-1" in line:
@@ -96,7 +105,8 @@ def overhead(args: argparse.Namespace) -> None:
     timing = run_sweep(config, None, SWEEPS / f"{name}.log")
     times = trial_times(SWEEPS / name)
     work = timing["teacher_s"] + sum(times) / slots
-    row = {"sweep": "experiments/digits.yaml", "trials": len(times), "slots": slots,
+    row = {"sweep": f"experiments/digits.yaml @ {config_commit()}", "trials": len(times),
+           "slots": slots,
            "wall_s": timing["wall_s"], "teacher_s": timing["teacher_s"],
            "sum_trial_s": sum(times), "ideal_s": work,
            "overhead_pct": 100 * (timing["wall_s"] - work) / timing["wall_s"],
@@ -128,7 +138,8 @@ def samplers(args: argparse.Namespace) -> None:
             for n in args.checkpoints:
                 first = [r for r in trials[:n] if r["fully_trained"] and r["top1"] is not None]
                 hv = hypervolume([r["top1"] for r in first], [r["macs_ratio"] for r in first])
-                rows.append({"sampler": sampler, "seed": seed, "after_trials": n,
+                rows.append({"config": config_commit(), "sampler": sampler, "seed": seed,
+                             "after_trials": n,
                              "fully_trained": len(first), "hypervolume": hv})
                 print(f"{sampler:>7} seed {seed} after {n:>2} trials: hypervolume {hv:.4f} "
                       f"({len(first)} fully trained)", flush=True)
