@@ -9,7 +9,9 @@ Resuming: the trainer's run is named after the trial and stored under the sweep 
 Ray Train V2 reloads a run's checkpoint state when a run of the same name and storage path is
 started again, so a restarted trial re-enters the fine-tune at its last epoch (the search is
 skipped through the trial's own Tune checkpoint). Rank 0 alone evaluates, on the unwrapped
-model (a DDP forward on one rank only would wait forever for the others).
+model (a DDP forward on one rank only would wait forever for the others). A non-finite loss
+ends the fine-tune with a terminal ``failed`` result, as in a single-process trial: retrying
+the same parameters would diverge again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from typing import Any
 import torch
 
 from orchestrator.config import Experiment
-from orchestrator.trial import STATE, WEIGHTS, Reporter, TrialParams, finetune_config
+from orchestrator.trial import (
+    STATE,
+    WEIGHTS,
+    Reporter,
+    TrialParams,
+    failure_result,
+    finetune_config,
+)
 
 
 def finetune_data_parallel(exp: Experiment, p: TrialParams, reporter: Reporter,
@@ -110,9 +119,15 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
                 "train_loss": metrics["train_loss"], "lr": metrics["lr"], "fully_trained": 0},
                {STATE: state})
 
-    history = prune_core.train(model, train_loader, finetune_config(exp, p), teacher=teacher,
-                               device=device, on_epoch=on_epoch, resume_state=resume_state,
-                               progress=False)
+    try:
+        history = prune_core.train(model, train_loader, finetune_config(exp, p), teacher=teacher,
+                                   device=device, on_epoch=on_epoch, resume_state=resume_state,
+                                   progress=False)
+    except FloatingPointError as err:
+        # Every rank raises at the same step (train agrees on finiteness across ranks), so
+        # every rank reports: a terminal failure instead of an error Ray Train would retry.
+        ray.train.report(failure_result(f"non-finite loss: {err}", reporter.summary))
+        return
     if rank == 0:
         final = prune_core.evaluate(plain, val_loader, exp.input_size, device=device)
         last = history[-1] if history else {}

@@ -115,6 +115,7 @@ def make_tuner(exp: Experiment, trainable, callbacks: list):
     tune_config = tune.TuneConfig(search_alg=make_searcher(exp), scheduler=make_scheduler(exp),
                                   num_samples=exp.sweep.num_samples,
                                   max_concurrent_trials=exp.sweep.max_concurrent_trials,
+                                  reuse_actors=exp.sweep.reuse_actors,
                                   trial_name_creator=trial_name,
                                   trial_dirname_creator=trial_name)
     run_config = tune.RunConfig(
@@ -212,7 +213,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
     import ray
     from ray import tune
 
-    from orchestrator import tracking
+    from orchestrator import mirror, tracking
     from orchestrator.teacher import prepare_teacher
 
     started = time.perf_counter()
@@ -229,6 +230,9 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
     exp.sweep_dir.mkdir(parents=True, exist_ok=True)
     parent, status, logger = None, "FAILED", None
     try:
+        if resume and (pulled := mirror.pull(exp)):  # a new head: the driver's files come back
+            console.print(f"{pulled} driver files from {mirror.mirror_uri(exp).partition('?')[0]}",
+                          soft_wrap=True)
         _check_gpu_room(exp)
         console.print(f"teacher: {exp.sweep_dir / 'teacher'}")
         teacher_state, teacher = prepare_teacher(exp)
@@ -237,6 +241,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         logger = tracking.TrialLogger(uri, parent, str(exp.sweep_dir.resolve()), exp.name,
                                       list(type(exp.search_space).model_fields), teacher,
                                       storage_uri=exp.storage_uri)
+        mirror.push(exp)  # teacher + sweep.json: what a new head needs to resume
         trainable = make_trainable(exp, teacher_state)
         path = exp.tune_dir
         if resume:
@@ -244,7 +249,8 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True)
         else:
-            tuner = make_tuner(exp, trainable, [logger])
+            callbacks = [logger] + ([mirror.DriverMirror(exp)] if exp.storage.is_uri else [])
+            tuner = make_tuner(exp, trainable, callbacks)
         grid = tuner.fit()
         logger.flush()
         summary = logger.summary()
@@ -274,6 +280,8 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
             tracking.end_parent(uri, parent, status)
         elif fresh and not any(exp.sweep_dir.iterdir()):
             exp.sweep_dir.rmdir()  # failed before writing anything: leave no empty sweep
+        if parent is not None:
+            mirror.push_or_warn(exp)  # the final tables and any buffered tracking
         ray.shutdown()
 
 

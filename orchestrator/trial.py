@@ -201,13 +201,16 @@ def run_trial(config: dict[str, Any], *, experiment: Experiment,
         report_failure(f"non-finite loss: {err}", summary)
 
 
-def report_failure(reason: str, summary: dict[str, Any]) -> None:
+def failure_result(reason: str, summary: dict[str, Any]) -> dict[str, Any]:
     """A terminal result that says why; both objectives present (NaN top-1: Optuna FAIL)."""
+    return {**summary, "phase": "failed", "failed": 1, "error": reason[:500],
+            "top1": float("nan"), "macs": summary.get("macs", float("nan")), "fully_trained": 0}
+
+
+def report_failure(reason: str, summary: dict[str, Any]) -> None:
     from ray import tune
 
-    tune.report({**summary, "phase": "failed", "failed": 1, "error": reason[:500],
-                 "top1": float("nan"), "macs": summary.get("macs", float("nan")),
-                 "fully_trained": 0})
+    tune.report(failure_result(reason, summary))
 
 
 def _poison(model: nn.Module) -> None:

@@ -98,6 +98,19 @@ def _cycle(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
         yield from loader
 
 
+def all_finite(loss: Tensor) -> bool:
+    """Whether ``loss`` is finite on every data-parallel rank (just this one when alone).
+
+    Ranks must agree: one rank stopping before ``backward`` while the others wait in DDP's
+    gradient all-reduce would hang them until the collective times out.
+    """
+    finite = torch.isfinite(loss.detach()).to(torch.float32)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
+
+
 def task_loss(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, alpha: float,
               temperature: float, label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy, blended with soft-label distillation from the unpruned teacher."""
@@ -316,8 +329,10 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
                     loss = task_loss(out, labels, _teacher_logits(teacher, images),
                                      config.distill_alpha, config.distill_temperature,
                                      config.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch}")
+                if not all_finite(loss):
+                    where = "" if not torch.isfinite(loss) else " on another data-parallel rank"
+                    raise FloatingPointError(f"loss is not finite{where} at epoch {epoch}"
+                                             f" (here {float(loss)})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
-from test_orchestrator_sweep import children, mlflow_client, write_config
+from test_orchestrator_sweep import _results, children, mlflow_client, write_config
 
 
 def test_data_parallel_finetune_reports_through_tune(tmp_path):
@@ -43,3 +43,34 @@ def test_data_parallel_finetune_reports_through_tune(tmp_path):
                                    local / "weights.pt")
     assert prune_core.count_macs(model, exp.input_size) == trial["macs"]
     assert (sweep_dir / "finetune").is_dir()  # the Train run lives next to the sweep
+
+
+def test_data_parallel_nan_fails_the_trial_once_with_its_reason(tmp_path, monkeypatch):
+    """A NaN loss inside the Ray Train fine-tune is terminal, as in a one-process trial.
+
+    Without that, Ray Train would retry the workers, then Tune the trial from its search
+    checkpoint (not poisoned), and the divergence would vanish from the record.
+    """
+    from orchestrator.sweep import main
+
+    rules = tmp_path / "faults" / "rules.json"
+    rules.parent.mkdir()
+    rules.write_text(json.dumps([{"point": "before_finetune", "action": "nan"}]))
+    monkeypatch.setenv("ORCHESTRATOR_FAULTS", str(rules))  # inherited by the Ray workers
+    config = write_config(
+        tmp_path, "dpnan",
+        finetune={"epochs": 2, "workers": 2},
+        search_space={"mac_target": 0.5},
+        sweep={"num_samples": 1, "max_concurrent_trials": 1, "asha": None, "max_failures": 1},
+        resources={"num_cpus": 2, "cpus_per_trial": 1, "cpus_per_worker": 0.5,
+                   "gpus_per_worker": 0, "torch_threads": 1, "teacher_cpus": 1})
+    assert main([str(config)]) == 1  # every trial failed
+    sweep_dir = tmp_path / "results" / "dpnan"
+    (rows,) = _results(sweep_dir).values()
+    assert [r["phase"] for r in rows] == ["search", "failed"]  # nothing retried
+    assert "non-finite loss" in rows[-1]["error"]
+    (trial,) = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
+    assert trial["status"] == "ERROR" and not trial["fully_trained"]
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    (run,) = children(mlflow_client(tmp_path), state["parent_run_id"])
+    assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["error"]

@@ -123,5 +123,24 @@ def test_sweep_on_s3_compatible_storage(tmp_path):
                                       f"tags.`mlflow.parentRunId` = '{parent}'"):
             names = {a.path for a in client.list_artifacts(run.info.run_id)}
             assert {"plan.json", "weights.pt"} <= names  # fetched back from the bucket
+
+        # The head dies with its disk: a new head resumes from the bucket alone (the driver's
+        # files come back from the mirror; the teacher is not retrained, the parent run stays).
+        mirrored = {f.path for f in s3.get_file_info(
+            pafs.FileSelector("sweeps/results/ons3.driver", recursive=True))}
+        assert {"sweeps/results/ons3.driver/sweep.json",
+                "sweeps/results/ons3.driver/trials.parquet"} <= mirrored
+        assert any(p.startswith("sweeps/results/ons3.driver/teacher/") for p in mirrored)
+        import shutil
+
+        shutil.rmtree(local)
+        proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", str(config),
+                               "--resume"], capture_output=True, text=True, timeout=600,
+                              check=False, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "driver files from s3://sweeps/results/ons3.driver" in proc.stdout
+        assert "teacher epoch" not in proc.stdout + proc.stderr
+        assert json.loads((local / "sweep.json").read_text())["parent_run_id"] == parent
+        assert len(pq.read_table(local / "trials.parquet").to_pylist()) == 2
     finally:
         server.stop()
