@@ -8,14 +8,15 @@
 storage under ``benchmarks/.cache/sweeps``, everything else unchanged) and compares its wall
 time with the work it holds: the teacher (until the driver prints its top-1) plus each trial's
 own ``time_total_s`` (Ray's, measured inside the trial) spread over the concurrent slots.
-Overhead = (wall - teacher - Σ trial time / slots) / wall: Ray start-up, MLflow, scheduling and
-the idle slot at the tail all count as overhead.
+Overhead = (wall - teacher - Σ trial time / slots) / wall: start-up (Python imports, Ray up,
+until the driver announces the teacher), MLflow, scheduling, trial actor start-up and the idle
+slot at the tail all count as overhead. Each run appends a row to results/sweep_overhead.csv.
 
 ``samplers`` runs the same sweep with ``--trials`` trials per (sampler, seed); the teacher of a
 seed is trained once and copied into its other sweeps' directories (the driver finds a stored
 teacher and does not retrain it). Hypervolume (the
 orchestrator's own, in (MAC ratio, top-1) against (1, 0)) is taken over the fully trained
-trials among the first 8/16/24 trials in creation order.
+trials among the first 8/16/24 trials in start order.
 """
 
 from __future__ import annotations
@@ -63,25 +64,88 @@ def config_commit() -> str:
     return out.stdout.strip() or "uncommitted"
 
 
-def run_sweep(config: Path, num_samples: int | None, log: Path) -> dict:
+CALLBACKS = ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error")
+
+
+def profiled_sweep(config: str, report: str) -> int:
+    """The sweep CLI in this process, timing the driver-side tracking callbacks.
+
+    Tune calls its callbacks in the driver's event loop, so time spent there (MLflow writes,
+    Pareto rebuilds) delays starting the next trial. Only the top-level callbacks are wrapped.
+    """
+    import functools
+
+    from orchestrator import sweep, tracking
+
+    spent = {name: [0.0, 0] for name in CALLBACKS}
+
+    def timed(name: str, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name][0] += time.perf_counter() - t
+                spent[name][1] += 1
+        return wrapper
+
+    for name in CALLBACKS:
+        setattr(tracking.TrialLogger, name, timed(name, getattr(tracking.TrialLogger, name)))
+    try:
+        return sweep.main([config])
+    finally:
+        Path(report).write_text(json.dumps({k: {"seconds": v[0], "calls": v[1]}
+                                            for k, v in spent.items()}))
+
+
+def run_sweep(config: Path, num_samples: int | None, log: Path,
+              callbacks: Path | None = None) -> dict:
     """Run the sweep CLI; wall time, and when the teacher was ready (driver's own line)."""
     cmd = [sys.executable, "-m", "orchestrator.sweep", str(config)]
+    if callbacks is not None:
+        cmd = [sys.executable, "-m", "benchmarks.sweep_efficiency", "_profiled", str(config),
+               str(callbacks)]
     if num_samples is not None:
         cmd += ["--num-samples", str(num_samples)]
-    started = time.perf_counter()
-    teacher_ready = None
+    started, epoch_start = time.perf_counter(), time.time()
+    teacher_ready = startup = None
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         for line in proc.stdout:
             out.write(line)
+            if startup is None and line.startswith("teacher: "):
+                startup = time.perf_counter() - started  # Python, Ray up; teacher next
             if teacher_ready is None and "teacher top-1" in line:
                 teacher_ready = time.perf_counter() - started
         code = proc.wait()
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"sweep {config} exited {code}; see {log}")
-    return {"wall_s": wall, "teacher_s": teacher_ready or 0.0}
+    return {"wall_s": wall, "teacher_s": teacher_ready or 0.0, "startup_s": startup or 0.0,
+            "start": epoch_start,
+            "end": epoch_start + wall}
+
+
+def trial_starts(sweep_dir: Path) -> dict[str, float]:
+    """trial_id -> when the trial started (first report's timestamp minus its duration)."""
+    starts = {}
+    for result in sweep_dir.glob("trial_*/result.json"):
+        first = result.read_text().split("\n", 1)[0]
+        if first.strip():
+            record = json.loads(first)
+            starts[str(record["trial_id"])] = record["timestamp"] - record["time_this_iter_s"]
+    return starts
+
+
+def trial_ends(sweep_dir: Path) -> list[float]:
+    ends = []
+    for result in sweep_dir.glob("trial_*/result.json"):
+        lines = [x for x in result.read_text().splitlines() if x.strip()]
+        if lines:
+            ends.append(float(json.loads(lines[-1])["timestamp"]))
+    return ends
 
 
 def trial_times(sweep_dir: Path) -> list[float]:
@@ -102,17 +166,32 @@ def overhead(args: argparse.Namespace) -> None:
     exp = yaml.safe_load(config.read_text())
     slots = min(exp["sweep"]["max_concurrent_trials"],
                 exp["resources"]["num_cpus"] // exp["resources"]["cpus_per_trial"])
-    timing = run_sweep(config, None, SWEEPS / f"{name}.log")
+    callbacks = SWEEPS / f"{name}.callbacks.json" if args.profile else None
+    timing = run_sweep(config, None, SWEEPS / f"{name}.log", callbacks)
     times = trial_times(SWEEPS / name)
-    work = timing["teacher_s"] + sum(times) / slots
+    work = timing["teacher_s"] - timing["startup_s"] + sum(times) / slots
     row = {"sweep": f"experiments/digits.yaml @ {config_commit()}", "trials": len(times),
-           "slots": slots,
-           "wall_s": timing["wall_s"], "teacher_s": timing["teacher_s"],
+           "slots": slots, "wall_s": timing["wall_s"],
+           "startup_s": timing["startup_s"],  # process start -> Ray up (counted as overhead)
+           "teacher_s": timing["teacher_s"] - timing["startup_s"],
            "sum_trial_s": sum(times), "ideal_s": work,
            "overhead_pct": 100 * (timing["wall_s"] - work) / timing["wall_s"],
+           # where the rest goes: teacher ready -> first trial starts, the trials' span
+           # against their slot-time, last trial ends -> the driver exits
+           "to_first_trial_s": min(trial_starts(SWEEPS / name).values()) - timing["start"]
+           - timing["teacher_s"],
+           "trial_span_s": max(trial_ends(SWEEPS / name)) - min(trial_starts(SWEEPS / name)
+                                                               .values()),
+           "after_last_trial_s": timing["end"] - max(trial_ends(SWEEPS / name)),
+           "tracking_callbacks_s": (sum(v["seconds"] for v in json.loads(
+               callbacks.read_text()).values()) if callbacks else float("nan")),
            "machine": machine()}
     RESULTS.mkdir(exist_ok=True)
-    pd.DataFrame([row]).to_csv(RESULTS / "sweep_overhead.csv", index=False, float_format="%.4g")
+    out = RESULTS / "sweep_overhead.csv"  # one row per run: the overhead varies run to run
+    previous = pd.read_csv(out) if out.is_file() else None
+    table = pd.DataFrame([row]) if previous is None else pd.concat([previous,
+                                                                     pd.DataFrame([row])])
+    table.to_csv(out, index=False, float_format="%.4g")
     print(json.dumps(row, indent=1))
 
 
@@ -132,7 +211,8 @@ def samplers(args: argparse.Namespace) -> None:
             if teacher is None:
                 teacher = sweep_dir / "teacher"
             trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
-            trials.sort(key=lambda r: int(str(r["trial_id"]).rsplit("_", 1)[-1]))
+            starts = trial_starts(sweep_dir)  # Tune's trial ids are random: order by start
+            trials.sort(key=lambda r: starts.get(str(r["trial_id"]), float("inf")))
             from orchestrator.pareto import hypervolume
 
             for n in args.checkpoints:
@@ -152,7 +232,12 @@ def samplers(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
-    sub.add_parser("overhead", help="wall time vs the trials' own time, digits sweep")
+    o = sub.add_parser("overhead", help="wall time vs the trials' own time, digits sweep")
+    o.add_argument("--profile", action="store_true",
+                   help="also time the driver-side MLflow callbacks (in-process wrapper)")
+    inner = sub.add_parser("_profiled", help="(internal) the sweep with timed callbacks")
+    inner.add_argument("config")
+    inner.add_argument("report")
     s = sub.add_parser("samplers", help="hypervolume after N trials: NSGA-II vs TPE vs random")
     s.add_argument("--samplers", nargs="+", default=["nsga2", "tpe", "random"],
                    choices=["nsga2", "tpe", "random"])
@@ -164,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.trials < 1 or any(not 0 < c <= args.trials for c in args.checkpoints):
             p.error("--trials must be >= 1 and every --checkpoints value in [1, --trials]")
         samplers(args)
+    elif args.what == "_profiled":
+        return profiled_sweep(args.config, args.report)
     else:
         overhead(args)
     return 0
