@@ -85,27 +85,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def uniform_keep(model: nn.Module, input_size: tuple[int, int, int], target: float) -> float:
-    """The largest single keep ratio whose uniform plan is at or under ``target`` MACs."""
-    macs = pc.MacModel(model, input_size)
-    lo, hi = 0.0, 1.0  # ratio(lo) <= target is the invariant once lo > 0
-    best = None
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        try:
-            ratio = macs.total(pc.magnitude_plan(model, mid).widths()) / macs.full
-        except ValueError:  # a head would be left empty
-            lo = mid
-            continue
-        if ratio <= target:
-            lo, best = mid, mid
-        else:
-            hi = mid
-    if best is None:
-        raise ValueError(f"no uniform keep ratio reaches {target} of MACs")
-    return best
-
-
 def _freeze_reweights(model: nn.Module) -> None:
     for module in pc.gated_modules(model).values():
         for name, p in module.named_parameters(recurse=False):
@@ -137,7 +116,7 @@ def run_one(method: str, target: float, seed: int, teacher: nn.Module, data: Dig
         else:
             plan = pc.finalize(student, size, target)
     elif method in ("magnitude", "random"):
-        keep = uniform_keep(student, size, target)
+        keep = pc.uniform_keep(student, size, target)
         plan = (pc.magnitude_plan(student, keep) if method == "magnitude"
                 else pc.random_plan(student, keep, seed=seed))
         pc.apply_plan(student, plan)

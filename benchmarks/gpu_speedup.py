@@ -76,23 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def uniform_keep(model: nn.Module, size: tuple[int, int, int], target: float) -> float:
-    """Largest single keep ratio whose magnitude plan is at or under ``target`` MACs."""
-    macs = pc.MacModel(model, size)
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        try:
-            ratio = macs.total(pc.magnitude_plan(model, mid).widths()) / macs.full
-        except ValueError:  # a head would be left empty
-            lo = mid
-            continue
-        lo, hi, best = (mid, hi, mid) if ratio <= target else (lo, mid, best)
-    if best is None:
-        raise SystemExit(f"no uniform keep ratio reaches {target} of MACs")
-    return best
-
-
 def build(args: argparse.Namespace) -> list[dict]:
     size = (3, args.img_size, args.img_size)
     torch.manual_seed(0)
@@ -104,7 +87,8 @@ def build(args: argparse.Namespace) -> list[dict]:
     pc.initialize(scored, calib, mode="magnitude")
     for target in args.targets:
         uniform = copy.deepcopy(full)
-        pc.apply_plan(uniform, pc.magnitude_plan(uniform, uniform_keep(uniform, size, target)))
+        keep = pc.uniform_keep(uniform, size, target)
+        pc.apply_plan(uniform, pc.magnitude_plan(uniform, keep))
         shapes = [("uniform", uniform)]
         for round_to in (1, 8):
             learned = copy.deepcopy(scored)

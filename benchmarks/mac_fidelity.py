@@ -25,7 +25,6 @@ import torch
 from rich.console import Console
 
 import prune_core as pc
-from benchmarks.accuracy import uniform_keep
 from benchmarks.digits_setup import machine
 from prune_core.macs import flop_counter
 
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("uniform", "learned"):
                 masked = copy.deepcopy(model)
                 if kind == "uniform":
-                    pc.apply_plan(masked, pc.magnitude_plan(masked, uniform_keep(masked, size,
+                    pc.apply_plan(masked, pc.magnitude_plan(masked, pc.uniform_keep(masked, size,
                                                                                  target)))
                 else:
                     pc.initialize(masked, calib, mode="magnitude")

@@ -3,6 +3,7 @@
     python -m benchmarks.plot accuracy   # results/accuracy.csv -> accuracy.md, accuracy.png
     python -m benchmarks.plot speedup    # results/speedup.csv  -> speedup.md, speedup.png
     python -m benchmarks.plot equal_steps  # results/accuracy_equal_steps.csv -> .md
+    python -m benchmarks.plot samplers   # results/sweep_samplers.csv -> .md, .png
 """
 
 from __future__ import annotations
@@ -180,21 +181,56 @@ def speedup_report(csv: Path, md: Path, png: Path) -> str:
     return text
 
 
+def samplers_report(csv: Path, md: Path, png: Path) -> str:
+    """Hypervolume after N trials, mean ± std over seeds, one line per sampler."""
+    df = pd.read_csv(csv)
+    stats = df.groupby(["sampler", "after_trials"]).hypervolume.agg(["mean", "std", "count"])
+    trained = df.groupby(["sampler", "after_trials"]).fully_trained.mean()
+    checkpoints = sorted(df.after_trials.unique())
+    lines = ["| sampler | " + " | ".join(f"HV after {n} trials" for n in checkpoints)
+             + " | seeds |", "|---|" + "---:|" * (len(checkpoints) + 1)]
+    for sampler in sorted(df.sampler.unique()):
+        cells = []
+        for n in checkpoints:
+            mean, std = stats.loc[(sampler, n), "mean"], stats.loc[(sampler, n), "std"]
+            cells.append(f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f} "
+                         f"({trained.loc[(sampler, n)]:.1f} fully trained)")
+        seeds = int(stats.loc[(sampler, checkpoints[-1]), "count"])
+        lines.append(f"| {sampler} | " + " | ".join(cells) + f" | {seeds} |")
+    text = "\n".join(lines) + "\n"
+    md.write_text(text)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for sampler in sorted(df.sampler.unique()):
+        s = stats.loc[sampler]
+        ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3,
+                    label=sampler)
+    ax.set_xlabel("trials")
+    ax.set_ylabel("hypervolume (MAC ratio, top-1) vs (1, 0)")
+    ax.set_title("digits sweep: front quality by sampler", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("accuracy", "speedup", "equal_steps"))
+    p.add_argument("what", choices=("accuracy", "speedup", "equal_steps", "samplers"))
     p.add_argument("--csv", type=Path)
     p.add_argument("--md", type=Path)
     p.add_argument("--png", type=Path)
     args = p.parse_args(argv)
-    default = "accuracy_equal_steps" if args.what == "equal_steps" else args.what
+    default = {"equal_steps": "accuracy_equal_steps",
+               "samplers": "sweep_samplers"}.get(args.what, args.what)
     csv = args.csv or RESULTS / f"{default}.csv"
     if not csv.is_file():
         p.error(f"no such CSV: {csv} (run the benchmark that writes it first)")
     md = args.md or csv.with_suffix(".md")
     png = args.png or csv.with_suffix(".png")
     report = {"accuracy": accuracy_report, "speedup": speedup_report,
-              "equal_steps": equal_steps_report}[args.what]
+              "equal_steps": equal_steps_report, "samplers": samplers_report}[args.what]
     print(report(csv, md, png))
     return 0
 

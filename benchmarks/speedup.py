@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils import benchmark
 
 import prune_core as pc
-from benchmarks.accuracy import PLANS, uniform_keep
+from benchmarks.accuracy import PLANS
 from benchmarks.digits_setup import machine
 
 SMALL = {"img_size": 32, "patch_size": 2, "embed_dim": 192, "depth": 6, "num_heads": 6,
@@ -72,7 +72,7 @@ def variants(targets: list[float], which: list[str]) -> list[dict]:
         calib = torch.randn(16, *size)
         for target in targets:
             uniform = copy.deepcopy(full)
-            pc.apply_plan(uniform, pc.magnitude_plan(uniform, uniform_keep(uniform, size,
+            pc.apply_plan(uniform, pc.magnitude_plan(uniform, pc.uniform_keep(uniform, size,
                                                                            target)))
             out.append({"model": "flatten_vit_small@32", "plan": "uniform", "target": target,
                         "net": pc.prune(uniform), "size": size})

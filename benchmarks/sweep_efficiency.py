@@ -170,7 +170,10 @@ def overhead(args: argparse.Namespace) -> None:
     timing = run_sweep(config, None, SWEEPS / f"{name}.log", callbacks)
     times = trial_times(SWEEPS / name)
     work = timing["teacher_s"] - timing["startup_s"] + sum(times) / slots
-    row = {"sweep": f"experiments/digits.yaml @ {config_commit()}", "trials": len(times),
+    code = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                          capture_output=True, text=True, check=False).stdout.strip()
+    row = {"sweep": f"experiments/digits.yaml @ {config_commit()}", "code": code,
+           "reuse_actors": exp["sweep"].get("reuse_actors", True), "trials": len(times),
            "slots": slots, "wall_s": timing["wall_s"],
            "startup_s": timing["startup_s"],  # process start -> Ray up (counted as overhead)
            "teacher_s": timing["teacher_s"] - timing["startup_s"],

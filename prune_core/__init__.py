@@ -37,6 +37,7 @@ from prune_core.surgery import (
     prune,
     random_plan,
     save_pruned,
+    uniform_keep,
 )
 
 __all__ = [
@@ -44,5 +45,6 @@ __all__ = [
     "MacModel", "Plan", "SearchConfig", "SoftmaxAttention", "TrainConfig", "accuracy",
     "apply_plan", "count_macs", "count_params", "current_plan", "digits_datasets", "evaluate",
     "finalize", "gated_modules", "initialize", "load_pruned", "magnitude_plan", "make_prunable",
-    "prune", "random_plan", "save_pruned", "search", "throughput", "train", "update_similarity",
+    "prune", "random_plan", "save_pruned", "search", "throughput", "train", "uniform_keep",
+    "update_similarity",
 ]

@@ -20,6 +20,7 @@ from torch import nn
 
 from prune_core.attention import GatedModule, attention_modules, check_kept, gated_modules
 from prune_core.indicator import GateMode
+from prune_core.macs import MacModel
 
 Kept = dict[str, list[list[int]]]  # group -> kept channel indices per head
 
@@ -153,6 +154,24 @@ def magnitude_plan(model: nn.Module, keep: float | dict[str, float]) -> Plan:
             idx = scores.topk(k, dim=1).indices.sort(dim=1).values
             plan.layers[name][g] = idx.tolist()
     return plan
+
+
+def uniform_keep(model: nn.Module, input_size: tuple[int, int, int], target: float) -> float:
+    """The largest single keep ratio whose :func:`magnitude_plan` is at or under ``target``
+    of the model's MACs (bisection on the MAC model; a uniform ratio cannot hit it exactly)."""
+    macs = MacModel(model, input_size)
+    lo, hi, best = 0.0, 1.0, None
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        try:
+            ratio = macs.total(magnitude_plan(model, mid).widths()) / macs.full
+        except ValueError:  # a head would be left empty
+            lo = mid
+            continue
+        lo, hi, best = (mid, hi, mid) if ratio <= target else (lo, mid, best)
+    if best is None:
+        raise ValueError(f"no uniform keep ratio reaches {target} of the MACs")
+    return best
 
 
 def random_plan(model: nn.Module, keep: float | dict[str, float], seed: int = 0) -> Plan:

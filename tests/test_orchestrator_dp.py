@@ -13,19 +13,25 @@ import pyarrow.parquet as pq
 from test_orchestrator_sweep import _results, children, mlflow_client, write_config
 
 
+def dp_config(tmp_path, name: str, max_failures: int):
+    """One trial, two 2-epoch fine-tune workers sharing the second CPU (gloo)."""
+    return write_config(
+        tmp_path, name,
+        finetune={"epochs": 2, "workers": 2},
+        search_space={"mac_target": 0.5},
+        sweep={"num_samples": 1, "max_concurrent_trials": 1, "asha": None,
+               "max_failures": max_failures},
+        resources={"num_cpus": 2, "cpus_per_trial": 1, "cpus_per_worker": 0.5,
+                   "gpus_per_worker": 0, "torch_threads": 1, "teacher_cpus": 1})
+
+
 def test_data_parallel_finetune_reports_through_tune(tmp_path):
     import prune_core
     from orchestrator.config import load_config
     from orchestrator.sweep import main
     from orchestrator.teacher import create_model
 
-    config = write_config(
-        tmp_path, "dp",
-        finetune={"epochs": 2, "workers": 2},
-        search_space={"mac_target": 0.5},
-        sweep={"num_samples": 1, "max_concurrent_trials": 1, "asha": None, "max_failures": 0},
-        resources={"num_cpus": 2, "cpus_per_trial": 1, "cpus_per_worker": 0.5,
-                   "gpus_per_worker": 0, "torch_threads": 1, "teacher_cpus": 1})
+    config = dp_config(tmp_path, "dp", max_failures=0)
     assert main([str(config)]) == 0
     sweep_dir = tmp_path / "results" / "dp"
     (trial,) = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
@@ -57,13 +63,7 @@ def test_data_parallel_nan_fails_the_trial_once_with_its_reason(tmp_path, monkey
     rules.parent.mkdir()
     rules.write_text(json.dumps([{"point": "before_finetune", "action": "nan"}]))
     monkeypatch.setenv("ORCHESTRATOR_FAULTS", str(rules))  # inherited by the Ray workers
-    config = write_config(
-        tmp_path, "dpnan",
-        finetune={"epochs": 2, "workers": 2},
-        search_space={"mac_target": 0.5},
-        sweep={"num_samples": 1, "max_concurrent_trials": 1, "asha": None, "max_failures": 1},
-        resources={"num_cpus": 2, "cpus_per_trial": 1, "cpus_per_worker": 0.5,
-                   "gpus_per_worker": 0, "torch_threads": 1, "teacher_cpus": 1})
+    config = dp_config(tmp_path, "dpnan", max_failures=1)
     assert main([str(config)]) == 1  # every trial failed
     sweep_dir = tmp_path / "results" / "dpnan"
     (rows,) = _results(sweep_dir).values()

@@ -16,6 +16,7 @@ from prune_core import (
     prune,
     random_plan,
     save_pruned,
+    uniform_keep,
 )
 
 
@@ -27,6 +28,27 @@ def test_plan_json_round_trip(tmp_path) -> None:
     assert Plan.load(tmp_path / "plan.json") == plan
     assert plan.widths()["blocks.0.attn"] == {"qk": 4, "v": 4}
     assert plan.widths()["blocks.1.mlp"] == {"mlp": 32}
+
+
+@pytest.mark.parametrize("target", [0.7, 0.5, 0.3])
+def test_uniform_keep_is_the_largest_ratio_under_the_target(target: float) -> None:
+    model, size = tiny_vit(), (3, 8, 8)
+    full = count_macs(model, size)
+
+    def pruned_ratio(keep: float) -> float:
+        pruned = tiny_vit()
+        apply_plan(pruned, magnitude_plan(pruned, keep))
+        prune(pruned)
+        return count_macs(pruned, size) / full
+
+    keep = uniform_keep(model, size, target)
+    assert pruned_ratio(keep) <= target  # counted by torch, not by the MAC model
+    assert pruned_ratio(min(1.0, keep + 0.07)) > target  # one more unit per group is too many
+
+
+def test_uniform_keep_refuses_an_unreachable_target() -> None:
+    with pytest.raises(ValueError, match="no uniform keep ratio reaches 0.001"):
+        uniform_keep(tiny_vit(), (3, 8, 8), 0.001)
 
 
 def test_magnitude_plan_keeps_the_largest_units_per_head() -> None:
