@@ -119,8 +119,9 @@ class SweepConfig(Strict):
     asha: AshaConfig | None = AshaConfig()
     max_failures: int = Field(1, ge=-1)  # retries of a failed trial (-1: forever)
     # Run the next trial in a finished trial's process: saves the worker start-up (a fresh
-    # Python, torch and prune_core imports: seconds per trial on a small node).
-    reuse_actors: bool = True
+    # Python, torch and prune_core imports: seconds per trial on a small node). Off by default:
+    # with it on, the kill/restart fault tests lost a reported epoch or ran an extra trial.
+    reuse_actors: bool = False
 
 
 class ResourcesConfig(Strict):
