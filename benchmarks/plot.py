@@ -39,6 +39,12 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {0.0 if pd.isna(std) else std:.2f}"
 
 
+
+def _save(fig, png: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
 def accuracy_report(csv: Path, md: Path, png: Path) -> str:
     df = pd.read_csv(csv)
     g = df.groupby(["method", "target"])
@@ -114,9 +120,7 @@ def accuracy_report(csv: Path, md: Path, png: Path) -> str:
                 ax.set_ylabel("top-1 on digits test split (%)")
     fig.suptitle("flatten_vit_micro on digits, mean ± std over seeds "
                  "(* masked only, not realisable as a dense model)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    _save(fig, png)
     return text
 
 
@@ -175,9 +179,7 @@ def speedup_report(csv: Path, md: Path, png: Path) -> str:
         ax.set_ylabel("measured speed-up")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    _save(fig, png)
     return text
 
 
@@ -209,9 +211,7 @@ def samplers_report(csv: Path, md: Path, png: Path) -> str:
     ax.set_title("digits sweep: front quality by sampler", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    _save(fig, png)
     return text
 
 
