@@ -48,9 +48,14 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    kind: Literal["digits", "imagefolder", "parquet"]
+    kind: Literal["digits", "fashion_mnist", "imagefolder", "parquet"]
     train: Path | None = None  # imagefolder: a class-per-folder directory; parquet: dir or glob
     val: Path | None = None
+    # fashion_mnist: the folder of the four IDX files (else $FASHION_MNIST_DIR, else the Debian
+    # package's /usr/share/datasets/fashion-mnist), and a stratified subset of the 60,000
+    # training images (a laptop sweep needs far fewer; the test split is always all 10,000).
+    root: Path | None = None
+    train_subset: int | None = Field(None, ge=1)
     image_column: str = "image"  # parquet: encoded bytes (or a struct with a ``bytes`` field)
     label_column: str = "label"
     test_fraction: float = Field(0.25, gt=0, lt=1)  # digits only
@@ -59,7 +64,8 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0)
     calib_images: int = Field(128, ge=2)
     # timm's training transform: RandomResizedCrop(scale=(crop_scale_min, 1)), flip, RandAugment,
-    # random erasing; digits ignores these (its own ±1 pixel shift is all a digit survives).
+    # random erasing; digits ignores these (its own ±1 pixel shift is all a digit survives), so
+    # does fashion_mnist (its own flip and ±2 pixel shift: no crop or colour for 28 px grey).
     crop_scale_min: float = Field(0.08, gt=0, le=1)
     hflip: float = Field(0.5, ge=0, le=1)
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
@@ -144,6 +150,7 @@ class TrackingConfig(Strict):
     experiment: str | None = None  # default: the experiment name
 
 
+BUNDLED_KINDS = ("digits", "fashion_mnist")  # no data.train / data.val: the module finds them
 STORAGE_SCHEMES = ("s3", "gs", "gcs")  # resolved by pyarrow.fs (Ray's storage layer)
 
 
@@ -205,7 +212,8 @@ class Experiment(Strict):
 
     @property
     def input_size(self) -> tuple[int, int, int]:
-        return (3, self.model.img_size, self.model.img_size)
+        """(channels, height, width) of one image: channels from ``model.kwargs.in_chans``."""
+        return (self.model.kwargs.get("in_chans", 3), self.model.img_size, self.model.img_size)
 
     def tracking_uri(self) -> str:
         return self.tracking.uri or f"sqlite:///{self.sweep_dir.parent.resolve() / 'mlflow.db'}"
@@ -229,7 +237,7 @@ def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = Fals
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
-_PATH_FIELDS = (("model", "checkpoint"), ("data", "train"), ("data", "val"),
+_PATH_FIELDS = (("model", "checkpoint"), ("data", "train"), ("data", "val"), ("data", "root"),
                 ("teacher", "checkpoint"), ("storage", "path"), ("storage", "local_dir"))
 _UNSET_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -319,15 +327,20 @@ def load_config(path: str | Path) -> Experiment:
 
 def _cross_checks(config: Experiment, source: str) -> None:
     """Rules that span fields (pydantic reports these without a field, so we name it)."""
-    if config.data.kind != "digits":
+    if config.data.kind not in BUNDLED_KINDS:
         for split in ("train", "val"):
             if getattr(config.data, split) is None:
                 raise ConfigError(source, f"data.{split}", f"required for kind {config.data.kind}")
     if config.teacher.epochs == 0 and not (config.teacher.checkpoint or config.model.checkpoint):
         raise ConfigError(source, "teacher.epochs", "must be > 0 when neither "
                           "model.checkpoint nor teacher.checkpoint is given (nothing to prune)")
-    if config.data.kind == "digits" and config.model.num_classes != 10:
-        raise ConfigError(source, "model.num_classes", "digits has 10 classes")
+    if config.data.kind in BUNDLED_KINDS and config.model.num_classes != 10:
+        raise ConfigError(source, "model.num_classes", f"{config.data.kind} has 10 classes")
+    # digits, imagefolder and parquet give RGB (3 channels); fashion_mnist grey or repeated to 3
+    channels = (1, 3) if config.data.kind == "fashion_mnist" else (3,)
+    if config.input_size[0] not in channels:
+        raise ConfigError(source, "model.kwargs.in_chans",
+                          f"must be {' or '.join(map(str, channels))} for {config.data.kind}")
     asha = config.sweep.asha
     if asha is not None and asha.grace_period > config.finetune.epochs + 1:
         raise ConfigError(source, "sweep.asha.grace_period",
@@ -349,7 +362,19 @@ def check_inputs(config: Experiment, source: str | Path) -> None:
     for field, path in files:
         if path is not None and not path.is_file():
             raise ConfigError(source, field, f"no such file: {path}")
-    if config.data.kind != "digits":
+    if config.data.kind == "fashion_mnist":
+        from prune_core.fashion_mnist import load_fashion_mnist
+
+        field = "data.root" if config.data.root else "data.kind"
+        try:  # reads the whole set (~1 s): a truncated file fails here, not in the teacher task
+            train_labels = load_fashion_mnist(config.data.root)[1]
+        except (FileNotFoundError, ValueError) as err:
+            raise ConfigError(source, field, str(err)) from None
+        subset = config.data.train_subset
+        if subset is not None and subset > len(train_labels):
+            raise ConfigError(source, "data.train_subset",
+                              f"{subset} > the {len(train_labels)} training images")
+    elif config.data.kind != "digits":
         from orchestrator.data import resolve_split
 
         for split in ("train", "val"):

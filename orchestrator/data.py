@@ -1,10 +1,12 @@
-"""Datasets for a sweep: scikit-learn digits, an ImageFolder tree, or Parquet shards.
+"""Datasets for a sweep: digits, Fashion-MNIST, an ImageFolder tree, or Parquet shards.
 
 Digits ships with scikit-learn, so the embedded sweep and the tests run on real images with no
-download. ImageFolder and Parquet (a column of encoded image bytes, or of ``{bytes, path}``
-structs, plus an integer label: the layout of the common Parquet exports of ImageNet) get timm's
-usual train/eval transforms. Parquet is streamed row group by row group with a shuffle buffer,
-because random access into large shards reads a whole row group per image.
+download; Fashion-MNIST (``prune_core.fashion_mnist``: 28×28 clothing, from the Debian package
+``dataset-fashion-mnist`` or ``$FASHION_MNIST_DIR``) is the laptop-sized step up: harder, still
+minutes per trial. ImageFolder and Parquet (a column of encoded image bytes, or of ``{bytes,
+path}`` structs, plus an integer label: the layout of the common Parquet exports of ImageNet)
+get timm's usual train/eval transforms. Parquet is streamed row group by row group with a
+shuffle buffer, because random access into large shards reads a whole row group per image.
 
 ``python -m orchestrator.data export-digits OUT`` writes digits as Parquet shards (PNG bytes),
 so the Parquet path can be exercised on real images anywhere.
@@ -186,6 +188,14 @@ def build_datasets(config: Experiment, *, distributed: bool = False) -> Datasets
         train, val = digits_datasets(config.model.img_size, seed=config.seed,
                                      test_fraction=d.test_fraction)
         plain = DigitsDataset(train.images, train.labels, augment=False)
+        return Datasets(train, val, _calibration(plain, d.calib_images, config.seed))
+    if d.kind == "fashion_mnist":
+        from prune_core.fashion_mnist import FashionMnistDataset, fashion_mnist_datasets
+
+        train, val = fashion_mnist_datasets(config.model.img_size, in_chans=config.input_size[0],
+                                            train_subset=d.train_subset, seed=config.seed,
+                                            root=d.root)
+        plain = FashionMnistDataset(train.images, train.labels, augment=False)
         return Datasets(train, val, _calibration(plain, d.calib_images, config.seed))
     train_tf, eval_tf = transforms(config, training=True), transforms(config, training=False)
     if d.kind == "imagefolder":

@@ -140,6 +140,12 @@ def print_plan(exp: Experiment, uri: str, source: str) -> None:
                 if asha else "no early stopping")
     checkpoint = f", from {exp.model.checkpoint}" if exp.model.checkpoint else ""
     files = f" ({exp.data.train}, {exp.data.val})" if exp.data.kind != "digits" else ""
+    if exp.data.kind == "fashion_mnist":
+        from prune_core.fashion_mnist import fashion_mnist_dir
+
+        subset = exp.data.train_subset
+        files = (f" ({subset if subset else 'all'} of the 60,000 training images, "
+                 f"{fashion_mnist_dir(exp.data.root)})")
     teacher_from = f" from {exp.teacher.checkpoint}" if exp.teacher.checkpoint else ""
     finetune = ("in the trial" if f.workers == 1 else
                 f"Ray Train, {f.workers} workers x ({r.cpus_per_worker:g} CPU, "

@@ -25,6 +25,7 @@ from prune_core.engine import (
     throughput,
     train,
 )
+from prune_core.fashion_mnist import fashion_mnist_datasets
 from prune_core.indicator import ChannelGate, GateMode
 from prune_core.init import INIT_MODES, initialize, update_similarity
 from prune_core.macs import MacModel, count_macs, count_params
@@ -44,7 +45,7 @@ __all__ = [
     "INIT_MODES", "ChannelGate", "FocusedLinearAttention", "GateMode", "GatedMlp", "GatedModule",
     "MacModel", "Plan", "SearchConfig", "SoftmaxAttention", "TrainConfig", "accuracy",
     "apply_plan", "count_macs", "count_params", "current_plan", "digits_datasets", "evaluate",
-    "finalize", "gated_modules", "initialize", "load_pruned", "magnitude_plan", "make_prunable",
-    "prune", "random_plan", "save_pruned", "search", "throughput", "train", "uniform_keep",
-    "update_similarity",
+    "fashion_mnist_datasets", "finalize", "gated_modules", "initialize", "load_pruned",
+    "magnitude_plan", "make_prunable", "prune", "random_plan", "save_pruned", "search",
+    "throughput", "train", "uniform_keep", "update_similarity",
 ]
