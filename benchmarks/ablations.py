@@ -54,7 +54,7 @@ class FreeGate(ChannelGate):
             return self.hard_mask
         s = self.keep_scores()
         m = self._free_mask(round(float(s.sum().detach())), self.ranking().detach())
-        return m + s - s.detach()
+        return m + (s - s.detach())  # exactly m in the forward pass
 
 
 def make_unaligned(model: nn.Module) -> nn.Module:

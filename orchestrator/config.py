@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from orchestrator.space import INIT_MODES, SearchSpace, Strict
 
@@ -87,6 +87,8 @@ class TeacherConfig(Strict):
 
 
 class SearchSchedule(Strict):
+    """Fixed settings of the search (prune_core.SearchConfig documents each one)."""
+
     steps: int = Field(300, ge=1)
     ramp_fraction: float = Field(0.6, gt=0, le=1)
     sim_every: int = Field(50, ge=0)
@@ -96,7 +98,22 @@ class SearchSchedule(Strict):
     use_reweight: bool = True
     tolerance: float = Field(0.02, ge=0, lt=1)
     round_to: int = Field(1, ge=1)
-    theta0: float = 3.0
+    theta0: float = 0.0
+    weight_decay: float = Field(0.05, ge=0)
+    logit_optimizer: Literal["adamw", "sgd"] = "adamw"
+    mac_step: Literal["joint", "cost_proportional"] = "joint"
+    reweight_lr: float | None = Field(None, gt=0)  # default: logit_lr / 5
+    qk_reweight_init: Literal["one", "sqrt_ratio"] = "one"
+    groups: list[Literal["qk", "v", "mlp"]] = Field(["qk", "v", "mlp"], min_length=1)
+    min_width: dict[Literal["qk", "v", "mlp"], int] = Field(default_factory=dict)
+
+    @field_validator("min_width")
+    @classmethod
+    def _positive_widths(cls, widths: dict[str, int]) -> dict[str, int]:
+        bad = {g: w for g, w in widths.items() if w < 1}
+        if bad:
+            raise ValueError(f"widths must be >= 1, got {bad}")
+        return widths
 
 
 class FinetuneSchedule(Strict):

@@ -81,6 +81,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
                                      prune_core.Plan.from_json(cfg["plan"]),
                                      ray.get(cfg["student"]))
+    prune_core.set_reweight_trainable(student, exp.search.use_reweight)  # the switch holds here too
     teacher = load_teacher(exp, ray.get(cfg["teacher"])).to(device).eval()
     datasets = build_datasets(exp, distributed=True)
     train_loader, val_loader = loaders(exp, datasets)

@@ -35,7 +35,7 @@ PARENT_TAG, TRIAL_TAG, SWEEP_TAG = "mlflow.parentRunId", "trial_id", "sweep"
 METRICS = ("top1", "train_loss", "lr", "macs", "macs_ratio", "params", "throughput",
            "pruned_top1", "search_final_loss", "search_soft_ratio", "fully_trained",
            "finetune_workers", "time_total_s")  # per iteration; the last one holds the finals
-ARTIFACTS = ("plan.json", "weights.pt", "search.json")
+ARTIFACTS = ("plan.json", "weights.pt", "search.json", "widths.csv")
 
 
 class TrackingError(ValueError):
@@ -436,6 +436,8 @@ class TrialLogger(Callback):
                     continue
                 if (Path(d) / name).is_file():
                     client(self.uri).log_artifact(run_id, str(Path(d) / name))
+            if (Path(d) / "widths.csv").is_file():
+                log_widths_plot(self.uri, run_id, Path(d) / "widths.csv")
 
     # ------------------------------------------------------------------ the parent's front
     def refresh(self) -> dict:
@@ -459,3 +461,18 @@ class TrialLogger(Callback):
         print_front(front, teacher=self.teacher, title=f"Pareto front after {finished} trials "
                     f"(hypervolume {hv:.4f})")
         return {"hypervolume": hv, "finished": finished, "front": front}
+
+
+def log_widths_plot(uri: str, run_id: str, csv_path: Path) -> None:
+    """widths.png (learned vs uniform keep fraction per layer) from a trial's widths.csv."""
+    import csv
+
+    from prune_core.widths import plot_widths
+
+    with csv_path.open() as f:
+        rows = [{**r, "keep_fraction": float(r["keep_fraction"]),
+                 "reference_fraction": float(r["reference_fraction"] or 0.0)}
+                for r in csv.DictReader(f)]
+    with tempfile.TemporaryDirectory(prefix="widths-") as tmp:
+        png = plot_widths(rows, Path(tmp) / "widths.png", title=f"learned widths ({run_id[:8]})")
+        client(uri).log_artifact(run_id, str(png))

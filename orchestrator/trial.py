@@ -35,8 +35,9 @@ from torch import nn
 from orchestrator import faults
 from orchestrator.config import Experiment
 
-PLAN, WEIGHTS, STATE, MODEL, META, SEARCH_LOG = (
-    "plan.json", "weights.pt", "train_state.pt", "model.pt", "trial.json", "search.json")
+PLAN, WEIGHTS, STATE, MODEL, META, SEARCH_LOG, WIDTHS = (
+    "plan.json", "weights.pt", "train_state.pt", "model.pt", "trial.json", "search.json",
+    "widths.csv")
 SEARCH_LOG_POINTS = 50  # the search curve is subsampled to this many steps
 
 
@@ -67,7 +68,9 @@ def _search_config(exp: Experiment, p: TrialParams):
         mac_loss_weight=p.mac_loss_weight, penalty=s.penalty, ramp_fraction=s.ramp_fraction,
         sim_temperature=p.sim_temperature, sim_every=s.sim_every, distill_alpha=s.distill_alpha,
         distill_temperature=s.distill_temperature, use_reweight=s.use_reweight,
-        tolerance=s.tolerance, round_to=s.round_to, seed=exp.seed)
+        tolerance=s.tolerance, round_to=s.round_to, seed=exp.seed, weight_decay=s.weight_decay,
+        logit_optimizer=s.logit_optimizer, mac_step=s.mac_step, reweight_lr=s.reweight_lr,
+        qk_reweight_init=s.qk_reweight_init, groups=tuple(s.groups), min_width=dict(s.min_width))
 
 
 def finetune_config(exp: Experiment, p: TrialParams):
@@ -88,8 +91,10 @@ def _subsample(history: list[dict]) -> list[dict]:
 class Reporter:
     """Builds the result dicts (both objectives, always) and their checkpoint directories."""
 
-    def __init__(self, plan_json: str, summary: dict[str, Any], search_log: list[dict]) -> None:
+    def __init__(self, plan_json: str, summary: dict[str, Any], search_log: list[dict],
+                 widths_csv: str = "") -> None:
         self.plan_json, self.summary, self.search_log = plan_json, summary, search_log
+        self.widths_csv = widths_csv  # learned vs uniform widths per layer (widths.csv)
 
     def result(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return {**self.summary, **metrics}
@@ -104,9 +109,13 @@ class Reporter:
         d = Path(directory)
         (d / PLAN).write_text(self.plan_json)
         (d / SEARCH_LOG).write_text(json.dumps(self.search_log))
+        written = [PLAN, SEARCH_LOG]
+        if self.widths_csv:
+            (d / WIDTHS).write_text(self.widths_csv)
+            written.append(WIDTHS)
         for name, obj in files.items():
             torch.save(obj, d / name)
-        sizes = {name: (d / name).stat().st_size for name in (PLAN, SEARCH_LOG, *files)}
+        sizes = {name: (d / name).stat().st_size for name in (*written, *files)}
         (d / META).write_text(json.dumps({"summary": self.summary, "result": result,
                                           "files": sizes}))
 
@@ -128,7 +137,8 @@ def _read(directory: Path) -> dict[str, Any]:
             raise ValueError(f"{path}: missing or truncated (checkpoint incomplete)")
     out: dict[str, Any] = {"plan": (directory / PLAN).read_text(),
                            "search_log": json.loads((directory / SEARCH_LOG).read_text()),
-                           **meta}
+                           "widths": (directory / WIDTHS).read_text()
+                           if (directory / WIDTHS).is_file() else "", **meta}
     for name in (MODEL, STATE, WEIGHTS):
         if (directory / name).is_file():
             out[name] = torch.load(directory / name, map_location="cpu", weights_only=True)
@@ -175,17 +185,24 @@ def _search_phase(exp: Experiment, p: TrialParams, teacher: nn.Module, calib: to
     student = copy.deepcopy(teacher)
     prune_core.initialize(student, calib, mode=p.init_mode, init_scale=p.init_scale,
                           theta0=exp.search.theta0, sim_temperature=p.sim_temperature)
-    history = prune_core.search(student, train_loader, exp.input_size, _search_config(exp, p),
-                                teacher=teacher, progress=False)
-    plan = prune_core.finalize(student, exp.input_size, p.mac_target,
-                               tolerance=exp.search.tolerance, round_to=exp.search.round_to)
+    config = _search_config(exp, p)
+    history = prune_core.search(student, train_loader, exp.input_size, config, teacher=teacher,
+                                calib=calib, progress=False)
+    plan = prune_core.finalize(student, exp.input_size, p.mac_target, tolerance=config.tolerance,
+                               round_to=config.round_to, groups=config.groups,
+                               min_width=config.min_width)
+    from prune_core.widths import full_widths, rows_to_csv, width_rows
+
+    uniform = prune_core.magnitude_plan(
+        teacher, prune_core.uniform_keep(teacher, exp.input_size, p.mac_target))
+    widths = width_rows(plan, full_widths(teacher), reference=uniform)
     prune_core.prune(student)
     macs = prune_core.count_macs(student, exp.input_size)
     top1 = prune_core.accuracy(student, val_loader)
     summary = {"macs": macs, "macs_ratio": macs / full_macs, "pruned_top1": top1,
                "search_final_loss": history[-1]["loss"],
                "search_soft_ratio": history[-1]["soft_ratio"]}
-    reporter = Reporter(plan.to_json(), summary, _subsample(history))
+    reporter = Reporter(plan.to_json(), summary, _subsample(history), rows_to_csv(widths))
     reporter.report({"phase": "search", "epoch": 0, "top1": top1, "fully_trained": 0},
                     {MODEL: student.state_dict()})
     return student, reporter
@@ -240,7 +257,8 @@ def _run_trial(config: dict[str, Any], experiment: Experiment,
         student, reporter = _search_phase(exp, p, teacher, datasets.calib, train_loader,
                                           val_loader, full_macs)
     else:  # a restarted trial: rebuild the pruned model from its plan, skip the search
-        reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"])
+        reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"],
+                            saved["widths"])
         if WEIGHTS in saved:  # it had finished; Tune may not know it yet: tell it, train nothing
             if saved["unreported"]:
                 reporter.report(saved["result"], {WEIGHTS: saved[WEIGHTS]})
@@ -248,6 +266,7 @@ def _run_trial(config: dict[str, Any], experiment: Experiment,
         weights = saved[STATE]["model"] if STATE in saved else saved[MODEL]
         student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
                                          prune_core.Plan.from_json(saved["plan"]), weights)
+        prune_core.set_reweight_trainable(student, exp.search.use_reweight)
         resume_state = saved.get(STATE)
     summary_out.update(reporter.summary)
     trial_id = tune.get_context().get_trial_id()

@@ -6,29 +6,18 @@ registers the FLatten models with timm.
 """
 
 from prune_core import models  # noqa: F401  (registers timm models)
-from prune_core.attention import (
-    FocusedLinearAttention,
-    GatedMlp,
-    GatedModule,
-    SoftmaxAttention,
-    gated_modules,
-)
+from prune_core.attention import FocusedLinearAttention, SoftmaxAttention
 from prune_core.convert import make_prunable
 from prune_core.digits import digits_datasets
-from prune_core.engine import (
-    SearchConfig,
-    TrainConfig,
-    accuracy,
-    evaluate,
-    finalize,
-    search,
-    throughput,
-    train,
-)
+from prune_core.engine import TrainConfig, accuracy, evaluate, throughput, train
 from prune_core.fashion_mnist import fashion_mnist_datasets
 from prune_core.indicator import ChannelGate, GateMode
 from prune_core.init import INIT_MODES, initialize, update_similarity
 from prune_core.macs import MacModel, count_macs, count_params
+from prune_core.mlp import GatedMlp
+from prune_core.prunable import GatedModule, gated_modules
+from prune_core.pruning_search import SearchConfig, finalize, search
+from prune_core.reweight import Reweight, set_reweight_trainable
 from prune_core.surgery import (
     Plan,
     apply_plan,
@@ -43,9 +32,9 @@ from prune_core.surgery import (
 
 __all__ = [
     "INIT_MODES", "ChannelGate", "FocusedLinearAttention", "GateMode", "GatedMlp", "GatedModule",
-    "MacModel", "Plan", "SearchConfig", "SoftmaxAttention", "TrainConfig", "accuracy",
+    "MacModel", "Plan", "Reweight", "SearchConfig", "SoftmaxAttention", "TrainConfig", "accuracy",
     "apply_plan", "count_macs", "count_params", "current_plan", "digits_datasets", "evaluate",
     "fashion_mnist_datasets", "finalize", "gated_modules", "initialize", "load_pruned",
     "magnitude_plan", "make_prunable", "prune", "random_plan", "save_pruned", "search",
-    "throughput", "train", "uniform_keep", "update_similarity",
+    "set_reweight_trainable", "throughput", "train", "uniform_keep", "update_similarity",
 ]

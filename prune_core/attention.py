@@ -1,124 +1,45 @@
-"""Prunable attention and MLP modules (DESIGN §3.3, §3.5, §3.7).
-
-Each module owns one :class:`ChannelGate` per channel group (``qk`` and ``v`` for attention,
-``mlp`` for an MLP) and knows three things about itself: how the gates enter its forward pass,
-its multiply-accumulate count as a function of the kept widths, and how to slice its own
-parameters down to the kept channels (``shrink_``). Keeping the three together means a new
-attention kind is one new class, and the pruned module is the *same* class with smaller shapes —
-it runs with no patched forward.
+"""Prunable attention: softmax and FLatten focused linear attention (docs/method.md §3, §6).
 
 Shapes: ``x`` is (B, N, C); q/k have ``qk_dim`` channels per head, v has ``v_dim``. The two
 widths are separate pruning decisions, so the fused ``qkv`` linear is laid out as
 [q (H·qk_dim) | k (H·qk_dim) | v (H·v_dim)].
+
+**Where the qk mask goes.** A qk channel c enters the map only through the product q_c·k_c, so
+masking q alone removes it exactly (k_c then only ever meets a zero). Masking both sides, as a
+first version did, makes the loss go as m² (m³ after FLatten's focusing power), whose gradient
+is zero at m = 0: a dropped channel could never earn its way back. With the mask on q only, the
+loss is linear in m and a dropped channel gets the task gradient of putting it back
+(docs/method.md, "One-sided qk mask"). FLatten's focusing norm runs over all C channels, so
+there the norms of both q and k are taken over the kept channels only (the pruned layer's
+norms), while k's dropped channels keep their values.
 """
 
 from __future__ import annotations
-
-from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prune_core.indicator import ChannelGate, GateMode
-
-MacValue = Tensor | float
-
-
-def _value(x: MacValue) -> float:
-    return float(x.detach()) if isinstance(x, Tensor) else float(x)
-
-
-class GatedModule(nn.Module, ABC):
-    """Common interface of every prunable module."""
-
-    gates: nn.ModuleDict
-
-    def __init__(self) -> None:
-        super().__init__()
-        # When a dict, forward() stores the pre-mask channel activations of each group here
-        # (detached) for similarity weights and attention-difference initialisation.
-        self.tap: dict[str, Tensor] | None = None
-
-    def widths(self) -> dict[str, int]:
-        """Kept channels per head of every group under the gates' current mode."""
-        return {name: gate.kept_per_head() for name, gate in self.gates.items()}
-
-    def full_widths(self) -> dict[str, int]:
-        return {name: gate.channels for name, gate in self.gates.items()}
-
-    def pruning_parameters(self) -> list[nn.Parameter]:
-        """Parameters that exist only for pruning (logits, reweights): not deployed weights."""
-        params = list(self.gates.parameters())
-        params += [p for n, p in self.named_parameters(recurse=False) if n.endswith("reweight")]
-        return params
-
-    def soft_widths(self) -> dict[str, Tensor]:
-        return {name: gate.soft_keep_per_head() for name, gate in self.gates.items()}
-
-    @abstractmethod
-    def macs(self, widths: dict[str, MacValue], tokens: int, batch: int = 1) -> MacValue:
-        """Multiply-accumulates of one forward over ``batch`` sequences of ``tokens``."""
-
-    @abstractmethod
-    def shrink_(self, kept: dict[str, list[list[int]]]) -> None:
-        """Slice parameters down to the kept channels (per group, per head)."""
-
-    def fold_reweight_(self) -> None:
-        """Fold learnable reweights into the weights; outputs unchanged. No-op by default."""
-
-
-def _rows(linear: nn.Linear, index: Tensor) -> None:
-    linear.weight = nn.Parameter(linear.weight.detach()[index].clone())
-    if linear.bias is not None:
-        linear.bias = nn.Parameter(linear.bias.detach()[index].clone())
-    linear.out_features = int(index.numel())
-
-
-def _cols(linear: nn.Linear, index: Tensor) -> None:
-    linear.weight = nn.Parameter(linear.weight.detach()[:, index].clone())
-    linear.in_features = int(index.numel())
-
-
-def _flat_index(kept: list[list[int]], width: int, offset: int = 0) -> Tensor:
-    """Channel positions per head -> positions in the flattened (H·width) layout."""
-    return torch.tensor([offset + h * width + c for h, row in enumerate(kept) for c in row],
-                        dtype=torch.long)
-
-
-def _gate_shrink(gate: ChannelGate, kept: list[list[int]]) -> None:
-    """Shrink a gate to the kept units: the pruned layer keeps an all-ones, OFF gate."""
-    k = len(kept[0])
-    index = torch.tensor(kept, dtype=torch.long, device=gate.logits.device)
-    # Frozen: a pruned layer's gate is off, and DDP refuses parameters that get no gradient.
-    gate.logits = nn.Parameter(gate.logits.detach().gather(1, index).clone(), requires_grad=False)
-    gate.similarity = gate.similarity.gather(1, index).clone()
-    gate.hard_mask = torch.ones_like(gate.similarity)
-    gate.channels = k
-    gate.min_keep = min(gate.min_keep, k)
-    gate.mode = GateMode.OFF
-
-
-def check_kept(name: str, kept: list[list[int]], heads: int, width: int, aligned: bool) -> None:
-    if len(kept) != heads:
-        raise ValueError(f"{name}: plan has {len(kept)} heads, layer has {heads}")
-    sizes = {len(row) for row in kept}
-    if len(sizes) != 1 or 0 in sizes:
-        raise ValueError(f"{name}: every head must keep the same non-zero channel count, "
-                         f"got {[len(r) for r in kept]}")
-    for row in kept:
-        if len(set(row)) != len(row) or not all(0 <= c < width for c in row):
-            raise ValueError(f"{name}: channel indices must be distinct and in [0, {width})")
-    if aligned and any(sorted(row) != sorted(kept[0]) for row in kept):
-        raise ValueError(f"{name}: kept positions must be the same in every head")
+from prune_core.indicator import ChannelGate
+from prune_core.prunable import (
+    GatedModule,
+    MacValue,
+    check_kept,
+    flat_index,
+    mac_value,
+    shrink_gate,
+    slice_cols,
+    slice_rows,
+)
+from prune_core.reweight import Reweight, upgrade_state_dict
 
 
 class _QKVAttention(GatedModule):
     """Shared parts of softmax and focused linear attention: projections, gates, reweights."""
 
     def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int, *, qkv_bias: bool,
-                 proj_bias: bool = True, v_aligned: bool = False, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+                 proj_bias: bool = True, v_aligned: bool = False, positive_qk_reweight: bool = False,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
@@ -132,10 +53,15 @@ class _QKVAttention(GatedModule):
             "qk": ChannelGate(num_heads, qk_dim),
             "v": ChannelGate(num_heads, v_dim, aligned=v_aligned),
         })
-        # Reweight module (§3.5): per-head, per-channel scales on kept channels, learned in
-        # search and fine-tune to compensate what removed channels carried.
-        self.qk_reweight = nn.Parameter(torch.ones(num_heads, qk_dim))
-        self.v_reweight = nn.Parameter(torch.ones(num_heads, v_dim))
+        # Reweight modules (idea 3): per-head, per-channel scales on kept channels, learned in
+        # search and fine-tune to compensate what removed channels carried; folded at surgery.
+        self.qk_reweight = Reweight(num_heads, qk_dim, positive=positive_qk_reweight)
+        self.v_reweight = Reweight(num_heads, v_dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in ("qk_reweight", "v_reweight"):  # v0.1 checkpoints: a bare parameter
+            upgrade_state_dict(getattr(self, name), state_dict, prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def head_dim(self) -> int:  # timm attribute name, for code that reads it
@@ -146,40 +72,48 @@ class _QKVAttention(GatedModule):
         hq = self.num_heads * self.qk_dim
         return self.qkv(x).split([hq, hq, self.num_heads * self.v_dim], dim=-1)
 
-    def _record(self, **groups: Tensor) -> None:
+    def _record(self, **groups: Tensor | None) -> None:
         if self.tap is not None:
             for name, value in groups.items():
-                self.tap[name] = value.detach()
+                if value is not None:
+                    self.tap[name] = value.detach()
+
+    def _qk_multiplier(self) -> Tensor:
+        """(H, qk_dim) multiplier of q: reweight (× sqrt(d/k) if on) × straight-through mask."""
+        gate = self.gates["qk"]
+        m = gate()
+        kept = gate.kept_per_head() if self.qk_reweight.width_compensation else None
+        r = self.qk_reweight(kept)
+        return r if m is None else r * m
 
     def _v_multiplier(self) -> Tensor:
         m = self.gates["v"]()
-        return self.v_reweight if m is None else self.v_reweight * m
+        r = self.v_reweight()
+        return r if m is None else r * m
 
     def _shrink_projections(self, kept: dict[str, list[list[int]]]) -> None:
         check_kept("qk", kept["qk"], self.num_heads, self.qk_dim, False)
         check_kept("v", kept["v"], self.num_heads, self.v_dim, self.gates["v"].aligned)
         hq = self.num_heads * self.qk_dim
-        q_idx = _flat_index(kept["qk"], self.qk_dim)
-        k_idx = _flat_index(kept["qk"], self.qk_dim, offset=hq)
-        v_idx = _flat_index(kept["v"], self.v_dim, offset=2 * hq)
-        _rows(self.qkv, torch.cat([q_idx, k_idx, v_idx]))
-        _cols(self.proj, _flat_index(kept["v"], self.v_dim))
-        for name, param in (("qk", "qk_reweight"), ("v", "v_reweight")):
-            index = torch.tensor(kept[name], dtype=torch.long)
-            setattr(self, param, nn.Parameter(getattr(self, param).detach().gather(1, index)))
-            _gate_shrink(self.gates[name], kept[name])
+        q_idx = flat_index(kept["qk"], self.qk_dim)
+        k_idx = flat_index(kept["qk"], self.qk_dim, offset=hq)
+        v_idx = flat_index(kept["v"], self.v_dim, offset=2 * hq)
+        slice_rows(self.qkv, torch.cat([q_idx, k_idx, v_idx]))
+        slice_cols(self.proj, flat_index(kept["v"], self.v_dim))
+        for name, reweight in (("qk", self.qk_reweight), ("v", self.v_reweight)):
+            reweight.shrink_(kept[name])
+            shrink_gate(self.gates[name], kept[name])
         self.qk_dim = len(kept["qk"][0])
         self.v_dim = len(kept["v"][0])
 
     def _fold_v_reweight_(self) -> None:
         """v·r = (r ⊙ W_v) x + r ⊙ b_v, so the v reweight folds into W_v's rows exactly."""
         hq = self.num_heads * self.qk_dim
-        r = self.v_reweight.detach().reshape(-1)
+        r = self.v_reweight.take_().reshape(-1)
         with torch.no_grad():
             self.qkv.weight[2 * hq:] *= r[:, None]
             if self.qkv.bias is not None:
                 self.qkv.bias[2 * hq:] *= r
-            self.v_reweight.fill_(1.0)
 
 
 class SoftmaxAttention(_QKVAttention):
@@ -189,6 +123,8 @@ class SoftmaxAttention(_QKVAttention):
     mask in ``forward(x, mask)``; otherwise it is plain global attention.
     """
 
+    no_weight_decay_names = ("relative_position_bias_table",)
+
     def __init__(self, dim: int, num_heads: int, *, qk_dim: int | None = None,
                  v_dim: int | None = None, qkv_bias: bool = True, proj_bias: bool = True,
                  scale: float | None = None, window_size: tuple[int, int] | None = None,
@@ -197,7 +133,8 @@ class SoftmaxAttention(_QKVAttention):
         super().__init__(dim, num_heads, qk_dim or head, v_dim or head, qkv_bias=qkv_bias,
                          proj_bias=proj_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         # The softmax temperature is a property of the trained model, not of the width: it is
-        # kept when channels go (the qk reweight learns any compensation).
+        # kept when channels go (the qk reweight learns any compensation, and can start at
+        # sqrt(d / k): ``qk_reweight.width_compensation``).
         self.scale = scale if scale is not None else self.qk_dim ** -0.5
         self.window_size = window_size
         if window_size is not None:
@@ -235,13 +172,10 @@ class SoftmaxAttention(_QKVAttention):
         k = k.view(B, N, H, self.qk_dim).transpose(1, 2)
         v = v.view(B, N, H, self.v_dim).transpose(1, 2)
         self._record(q=q, k=k, v=v)
-        m_qk = self.gates["qk"]()
-        q_mult = self.qk_reweight if m_qk is None else self.qk_reweight * m_qk
-        q = q * q_mult[:, None, :]
-        if m_qk is not None:
-            k = k * m_qk[:, None, :]
+        q = q * self._qk_multiplier()[:, None, :]  # q only: module doc (one-sided qk mask)
         v = v * self._v_multiplier()[:, None, :]
         bias = self._attn_bias(B, N, mask)
+        self._record(attn_bias=bias)  # the map the layer computes includes it (init)
         if q.is_cuda:  # fused kernels; on CPU the explicit form is as fast and torch's
             # FlopCounterMode does not count CPU SDPA, so explicit keeps MAC counts honest
             drop = self.attn_drop.p if self.training else 0.0
@@ -271,12 +205,11 @@ class SoftmaxAttention(_QKVAttention):
     def fold_reweight_(self) -> None:
         """q·r enters q kᵀ linearly, so the qk reweight folds into W_q's rows exactly."""
         hq = self.num_heads * self.qk_dim
-        r = self.qk_reweight.detach().reshape(-1)
+        r = self.qk_reweight.take_(self.gates["qk"].kept_per_head()).reshape(-1)
         with torch.no_grad():
             self.qkv.weight[:hq] *= r[:, None]
             if self.qkv.bias is not None:
                 self.qkv.bias[:hq] *= r
-            self.qk_reweight.fill_(1.0)
         self._fold_v_reweight_()
 
 
@@ -295,18 +228,21 @@ class FocusedLinearAttention(_QKVAttention):
 
     φ(x) = ReLU(x) + 1e-6, divided by softplus(scale); the focusing power p is applied with each
     token's norm over all C channels restored. k gets a learnable positional encoding, and a
-    depthwise conv (head_dim channels, shared by heads) on v is added to the output. A qk mask
-    zeroes channels *before* the norm over C, so the masked model equals the pruned one.
-    The qk reweight multiplies q's and k's features together, i.e. it divides softplus(scale)
-    and folds into ``scale`` at surgery.
+    depthwise conv (head_dim channels, shared by heads) on v is added to the output. The
+    focusing norms of q and k run over the kept channels only and the mask then zeroes q's
+    dropped channels, so the masked model equals the pruned one (module doc). The qk reweight
+    multiplies q's and k's features together, i.e. it divides softplus(scale), and folds into
+    ``scale`` at surgery; it is stored as log r so that fold cannot fail.
     """
+
+    no_weight_decay_names = ("scale", "positional_encoding")
 
     def __init__(self, dim: int, num_heads: int, tokens: int, grid: tuple[int, int], *,
                  qkv_bias: bool = True, focusing_factor: float = 3.0, kernel_size: int = 5,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         head = dim // num_heads
         super().__init__(dim, num_heads, head, head, qkv_bias=qkv_bias, v_aligned=True,
-                         attn_drop=attn_drop, proj_drop=proj_drop)
+                         positive_qk_reweight=True, attn_drop=attn_drop, proj_drop=proj_drop)
         if grid[0] * grid[1] != tokens:
             raise ValueError(f"grid {grid} does not hold {tokens} tokens")
         self.tokens = tokens
@@ -317,10 +253,14 @@ class FocusedLinearAttention(_QKVAttention):
         self.positional_encoding = nn.Parameter(torch.zeros(1, tokens, num_heads * head))
         self.dwc = nn.Conv2d(head, head, kernel_size, padding=kernel_size // 2, groups=head)
 
-    def _focus(self, x: Tensor) -> Tensor:
-        norm = x.norm(dim=-1, keepdim=True)
-        x = x ** self.focusing_factor
-        return x / x.norm(dim=-1, keepdim=True) * norm
+    def _focus(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """x^p with each token's norm restored, both norms over the ``keep`` channels (1, 1, C).
+
+        Kept channels come out exactly as in the pruned layer; dropped ones keep a value.
+        """
+        norm = (x if keep is None else x * keep).norm(dim=-1, keepdim=True)
+        xp = x ** self.focusing_factor
+        return xp / (xp if keep is None else xp * keep).norm(dim=-1, keepdim=True) * norm
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """``mask`` (Swin's shift mask) is accepted and ignored, as in FLatten's own code."""
@@ -333,10 +273,12 @@ class FocusedLinearAttention(_QKVAttention):
         divisor = F.softplus(self.scale)
         q = (F.relu(q) + 1e-6) / divisor
         k = (F.relu(k) + 1e-6) / divisor
+        r = self.qk_reweight().reshape(1, 1, H * dq)
         m_qk = self.gates["qk"]()
-        mult = self.qk_reweight if m_qk is None else self.qk_reweight * m_qk
-        mult = mult.reshape(1, 1, H * dq)
-        q, k = self._focus(q * mult), self._focus(k * mult)
+        keep = None if m_qk is None else m_qk.detach().reshape(1, 1, H * dq)
+        q, k = self._focus(q * r, keep), self._focus(k * r, keep)
+        if m_qk is not None:  # q only, after the focus: linear in m (module doc)
+            q = q * m_qk.reshape(1, 1, H * dq)
         m_v = self.gates["v"]()
         v = v * self._v_multiplier().reshape(1, 1, H * dv)
         q = q.view(B, N, H, dq).transpose(1, 2)
@@ -367,7 +309,7 @@ class FocusedLinearAttention(_QKVAttention):
         H, C, N = self.num_heads, self.dim, tokens
         kq, kv = widths["qk"], widths["v"]
         # The order is chosen on the *integer* widths the pruned layer will have.
-        kv_first = self._kv_first(N, round(_value(kq)), round(_value(kv)))
+        kv_first = self._kv_first(N, round(mac_value(kq)), round(mac_value(kv)))
         core = 2 * N * kq * kv if kv_first else N * N * (kq + kv)
         per_sequence = (N * C * H * (2 * kq + kv)  # qkv projection
                         + N * H * kq  # normaliser z = q · Σk
@@ -377,7 +319,7 @@ class FocusedLinearAttention(_QKVAttention):
         return batch * per_sequence
 
     def shrink_(self, kept: dict[str, list[list[int]]]) -> None:
-        qk_idx = _flat_index(kept["qk"], self.qk_dim)
+        qk_idx = flat_index(kept["qk"], self.qk_dim)
         v_pos = torch.tensor(kept["v"][0], dtype=torch.long)
         self._shrink_projections(kept)
         self.scale = nn.Parameter(self.scale.detach()[..., qk_idx].clone())
@@ -393,56 +335,11 @@ class FocusedLinearAttention(_QKVAttention):
 
     def fold_reweight_(self) -> None:
         """φ·r = (ReLU+ε)/(softplus(scale)/r): fold r into scale via softplus⁻¹."""
-        r = self.qk_reweight.detach().reshape(1, 1, -1)
-        if torch.any(r <= 0):
-            raise ValueError("qk reweight must stay positive to fold into FLatten's scale")
+        r = self.qk_reweight.take_().reshape(1, 1, -1)  # exp(log r) > 0: always foldable
         with torch.no_grad():
-            target = F.softplus(self.scale.double()) / r.double()
+            target = F.softplus(self.scale.double()) / r.double().clamp_min(1e-30)
             self.scale.copy_(target + torch.log(-torch.expm1(-target)))  # softplus⁻¹
-            self.qk_reweight.fill_(1.0)
         self._fold_v_reweight_()
-
-
-class GatedMlp(GatedModule):
-    """timm ``Mlp`` (fc1 → act → fc2) with a mask on the hidden channels."""
-
-    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
-                 *, act_layer: type[nn.Module] = nn.GELU, bias: bool = True,
-                 drop: float = 0.0) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.hidden_features = hidden_features
-        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
-        self.act = act_layer()
-        self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features, bias=bias)
-        self.drop2 = nn.Dropout(drop)
-        self.gates = nn.ModuleDict({"mlp": ChannelGate(1, hidden_features)})
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.act(self.fc1(x))
-        if self.tap is not None:
-            self.tap["mlp"] = h.detach().unsqueeze(1)  # (B, 1, N, hidden): one "head"
-        m = self.gates["mlp"]()
-        if m is not None:
-            h = h * m[0]
-        return self.drop2(self.fc2(self.drop1(h)))
-
-    def macs(self, widths: dict[str, MacValue], tokens: int, batch: int = 1) -> MacValue:
-        return batch * tokens * widths["mlp"] * (self.fc1.in_features + self.fc2.out_features)
-
-    def shrink_(self, kept: dict[str, list[list[int]]]) -> None:
-        check_kept("mlp", kept["mlp"], 1, self.hidden_features, False)
-        index = torch.tensor(kept["mlp"][0], dtype=torch.long)
-        _rows(self.fc1, index)
-        _cols(self.fc2, index)
-        _gate_shrink(self.gates["mlp"], kept["mlp"])
-        self.hidden_features = len(index)
-
-
-def gated_modules(model: nn.Module) -> dict[str, GatedModule]:
-    """Every prunable module of a model by qualified name, in forward order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, GatedModule)}
 
 
 def attention_modules(model: nn.Module) -> dict[str, _QKVAttention]:
@@ -451,10 +348,6 @@ def attention_modules(model: nn.Module) -> dict[str, _QKVAttention]:
 
 __all__ = [
     "FocusedLinearAttention",
-    "GatedMlp",
-    "GatedModule",
     "SoftmaxAttention",
     "attention_modules",
-    "check_kept",
-    "gated_modules",
 ]

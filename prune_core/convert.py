@@ -1,4 +1,4 @@
-"""timm ViT/DeiT/Swin -> prunable modules, weights kept, outputs unchanged (DESIGN §2, §4).
+"""timm ViT/DeiT/Swin -> prunable modules, weights kept, outputs unchanged.
 
 ``make_prunable`` swaps each module our prunable classes represent *exactly* — timm
 ``Attention``, Swin ``WindowAttention``, a plain ``Mlp`` — for its gated twin, reusing the
@@ -20,7 +20,9 @@ from timm.layers.attention import Attention, resolve_self_attn_mask
 from timm.models.swin_transformer import WindowAttention
 from torch import Tensor, nn
 
-from prune_core.attention import GatedMlp, GatedModule, SoftmaxAttention, attention_modules
+from prune_core.attention import SoftmaxAttention, attention_modules
+from prune_core.mlp import GatedMlp
+from prune_core.prunable import GatedModule
 
 logger = logging.getLogger(__name__)
 

@@ -19,15 +19,9 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from prune_core.digits import digits_datasets
-from prune_core.engine import (
-    SearchConfig,
-    TrainConfig,
-    evaluate,
-    finalize,
-    search,
-    train,
-)
+from prune_core.engine import TrainConfig, evaluate, train
 from prune_core.init import INIT_MODES, initialize
+from prune_core.pruning_search import SearchConfig, finalize, search
 from prune_core.surgery import prune
 
 

@@ -1,11 +1,8 @@
-"""Search, finalize, train/fine-tune, evaluate: plain PyTorch loops (DESIGN §3.4).
+"""Train/fine-tune and evaluate: plain PyTorch loops, and the pieces the search shares.
 
-``search`` trains the pruning indicator (and the weights) against a MAC target with
-L = L_task(+distillation) + λ·penalty(MACs/MACs_full, t_s), where the running target t_s
-descends linearly from 1 to t over the first ``ramp_fraction`` of the steps, then holds.
-``finalize`` turns the learned scores into hard, head-aligned masks that meet the target.
 ``train`` is one loop for the teacher and the fine-tune (distillation when a teacher is given),
-resumable from the state it hands to ``on_epoch``. CUDA with bf16 autocast when present.
+resumable from the state it hands to ``on_epoch``. CUDA with bf16 autocast when present. The
+search itself lives in ``prune_core.pruning_search``.
 """
 
 from __future__ import annotations
@@ -22,43 +19,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from prune_core.attention import gated_modules
-from prune_core.indicator import GateMode
-from prune_core.init import update_similarity
-from prune_core.macs import MacModel, count_macs, count_params
-from prune_core.surgery import Plan, current_plan
-
-PENALTIES = ("squared", "one_sided", "log")
-
-
-@dataclass
-class SearchConfig:
-    target: float
-    steps: int = 300
-    lr: float = 5e-4
-    logit_lr: float = 0.1
-    mac_loss_weight: float = 10.0
-    penalty: str = "squared"
-    ramp_fraction: float = 0.6
-    sim_temperature: float = 1.0
-    sim_every: int = 50
-    distill_alpha: float = 0.5
-    distill_temperature: float = 2.0
-    use_reweight: bool = True
-    tolerance: float = 0.02
-    round_to: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_target(self.target)
-        if self.penalty not in PENALTIES:
-            raise ValueError(f"penalty must be one of {PENALTIES}, got {self.penalty!r}")
-        if self.steps < 1 or not 0.0 < self.ramp_fraction <= 1.0:
-            raise ValueError("steps must be >= 1 and ramp_fraction in (0, 1]")
+from prune_core.macs import count_macs, count_params
+from prune_core.optim import weight_decay_groups
+from prune_core.prunable import gated_modules
+from prune_core.reweight import reweights
 
 
 @dataclass
 class TrainConfig:
+    """Settings of a training run (teacher) or a fine-tune (student, with a teacher).
+
+    Attributes:
+        epochs: passes over the loader; lr: peak AdamW learning rate (cosine after warm-up).
+        weight_decay: AdamW decay; norms, biases, positional tables, bias tables and
+            per-channel scales are exempt (timm's convention, ``prune_core.optim``).
+        warmup_epochs: linear warm-up; label_smoothing: of the cross-entropy.
+        distill_alpha, distill_temperature: soft-label distillation when a teacher is given.
+        seed: re-seeds the global generators at the start and at every epoch (resumable).
+    """
+
     epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -70,6 +49,7 @@ class TrainConfig:
 
 
 def check_target(target: float) -> None:
+    """Raises ValueError unless the MAC target is a fraction of the full MACs in (0, 1]."""
     if not 0.0 < float(target) <= 1.0:
         raise ValueError(f"MAC target must be in (0, 1], got {target}")
 
@@ -83,17 +63,17 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled,
                     transient=True)
 
 
-def _cycle(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+def batches_forever(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
     while True:
         yield from loader
 
@@ -123,161 +103,15 @@ def task_loss(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, alp
     return (1 - alpha) * ce + alpha * kd
 
 
-def mac_penalty(ratio: Tensor, target: float, kind: str) -> Tensor:
-    if kind == "squared":  # pulls from both sides: neither over- nor under-shoots
-        return (ratio - target) ** 2
-    if kind == "one_sided":
-        return F.relu(ratio - target) ** 2
-    return (torch.log(ratio) - math.log(target)) ** 2
-
-
-def running_target(step: int, config: SearchConfig) -> float:
-    ramp = max(1, round(config.ramp_fraction * config.steps))
-    return 1.0 - (1.0 - config.target) * min(1.0, step / ramp)
-
-
-def _teacher_logits(teacher: nn.Module | None, images: Tensor) -> Tensor | None:
+def teacher_forward(teacher: nn.Module | None, images: Tensor) -> Tensor | None:
     if teacher is None:
         return None
     with torch.no_grad():
         return teacher(images).float()
 
 
-def search(model: nn.Module, loader: DataLoader, input_size: tuple[int, int, int],
-           config: SearchConfig, *, teacher: nn.Module | None = None,
-           device: str | torch.device | None = None,
-           on_step: Callable[[int, dict], None] | None = None,
-           progress: bool = True) -> list[dict]:
-    """Learn which channels to keep (and adapt the weights) against the MAC target."""
-    seed_everything(config.seed)
-    device = default_device(device)
-    model.to(device)
-    modules = gated_modules(model)
-    if not modules:
-        raise ValueError(f"{type(model).__name__} has no prunable modules: call make_prunable")
-    macs = MacModel(model, input_size)
-    gates = [g for m in modules.values() for g in m.gates.values()]
-    reweights = [p for m in modules.values() for n, p in m.named_parameters(recurse=False)
-                 if n.endswith("reweight")]
-    logits = [g.logits for g in gates]
-    special = {id(p) for p in logits + reweights}
-    weights = [p for p in model.parameters() if id(p) not in special and p.requires_grad]
-    for p in reweights:
-        p.requires_grad_(config.use_reweight)
-    groups = [{"params": weights, "lr": config.lr, "weight_decay": 0.05},
-              {"params": logits, "lr": config.logit_lr, "weight_decay": 0.0}]
-    if config.use_reweight:
-        groups.append({"params": reweights, "lr": config.logit_lr / 5, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups)
-    if teacher is not None:
-        teacher.to(device).eval()
-    for g in gates:
-        g.mode = GateMode.SEARCH
-    batches = _cycle(loader)
-    calib = next(iter(loader))[0].to(device)
-    history = []
-    model.train()
-    with _progress(progress) as bar:
-        task = bar.add_task(f"search → {config.target:.2f} MACs", total=config.steps, info="")
-        for step in range(config.steps):
-            if config.sim_every and step % config.sim_every == 0 and step > 0:
-                update_similarity(model, calib, config.sim_temperature)
-                model.train()
-            images, labels = (t.to(device) for t in next(batches))
-            target_now = running_target(step, config)
-            with _autocast(device):
-                out = model(images).float()
-                loss_task = task_loss(out, labels, _teacher_logits(teacher, images),
-                                      config.distill_alpha, config.distill_temperature)
-            ratio = macs.soft_total() / macs.full
-            loss_mac = config.mac_loss_weight * mac_penalty(ratio, target_now, config.penalty)
-            if not torch.isfinite(loss_task + loss_mac):
-                raise FloatingPointError(f"search loss is {float(loss_task + loss_mac)} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            (loss_task + loss_mac).backward()
-            optimizer.step()
-            record = {"step": step, "loss": loss_task.item(), "mac_loss": loss_mac.item(),
-                      "soft_ratio": ratio.item(), "macs_ratio": macs.ratio(),
-                      "target_now": target_now}
-            history.append(record)
-            if on_step is not None:
-                on_step(step, record)
-            bar.update(task, advance=1, info=f"loss {record['loss']:.3f} "
-                       f"MACs {record['macs_ratio']:.3f}/{target_now:.3f}")
-    return history
-
-
-def _legal_widths(channels: int, round_to: int, min_keep: int) -> list[int]:
-    """Widths a head may keep: multiples of ``round_to`` (and the full width), >= min_keep."""
-    step = round_to if channels >= round_to else 1
-    legal = {w for w in range(step, channels + 1, step) if w >= min_keep} | {channels}
-    return sorted(legal)
-
-
-def finalize(model: nn.Module, input_size: tuple[int, int, int], target: float, *,
-             tolerance: float = 0.02, round_to: int = 1) -> Plan:
-    """Hard, head-aligned masks from the learned scores, within [t - tol, t] of full MACs.
-
-    Starts from the count each gate learned (Σs / H, rounded to ``round_to``), then greedily
-    drops the lowest-ranked channel step (mean e of the units it removes, one per head) while
-    over budget, and restores the highest-ranked ones while more than ``tolerance`` under.
-    """
-    check_target(target)
-    macs = MacModel(model, input_size)
-    gates = {(name, g): gate for name, m in gated_modules(model).items()
-             for g, gate in m.gates.items()}
-    rankings = {key: gate.ranking().detach().sort(dim=1, descending=True).values
-                for key, gate in gates.items()}
-    legal = {key: _legal_widths(gate.channels, round_to, gate.min_keep)
-             for key, gate in gates.items()}
-    widths: dict[str, dict[str, int]] = {}
-    for (name, g), gate in gates.items():
-        k = gate.count_from_scores() if gate.mode is GateMode.SEARCH else gate.kept_per_head()
-        widths.setdefault(name, {})[g] = min(legal[(name, g)], key=lambda w: abs(w - k))
-
-    def unit_score(key: tuple[str, str], k: int) -> float:  # ranking of the k-th best unit
-        return float(rankings[key][:, k - 1].mean())
-
-    def neighbour(key: tuple[str, str], direction: int) -> int | None:
-        options = legal[key]
-        i = options.index(widths[key[0]][key[1]]) + direction
-        return options[i] if 0 <= i < len(options) else None
-
-    budget = target * macs.full
-    while macs.total(widths) > budget:
-        drops = []
-        for key in gates:
-            lower = neighbour(key, -1)
-            if lower is not None:
-                k = widths[key[0]][key[1]]
-                score = sum(unit_score(key, j) for j in range(lower + 1, k + 1))
-                drops.append((score, key, lower))
-        if not drops:
-            floor = macs.total(widths) / macs.full
-            raise ValueError(f"MAC target {target} is below what this model can reach "
-                             f"({floor:.3f} of full MACs with every head at its minimum width)")
-        _, (name, g), lower = min(drops)
-        widths[name][g] = lower
-    while macs.total(widths) < (target - tolerance) * macs.full:
-        restores = []
-        for key in gates:
-            upper = neighbour(key, +1)
-            if upper is None:
-                continue
-            trial = {n: dict(w) for n, w in widths.items()}
-            trial[key[0]][key[1]] = upper
-            if macs.total(trial) <= budget:
-                restores.append((unit_score(key, upper), key, upper))
-        if not restores:
-            break
-        _, (name, g), upper = max(restores)
-        widths[name][g] = upper
-    for (name, g), gate in gates.items():
-        gate.set_hard(gate.topk_mask(widths[name][g]))
-    return current_plan(model)
-
-
 def fold_reweights(model: nn.Module) -> None:
+    """Fold every reweight into its weights (outputs unchanged; reweights become 1)."""
     for module in gated_modules(model).values():
         module.fold_reweight_()
 
@@ -298,13 +132,22 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
           device: str | torch.device | None = None,
           on_epoch: Callable[[int, dict, dict], None] | None = None,
           resume_state: dict | None = None, progress: bool = True) -> list[dict]:
-    """Train or fine-tune (with distillation when ``teacher`` is given); resumable."""
+    """Train or fine-tune (with distillation when ``teacher`` is given); resumable.
+
+    Side effects: re-seeds the global generators (``config.seed`` + epoch) so that a resumed
+    run sees the same batches, and folds the reweights into the weights at the end (outputs
+    unchanged). Gate logits are never trained here; frozen reweights stay frozen.
+    Raises FloatingPointError on a non-finite loss (on any data-parallel rank).
+    """
     seed_everything(config.seed)
     device = default_device(device)
     model.to(device)
-    pruning = {id(p) for m in gated_modules(model).values() for p in m.gates.parameters()}
-    params = [p for p in model.parameters() if id(p) not in pruning and p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    gate_params = {id(p) for m in gated_modules(model).values() for p in m.gates.parameters()}
+    rw = [p for r in reweights(model) if r.trainable for p in r.parameters()]
+    groups = weight_decay_groups(model, config.weight_decay, gate_params | {id(p) for p in rw})
+    if rw:  # a scale, not a weight: never decayed
+        groups.append({"params": rw, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, len(loader)))
     start = 0
     if resume_state is not None:
@@ -315,7 +158,7 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
     if teacher is not None:
         teacher.to(device).eval()
     history = []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("fine-tune" if teacher is not None else "train",
                             total=config.epochs, completed=start, info="")
         for epoch in range(start, config.epochs):
@@ -324,9 +167,9 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
             total, count = 0.0, 0
             for images, labels in loader:
                 images, labels = images.to(device), labels.to(device)
-                with _autocast(device):
+                with autocast(device):
                     out = model(images).float()
-                    loss = task_loss(out, labels, _teacher_logits(teacher, images),
+                    loss = task_loss(out, labels, teacher_forward(teacher, images),
                                      config.distill_alpha, config.distill_temperature,
                                      config.label_smoothing)
                 if not all_finite(loss):
@@ -357,12 +200,13 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
 @torch.no_grad()
 def accuracy(model: nn.Module, loader: DataLoader,
              device: str | torch.device | None = None) -> float:
+    """Top-1 accuracy in percent over ``loader`` (eval mode; the mode is restored)."""
     device = default_device(device)
     was_training = model.training
     model.eval()
     correct = seen = 0
     for images, labels in loader:
-        with _autocast(device):
+        with autocast(device):
             out = model(images.to(device))
         correct += int((out.argmax(-1).cpu() == labels).sum())
         seen += len(labels)
@@ -380,7 +224,7 @@ def throughput(model: nn.Module, input_size: tuple[int, int, int], batch_size: i
     was_training = model.training
     model.eval().to(device)
     x = torch.randn(batch_size, *input_size, device=device)
-    with _autocast(device):
+    with autocast(device):
         for _ in range(3):
             model(x)
         timer = benchmark.Timer("model(x)", globals={"model": model, "x": x})

@@ -1,4 +1,4 @@
-"""Pruning indicator of one channel group (DESIGN §3.1–3.3).
+"""Pruning indicator of one channel group (docs/method.md §1–3).
 
 A *group* is a set of prunable units laid out as ``(heads, channels)``: the ``qk`` channels of an
 attention layer, its ``v`` channels, or the hidden channels of an MLP (one "head"). Every unit
@@ -8,6 +8,12 @@ channel-similarity weight that favours channels which are *not* redundant with t
 The gate turns scores into a binary mask with the **same count k in every head**, so the pruned
 layer is still a regular multi-head layer (a head-split reshape needs equal widths). The mask
 reaches θ through a straight-through estimator: m_ste = m + s - stopgrad(s).
+
+The width is measured relative to where the search starts: K = d · Σs / Σs₀, where Σs₀ is the
+keep mass when the gate was last *anchored* (``anchor_``, done by ``initialize`` and at the start
+of ``search``). So the search starts at the full model (k = d, full MACs) whatever the initial
+logits, and the initialisation, not the sigmoid's saturation, orders the units
+(docs/method.md, "Relative width").
 """
 
 from __future__ import annotations
@@ -44,22 +50,43 @@ class ChannelGate(nn.Module):
         self.logits = nn.Parameter(torch.full((num_heads, channels), float(init_logit)))
         self.register_buffer("similarity", torch.ones(num_heads, channels))
         self.register_buffer("hard_mask", torch.ones(num_heads, channels))
+        # Σs at the anchor (see module doc); H·d means "not anchored": K = Σs / H, as s → 1.
+        self.register_buffer("anchor_mass", torch.tensor(float(num_heads * channels)))
         self.mode = GateMode.OFF
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints from before the relative width (v0.1) have no anchor: "not anchored".
+        state_dict.setdefault(prefix + "anchor_mass", torch.tensor(float(self.logits.numel())))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- scores ---------------------------------------------------------------------------
     def keep_scores(self) -> Tensor:
         return torch.sigmoid(self.logits)
 
+    def unit_ranking(self) -> Tensor:
+        """(H, d) e = w · s of every unit on its own (comparable across groups)."""
+        return self.similarity * self.keep_scores()
+
     def ranking(self) -> Tensor:
-        """e = w · s; for aligned groups every head sees the head-summed ranking."""
-        e = self.similarity * self.keep_scores()
+        """(H, d) e used to pick the kept units; aligned groups rank a position by Σ_h e."""
+        e = self.unit_ranking()
         if self.aligned:
             e = e.sum(dim=0, keepdim=True).expand_as(e)
         return e
 
+    @torch.no_grad()
+    def anchor_(self) -> None:
+        """Make the current logits mean "full width": K = d from here until they move."""
+        self.anchor_mass.copy_(self.keep_scores().sum().clamp_min(1e-6))
+
     def soft_keep_per_head(self) -> Tensor:
-        """Differentiable per-head channel count K/H used by the MAC loss."""
-        return self.keep_scores().sum() / self.num_heads
+        """Differentiable per-head width K = d · Σs / Σs₀ (channels) used by the MAC loss.
+
+        A gate that is OFF (a group left out of the search) counts its full width, constant.
+        """
+        if self.mode is GateMode.OFF:
+            return torch.tensor(float(self.channels), device=self.logits.device)
+        return self.channels * self.keep_scores().sum() / self.anchor_mass
 
     def count_from_scores(self) -> int:
         k = int(torch.round(self.soft_keep_per_head().detach()).item())
@@ -113,7 +140,7 @@ class ChannelGate(nn.Module):
             return self.hard_mask
         s = self.keep_scores()
         m = self.topk_mask(self.count_from_scores())
-        return m + s - s.detach()
+        return m + (s - s.detach())  # exactly m in the forward pass
 
     def extra_repr(self) -> str:
         return (f"heads={self.num_heads}, channels={self.channels}, aligned={self.aligned}, "
@@ -121,7 +148,7 @@ class ChannelGate(nn.Module):
 
 
 def similarity_weights(features: Tensor, temperature: float) -> Tensor:
-    """Channel-similarity weights w (DESIGN §3.2) from per-head channel activations.
+    """Channel-similarity weights w (docs/method.md §2) from per-head channel activations.
 
     ``features``: (H, d, M) — each channel's activation vector over M token samples. A channel
     whose activations look like its head-mates' (high mean |cosine|) is redundant and gets a

@@ -1,4 +1,4 @@
-"""Indicator initialisation from a calibration batch (DESIGN §3.2, §3.6).
+"""Indicator initialisation from a calibration batch (docs/method.md §2, §7).
 
 One forward pass with the modules' taps open gives, per prunable module, the pre-mask channel
 activations of every group. From them:
@@ -9,6 +9,17 @@ activations of every group. From them:
   modes for ``qk`` channels — ``attn_single`` (how closely the channel *alone* reproduces the
   head's attention map) and ``attn_leave_out`` (how much the map changes *without* it). ``v`` and
   ``mlp`` units, which do not shape the map, use their mean activation magnitude in those modes.
+
+The map A is the one the layer computes: for softmax attention the scaled q·kᵀ *plus* whatever
+the layer adds before the softmax (Swin's relative position bias and shift mask, a timm
+``attn_mask``), recorded by the layer's tap. For focused linear attention A is the row-normalised
+φ(Q)φ(K)ᵀ. Note that a *single* channel's linear map, q_c·k_cᵀ row-normalised, is k_c / Σk_c in
+every row — it does not depend on the query — so ``attn_single`` on linear layers scores how
+well a channel's key profile alone matches the map; ``attn_leave_out`` keeps the query's role
+and is the default.
+
+After the logits are set every gate is anchored (``ChannelGate.anchor_``): the widths count
+from these logits, so the model still keeps every channel until the search moves them.
 """
 
 from __future__ import annotations
@@ -16,8 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prune_core.attention import FocusedLinearAttention, GatedModule, gated_modules
+from prune_core.attention import FocusedLinearAttention
 from prune_core.indicator import similarity_weights
+from prune_core.prunable import GatedModule, gated_modules
 from prune_core.surgery import unit_magnitude
 
 INIT_MODES = ("uniform", "magnitude", "attn_single", "attn_leave_out")
@@ -74,8 +86,10 @@ def _standardise(score: Tensor) -> Tensor:
     return (score - score.mean(dim=1, keepdim=True)) / std.clamp_min(1e-8)
 
 
-def _attention_maps(module: GatedModule, tap: dict[str, Tensor]) -> tuple[Tensor, Tensor, bool]:
-    """q-side and k-side features (S, H, n, d) and whether the map is linear."""
+def _attention_maps(module: GatedModule, tap: dict[str, Tensor]
+                    ) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+    """q-side and k-side features (S, H, n, d), the additive bias (or None), linear or not."""
+    bias = None
     if isinstance(module, FocusedLinearAttention):
         q, k = tap["phi_q"], tap["phi_k"]
         if q.shape[2] > MAX_QUERIES:
@@ -84,7 +98,10 @@ def _attention_maps(module: GatedModule, tap: dict[str, Tensor]) -> tuple[Tensor
         linear = True
     else:
         q, k, linear = tap["q"] * module.scale, tap["k"], False
-    return q[:MAX_SEQUENCES], k[:MAX_SEQUENCES], linear
+        bias = tap.get("attn_bias")
+        if bias is not None:
+            bias = bias[:MAX_SEQUENCES].float()
+    return q[:MAX_SEQUENCES], k[:MAX_SEQUENCES], bias, linear
 
 
 def _map(scores: Tensor, linear: bool) -> Tensor:
@@ -94,10 +111,15 @@ def _map(scores: Tensor, linear: bool) -> Tensor:
 
 
 def attention_difference(module: GatedModule, tap: dict[str, Tensor], mode: str) -> Tensor:
-    """(H, d) mean ‖A − A^(c)‖_F per qk channel c, ``single`` or ``leave_out``."""
-    q, k, linear = _attention_maps(module, tap)
+    """(H, d) mean ‖A − A^(c)‖_F per qk channel c, ``single`` or ``leave_out``.
+
+    ``tap``: the layer's recorded activations (``capture``): q, k (S, H, N, d), and for softmax
+    layers the additive ``attn_bias`` (position bias, shift or attention mask), which enters
+    A and every A^(c) alike (a single channel's map is its q_c·k_c plus the bias).
+    """
+    q, k, bias, linear = _attention_maps(module, tap)
     full_scores = q @ k.transpose(-2, -1)
-    full = _map(full_scores, linear)
+    full = _map(full_scores if bias is None else full_scores + bias, linear)
     d = q.shape[-1]
     out = torch.empty(q.shape[1], d, device=q.device)
     for c in range(d):
@@ -105,15 +127,28 @@ def attention_difference(module: GatedModule, tap: dict[str, Tensor], mode: str)
         other = part if mode == "single" else full_scores - part
         if linear:
             other = other.clamp_min(0.0)  # numerical dust from the subtraction
+        elif bias is not None:
+            other = other + bias
         diff = (full - _map(other, linear)).flatten(-2).norm(dim=-1)  # (S, H)
         out[:, c] = diff.mean(0)
     return out
 
 
 def initialize(model: nn.Module, calib_images: Tensor, *, mode: str = "attn_leave_out",
-               init_scale: float = 1.0, theta0: float = 3.0,
+               init_scale: float = 1.0, theta0: float = 0.0,
                sim_temperature: float = 1.0) -> None:
-    """Set every gate's logits and similarity weights from a calibration batch."""
+    """Set every gate's logits θ = θ₀ + init_scale · z and similarity weights from a batch.
+
+    Args:
+        calib_images: (B, C, H, W) fixed, un-augmented calibration images.
+        mode: one of ``INIT_MODES`` (module doc).
+        init_scale: spread of the logits in units of the per-head standardised importance z.
+        theta0: the logits' centre. 0 keeps s = sigmoid(θ) in its steep range, so the init's
+            order shows in e = w·s (at θ₀ = 3, s ∈ [0.73, 0.99] and w overrode the order).
+        sim_temperature: τ of the similarity weights (``inf``: uniform).
+    Raises:
+        ValueError: unknown mode, or a model without prunable modules.
+    """
     if mode not in INIT_MODES:
         raise ValueError(f"init_mode must be one of {INIT_MODES}, got {mode!r}")
     modules = gated_modules(model)
@@ -134,3 +169,4 @@ def initialize(model: nn.Module, calib_images: Tensor, *, mode: str = "attn_leav
                 z = _standardise(_channel_samples(taps[name][group]).abs().mean(-1))
             with torch.no_grad():
                 gate.logits.copy_(theta0 + init_scale * z.to(gate.logits))
+            gate.anchor_()

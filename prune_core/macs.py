@@ -1,4 +1,4 @@
-"""Analytic MAC model, differentiable in the kept widths (DESIGN §3.4).
+"""Analytic MAC model, differentiable in the kept widths (docs/method.md §4).
 
 A model's multiply-accumulates split into a *fixed* part (patch embedding, classifier, patch
 merging, anything we do not prune) and the prunable modules, whose cost is a closed formula of
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from prune_core.attention import GatedModule, MacValue, gated_modules
+from prune_core.prunable import GatedModule, MacValue, gated_modules
 
 Widths = dict[str, dict[str, MacValue]]
 

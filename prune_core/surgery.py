@@ -1,4 +1,4 @@
-"""Plans and surgery: masked model -> smaller dense model (DESIGN §3.3, §3.5, §4).
+"""Plans and surgery: masked model -> smaller dense model (docs/method.md §3, §6).
 
 A :class:`Plan` is the whole pruning decision as data: for every prunable module and group,
 the kept channel indices of each head. It round-trips through JSON, so a pruned model is
@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prune_core.attention import GatedModule, attention_modules, check_kept, gated_modules
+from prune_core.attention import attention_modules
 from prune_core.indicator import GateMode
 from prune_core.macs import MacModel
+from prune_core.prunable import GatedModule, check_kept, gated_modules
 
 Kept = dict[str, list[list[int]]]  # group -> kept channel indices per head
 

@@ -24,7 +24,10 @@ from timm.layers import DropPath
 from timm.models import register_model
 from torch import Tensor, nn
 
-from prune_core.attention import FocusedLinearAttention, GatedMlp, SoftmaxAttention, gated_modules
+from prune_core.attention import FocusedLinearAttention, SoftmaxAttention
+from prune_core.mlp import GatedMlp
+from prune_core.prunable import gated_modules
+from prune_core.reweight import Reweight
 
 # Buffers the official model saves that we rebuild from the architecture instead.
 _REBUILT_BUFFERS = ("attn_mask", "relative_position_index", "relative_coords_table")
@@ -278,8 +281,8 @@ def _pruning_state_keys(model: nn.Module) -> set[str]:
     keys: set[str] = set()
     for name, module in gated_modules(model).items():
         keys |= {f"{name}.gates.{k}" for k in module.gates.state_dict()}
-        keys |= {f"{name}.{n}" for n, _ in module.named_parameters(recurse=False)
-                 if n.endswith("reweight")}
+        keys |= {f"{name}.{child}.{k}" for child, m in module.named_children()
+                 if isinstance(m, Reweight) for k in m.state_dict()}
     return keys
 
 

@@ -13,7 +13,8 @@ from timm.layers import DropPath
 from timm.models import register_model
 from torch import Tensor, nn
 
-from prune_core.attention import FocusedLinearAttention, GatedMlp, SoftmaxAttention
+from prune_core.attention import FocusedLinearAttention, SoftmaxAttention
+from prune_core.mlp import GatedMlp
 
 
 class Block(nn.Module):
@@ -72,6 +73,10 @@ class FlattenViT(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """timm's convention: positional embeddings are not decayed."""
+        return {"pos_embed"}
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed

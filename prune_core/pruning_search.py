@@ -1,0 +1,443 @@
+"""The search for which channels to keep, and finalize (docs/method.md, "Search" and "Finalize").
+
+``search`` trains the pruning indicator (and the weights) against a MAC target with
+L = L_task(+distillation) + λ·penalty(MACs/MACs_full, t_s), where the running target t_s
+descends linearly from 1 to t over the first ``ramp_fraction`` of the steps, then holds. The
+search starts at the full model: every gate is anchored (``ChannelGate.anchor_``), so the first
+hard model keeps every channel and sits at exactly t_s = 1.
+
+**MAC pressure in proportion to cost.** Adam normalises each parameter's step, so a MAC gradient
+that is 1.5× larger for a costlier unit would move it exactly as far as a cheap one. The logits
+therefore take two steps per iteration: the task gradient through ``logit_optimizer`` (AdamW or
+SGD), and the MAC gradient as a plain gradient step, normalised once by the mean cost
+sensitivity at the start (so ``logit_lr`` means the same on every model size). A unit whose
+removal saves twice the MACs feels twice the pressure.
+
+``finalize`` turns the learned widths into hard, head-aligned masks that meet the target. When
+the learned widths miss the target by more than the tolerance (few search steps), it first
+scales every group's learned width by one common factor, so neutral scores give balanced
+widths; then it takes single width steps by importance per MAC — drop the least while over
+budget, restore the most while under by more than the tolerance. A step's importance is the
+sum of e = w·s over the units it moves (one per head, so aligned and per-head groups are on one
+scale), divided by the MACs it changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from prune_core.engine import (
+    autocast,
+    batches_forever,
+    check_target,
+    default_device,
+    progress_bar,
+    seed_everything,
+    task_loss,
+    teacher_forward,
+)
+from prune_core.indicator import ChannelGate, GateMode
+from prune_core.init import update_similarity
+from prune_core.macs import MacModel
+from prune_core.optim import weight_decay_groups
+from prune_core.prunable import gated_modules
+from prune_core.reweight import reweights
+from prune_core.surgery import Plan, current_plan
+
+PENALTIES = ("squared", "one_sided", "log")
+LOGIT_OPTIMIZERS = ("adamw", "sgd")
+MAC_STEPS = ("joint", "cost_proportional")
+QK_REWEIGHT_INITS = ("one", "sqrt_ratio")
+GROUPS = ("qk", "v", "mlp")
+
+
+@dataclass
+class SearchConfig:
+    """Settings of one search (and of the finalize after it).
+
+    Attributes:
+        target: MAC target t, a fraction of the full model's MACs in (0, 1].
+        steps: search iterations (one batch each); they count against a training budget.
+        lr: learning rate of the weights (AdamW) during the search.
+        weight_decay: AdamW decay of the weights; norms, biases, positional tables and
+            per-channel scales are exempt (timm's convention, ``prune_core.optim``).
+        logit_lr: step size of the logits, for the task step and the MAC step alike.
+        logit_optimizer: ``adamw`` or ``sgd`` (momentum 0.9) for the logits' task gradient.
+        mac_loss_weight: λ of the MAC penalty.
+        penalty: ``squared`` (pulls from both sides), ``one_sided`` (only above), ``log``.
+        ramp_fraction: share of the steps over which t_s descends from 1 to t.
+        sim_temperature: τ of the similarity weights; ``inf`` makes them uniform.
+        sim_every: refresh the similarity weights every this many steps (0: never).
+        distill_alpha, distill_temperature: soft-label distillation from the teacher.
+        use_reweight: learn the reweights; False freezes them at 1 in every later phase.
+        reweight_lr: learning rate of the reweights (None: logit_lr / 5).
+        qk_reweight_init: ``one``, or ``sqrt_ratio``: softmax qk reweights carry sqrt(d / k)
+            for the current width k (q·kᵀ keeps its full-width variance).
+        groups: which channel groups are pruned; the others stay at full width.
+        min_width: minimum channels per head of a group, e.g. ``{"qk": 4}`` (default 1).
+        tolerance: finalize lands in [t - tolerance, t] of the full MACs.
+        round_to: finalize keeps widths that are multiples of this (8 for tensor cores).
+        seed: seeds the batches and every random choice; same seed, same CPU, same plan.
+    """
+
+    target: float
+    steps: int = 300
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    logit_lr: float = 0.1
+    logit_optimizer: str = "adamw"
+    mac_loss_weight: float = 10.0
+    mac_step: str = "joint"
+    penalty: str = "squared"
+    ramp_fraction: float = 0.6
+    sim_temperature: float = 1.0
+    sim_every: int = 50
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+    use_reweight: bool = True
+    reweight_lr: float | None = None
+    qk_reweight_init: str = "one"
+    groups: tuple[str, ...] = GROUPS
+    min_width: dict[str, int] = field(default_factory=dict)
+    tolerance: float = 0.02
+    round_to: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_target(self.target)
+        checks = ((self.penalty, PENALTIES, "penalty"),
+                  (self.logit_optimizer, LOGIT_OPTIMIZERS, "logit_optimizer"),
+                  (self.mac_step, MAC_STEPS, "mac_step"),
+                  (self.qk_reweight_init, QK_REWEIGHT_INITS, "qk_reweight_init"))
+        for value, allowed, name in checks:
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.steps < 1 or not 0.0 < self.ramp_fraction <= 1.0:
+            raise ValueError("steps must be >= 1 and ramp_fraction in (0, 1]")
+        self.groups = tuple(self.groups)
+        check_groups(self.groups, self.min_width)
+
+
+def check_groups(groups: Iterable[str], min_width: dict[str, int] | None = None) -> None:
+    """Raises ValueError naming the valid group names when one is unknown or a width < 1."""
+    groups = tuple(groups)
+    unknown = sorted(set(groups) - set(GROUPS)) + sorted(set(min_width or {}) - set(GROUPS))
+    if unknown or not groups:
+        raise ValueError(f"groups must be a non-empty subset of {GROUPS}, got {unknown or groups}")
+    for g, w in (min_width or {}).items():
+        if int(w) < 1:
+            raise ValueError(f"min_width[{g!r}] must be >= 1, got {w}")
+
+
+def mac_penalty(ratio: Tensor, target: float, kind: str) -> Tensor:
+    """Penalty of the soft MAC ratio against the running target (dimensionless)."""
+    if kind == "squared":  # pulls from both sides: neither over- nor under-shoots
+        return (ratio - target) ** 2
+    if kind == "one_sided":
+        return F.relu(ratio - target) ** 2
+    return (torch.log(ratio) - math.log(target)) ** 2
+
+
+def running_target(step: int, config: SearchConfig) -> float:
+    """t_s: 1 at step 0, linearly down to ``config.target`` at ``ramp_fraction``, then flat."""
+    ramp = max(1, round(config.ramp_fraction * config.steps))
+    return 1.0 - (1.0 - config.target) * min(1.0, step / ramp)
+
+
+def configure_gates(model: nn.Module, groups: Iterable[str], min_width: dict[str, int],
+                    mode: GateMode) -> list[ChannelGate]:
+    """Put the gates of ``groups`` in ``mode`` (others OFF, full width); return the active."""
+    groups = set(groups)
+    active = []
+    for module in gated_modules(model).values():
+        for name, gate in module.gates.items():
+            gate.min_keep = max(1, min(int(min_width.get(name, 1)), gate.channels))
+            if name in groups:
+                gate.mode = mode
+                active.append(gate)
+            else:
+                gate.mode = GateMode.OFF
+    return active
+
+
+class MacPressure:
+    """The MAC penalty's gradient step on the logits, in proportion to each unit's cost.
+
+    ``scale`` is the mean |∂(MACs/MACs_full)/∂θ| over the active units when the search starts,
+    so a step of ``lr · λ · penalty'`` moves the *average* unit by that much on any model size,
+    and a unit that saves twice the MACs by twice that.
+    """
+
+    def __init__(self, macs: MacModel, logits: list[nn.Parameter]) -> None:
+        self.macs, self.logits = macs, logits
+        grads = torch.autograd.grad(macs.soft_total() / macs.full, logits, allow_unused=True)
+        sensitivity = torch.cat([g.abs().flatten() for g in grads if g is not None])
+        self.scale = float(sensitivity.mean()) if sensitivity.numel() else 1.0
+        if not self.scale > 0:
+            raise ValueError("no prunable unit changes the MACs: nothing to search")
+
+    def loss(self, target_now: float, config: SearchConfig) -> tuple[Tensor, Tensor]:
+        ratio = self.macs.soft_total() / self.macs.full
+        return ratio, config.mac_loss_weight * mac_penalty(ratio, target_now, config.penalty)
+
+    @torch.no_grad()
+    def step(self, loss_mac: Tensor, lr: float) -> None:
+        grads = torch.autograd.grad(loss_mac, self.logits, allow_unused=True)
+        for theta, g in zip(self.logits, grads):
+            if g is not None:
+                theta.sub_(lr * g / self.scale)
+
+
+def _optimizer(model: nn.Module, logits: list[nn.Parameter], config: SearchConfig
+               ) -> torch.optim.Optimizer:
+    """Weights (timm decay groups) and reweights in AdamW; logits in their own optimiser."""
+    rw = [p for r in reweights(model) for p in r.parameters()]
+    for r in reweights(model):
+        r.trainable = config.use_reweight
+    special = {id(p) for p in logits + rw}
+    groups = [dict(g, lr=config.lr) for g in weight_decay_groups(model, config.weight_decay,
+                                                                 special)]
+    if config.use_reweight and rw:
+        groups.append({"params": rw, "lr": config.reweight_lr or config.logit_lr / 5,
+                       "weight_decay": 0.0})
+    if config.logit_optimizer == "adamw":
+        groups.append({"params": logits, "lr": config.logit_lr, "weight_decay": 0.0})
+        return torch.optim.AdamW(groups)
+    return _Pair(torch.optim.AdamW(groups),
+                 torch.optim.SGD(logits, lr=config.logit_lr, momentum=0.9))
+
+
+class _Pair(torch.optim.Optimizer):
+    """Two optimisers stepped as one (weights in AdamW, logits in SGD)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Callable | None = None) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+
+def search(model: nn.Module, loader: DataLoader, input_size: tuple[int, int, int],
+           config: SearchConfig, *, teacher: nn.Module | None = None,
+           calib: Tensor | None = None, device: str | torch.device | None = None,
+           on_step: Callable[[int, dict], None] | None = None,
+           progress: bool = True) -> list[dict]:
+    """Learn which channels to keep (and adapt the weights) against the MAC target.
+
+    Args:
+        model: a prunable model (``make_prunable``), usually after ``initialize``.
+        loader: training batches (images (B, C, H, W), labels (B,)); cycled.
+        input_size: (C, H, W) of one image, for the MAC model.
+        teacher: the unpruned model, for distillation (None: labels only).
+        calib: the fixed calibration images (B, C, H, W) for the similarity refresh; None
+            takes the loader's first batch (shuffled and augmented: pass the real one).
+    Returns:
+        One record per step: task ``loss``, ``mac_loss``, ``soft_ratio``, ``macs_ratio``
+        (hard masks, before the step), ``target_now``.
+    Raises:
+        ValueError: no prunable module; FloatingPointError: a non-finite loss.
+    """
+    seed_everything(config.seed)
+    device = default_device(device)
+    model.to(device)
+    if not gated_modules(model):
+        raise ValueError(f"{type(model).__name__} has no prunable modules: call make_prunable")
+    gates = configure_gates(model, config.groups, config.min_width, GateMode.SEARCH)
+    for module in gated_modules(model).values():
+        for gate in module.gates.values():
+            gate.anchor_()  # the search starts at the full model (module doc)
+        if hasattr(module, "qk_reweight") and not module.qk_reweight.positive:
+            module.qk_reweight.width_compensation = config.qk_reweight_init == "sqrt_ratio"
+    logits = [g.logits for g in gates]
+    macs = MacModel(model, input_size)
+    pressure = MacPressure(macs, logits)
+    optimizer = _optimizer(model, logits, config)
+    # AdamW normalises each logit's step, so the MAC term's raw size only sets its balance
+    # against the task term; SGD steps by the raw gradient, which shrinks with the number of
+    # units, so there it is normalised by the mean cost sensitivity (MacPressure.scale).
+    joint_scale = 1.0 if config.logit_optimizer == "adamw" else 1.0 / pressure.scale
+    if teacher is not None:
+        teacher.to(device).eval()
+    calib = (next(iter(loader))[0] if calib is None else calib).to(device)
+    batches = batches_forever(loader)
+    history = []
+    model.train()
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"search → {config.target:.2f} MACs", total=config.steps, info="")
+        for step in range(config.steps):
+            if config.sim_every and step % config.sim_every == 0 and step > 0:
+                update_similarity(model, calib, config.sim_temperature)
+                model.train()
+            images, labels = (t.to(device) for t in next(batches))
+            target_now = running_target(step, config)
+            hard_ratio = macs.ratio()
+            with autocast(device):
+                out = model(images).float()
+                loss_task = task_loss(out, labels, teacher_forward(teacher, images),
+                                      config.distill_alpha, config.distill_temperature)
+            ratio, loss_mac = pressure.loss(target_now, config)
+            if not torch.isfinite(loss_task + loss_mac):
+                raise FloatingPointError(f"search loss is {float(loss_task + loss_mac)} at "
+                                         f"step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            if config.mac_step == "joint":
+                (loss_task + loss_mac * joint_scale).backward()
+                optimizer.step()
+            else:  # the task step, then the MAC step in proportion to cost (module doc)
+                loss_task.backward()
+                optimizer.step()
+                pressure.step(loss_mac, config.logit_lr)
+            record = {"step": step, "loss": loss_task.item(), "mac_loss": loss_mac.item(),
+                      "soft_ratio": ratio.item(), "macs_ratio": hard_ratio,
+                      "target_now": target_now}
+            history.append(record)
+            if on_step is not None:
+                on_step(step, record)
+            bar.update(task, advance=1, info=f"loss {record['loss']:.3f} "
+                       f"MACs {record['macs_ratio']:.3f}/{target_now:.3f}")
+    return history
+
+
+# ------------------------------------------------------------------------------- finalize
+def _legal_widths(channels: int, round_to: int, min_keep: int) -> list[int]:
+    """Widths a head may keep: multiples of ``round_to`` (and the full width), >= min_keep."""
+    step = round_to if channels >= round_to else 1
+    legal = {w for w in range(step, channels + 1, step) if w >= min_keep} | {channels}
+    return sorted(legal)
+
+
+def _nearest(options: list[int], k: float) -> int:
+    return min(options, key=lambda w: (abs(w - k), w))
+
+
+def _learned_width(gate: ChannelGate) -> float:
+    """The width a gate learned (unrounded K in SEARCH mode), clamped to [min_keep, d]."""
+    if gate.mode is not GateMode.SEARCH:
+        return float(gate.kept_per_head())
+    return float(gate.soft_keep_per_head().detach().clamp(gate.min_keep, gate.channels))
+
+
+def finalize(model: nn.Module, input_size: tuple[int, int, int], target: float, *,
+             tolerance: float = 0.02, round_to: int = 1,
+             groups: Iterable[str] | None = None,
+             min_width: dict[str, int] | None = None) -> Plan:
+    """Hard, head-aligned masks from the learned scores, within [t - tol, t] of full MACs.
+
+    Args:
+        target: MAC target t in (0, 1]; tolerance: how far under t the result may land.
+        round_to: widths are multiples of this (or the full width).
+        groups: the groups that may lose channels (None: all); the others keep full width.
+        min_width: minimum channels per head per group (default 1).
+    Returns:
+        The plan the gates now encode (every gate HARD or OFF).
+    Raises:
+        ValueError: the target is below what the model can reach at minimum widths.
+    """
+    check_target(target)
+    groups = tuple(GROUPS if groups is None else groups)
+    check_groups(groups, min_width)
+    macs = MacModel(model, input_size)
+    gates: dict[tuple[str, str], ChannelGate] = {}
+    for name, module in gated_modules(model).items():
+        for g, gate in module.gates.items():
+            gate.min_keep = max(1, min(int((min_width or {}).get(g, 1)), gate.channels))
+            if g in groups:
+                gates[(name, g)] = gate
+    legal = {key: _legal_widths(gate.channels, round_to, gate.min_keep)
+             for key, gate in gates.items()}
+    learned = {key: _learned_width(gate) for key, gate in gates.items()}
+    widths = {name: {g: (gate.kept_per_head() if gate.mode is GateMode.HARD else gate.channels)
+                     for g, gate in module.gates.items()}
+              for name, module in gated_modules(model).items()}
+    budget = target * macs.full
+    slack = tolerance * macs.full
+
+    def scaled(alpha: float) -> dict[str, dict[str, int]]:
+        out = {n: dict(w) for n, w in widths.items()}
+        for (name, g), k in learned.items():
+            out[name][g] = _nearest(legal[(name, g)], min(gates[(name, g)].channels, alpha * k))
+        return out
+
+    def largest_alpha(lo: float, hi: float, limit: float) -> float:
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if macs.total(scaled(mid)) <= limit else (lo, mid)
+        return lo
+
+    # 1. one common factor on every learned width, when they are off by more than tolerance
+    if macs.total(scaled(0.0)) > budget:
+        floor = macs.total(scaled(0.0)) / macs.full
+        raise ValueError(f"MAC target {target} is below what this model can reach "
+                         f"({floor:.3f} of full MACs with every head at its minimum width)")
+    alpha = 1.0
+    if macs.total(scaled(1.0)) > budget + slack:
+        alpha = largest_alpha(0.0, 1.0, budget + slack)
+    elif macs.total(scaled(1.0)) < budget - slack:
+        alpha = largest_alpha(1.0, max(g.channels / max(learned[k], 1e-3)
+                                       for k, g in gates.items()), budget)
+    widths = scaled(alpha)
+
+    # 2. single width steps by importance per MAC: drop while over, restore while too far under
+    unit_e = {key: gate.unit_ranking().detach() for key, gate in gates.items()}
+    order = {key: gate.ranking().detach().argsort(dim=1, descending=True, stable=True)
+             for key, gate in gates.items()}
+
+    def importance(key: tuple[str, str], lo_w: int, hi_w: int) -> float:
+        """Σ e of the units ranked between lo_w and hi_w (each head its own ranking)."""
+        return float(unit_e[key].gather(1, order[key][:, lo_w:hi_w]).sum())
+
+    def best_step(direction: int, current: int):
+        best = None
+        for key, gate in gates.items():
+            options = legal[key]
+            i = options.index(widths[key[0]][key[1]])
+            if not 0 <= i + direction < len(options):
+                continue
+            new = options[i + direction]
+            trial = {n: dict(v) for n, v in widths.items()}
+            trial[key[0]][key[1]] = new
+            cost = macs.total(trial)
+            delta = abs(cost - current)
+            if delta == 0 or (direction > 0 and cost > budget):
+                continue
+            per_mac = importance(key, min(new, options[i]), max(new, options[i])) / delta
+            fraction = options[i] / gate.channels
+            # drop the least importance per MAC saved (ties: the fullest group first);
+            # restore the most per MAC spent (ties: the most pruned group first)
+            rank = (per_mac, -fraction, key) if direction < 0 else (-per_mac, fraction, key)
+            if best is None or rank < best[0]:
+                best = (rank, key, new, cost)
+        return best
+
+    current = macs.total(widths)
+    while current > budget:
+        step = best_step(-1, current)
+        if step is None:
+            raise ValueError(f"MAC target {target} is below what this model can reach")
+        _, key, w, current = step
+        widths[key[0]][key[1]] = w
+    while current < budget - slack:
+        step = best_step(+1, current)
+        if step is None:
+            break
+        _, key, w, current = step
+        widths[key[0]][key[1]] = w
+    for key, gate in gates.items():
+        gate.set_hard(gate.topk_mask(widths[key[0]][key[1]]))
+    for name, module in gated_modules(model).items():
+        for g, gate in module.gates.items():
+            if (name, g) not in gates and gate.mode is GateMode.SEARCH:
+                gate.mode = GateMode.OFF
+    return current_plan(model)
