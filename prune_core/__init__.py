@@ -5,7 +5,10 @@ Usable alone (no Ray, Optuna or MLflow): ``make_prunable`` -> ``initialize`` -> 
 registers the FLatten models with timm.
 """
 
-from prune_core import models  # noqa: F401  (registers timm models)
+from prune_core import (
+    models,  # noqa: F401  (registers timm models)
+    widths,  # noqa: F401  (pc.widths: learned widths per layer, table + PNG)
+)
 from prune_core.attention import FocusedLinearAttention, SoftmaxAttention
 from prune_core.convert import make_prunable
 from prune_core.digits import digits_datasets

@@ -186,3 +186,24 @@ def test_cli_missing_file_and_dry_run(tmp_path):
     assert "mac_target" in proc.stdout and "range [0.3, 0.8]" in proc.stdout
     assert "1 CPU, 0 GPU" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml"]  # dry run writes nothing
+
+
+def test_search_settings_reach_prune_core():
+    """Every search setting of the YAML arrives in prune_core's SearchConfig unchanged."""
+    from orchestrator.trial import TrialParams, _search_config
+
+    exp = parse_config(minimal(search__groups=["qk", "v"], search__min_width={"qk": 2},
+                               search__mac_step="cost_proportional", search__weight_decay=0.01,
+                               search__logit_optimizer="sgd", search__reweight_lr=0.003,
+                               search__qk_reweight_init="sqrt_ratio", search__use_reweight=False),
+                       "x.yaml")
+    params = TrialParams(mac_target=0.5, sim_temperature=1.0, init_mode="uniform",
+                         init_scale=1.0, mac_loss_weight=10.0, search_lr=5e-4, logit_lr=0.1,
+                         finetune_lr=1e-3)
+    config = _search_config(exp, params)
+    assert config.groups == ("qk", "v") and config.min_width == {"qk": 2}
+    assert (config.mac_step, config.logit_optimizer, config.qk_reweight_init) == (
+        "cost_proportional", "sgd", "sqrt_ratio")
+    assert (config.weight_decay, config.reweight_lr, config.use_reweight) == (0.01, 0.003, False)
+    assert "search.min_width" in error_of(minimal(search__min_width={"qk": 0}))
+    assert "search.groups" in error_of(minimal(search__groups=["attn"]))
