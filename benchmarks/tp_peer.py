@@ -20,12 +20,20 @@ are read back (exact row matching) into a prune_core ``Plan``, and prune_core's 
 it on the real model, slicing the per-channel parameters Torch-Pruning could not see. Its
 head-dim pruning removes the same positions from every head and ties q, k and v, so every plan
 it makes is a valid dense multi-head model.
+
+Besides magnitude (local / global ratio) the peer runs Torch-Pruning's *isomorphic* pruning
+(``isomorphic=True``: channels ranked globally within each set of structurally identical groups,
+Fang et al., ECCV 2024) with first-order Taylor importance |w·∂L/∂w|. The gradients come from
+``taylor_grads``: a few backward passes of the cross-entropy through the **real** model (FLatten
+blocks included; no weight is updated), copied onto the same qkv/proj/fc Linear weights the
+stand-ins expose, so Torch-Pruning's Taylor score sees the gradient of the function we prune.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterable
 
 import torch
 from timm.models.vision_transformer import Attention
@@ -73,11 +81,37 @@ def _kept_rows(pruned: torch.Tensor, original: torch.Tensor) -> list[int]:
     return best.tolist()
 
 
+def taylor_grads(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                 ) -> dict[str, torch.Tensor]:
+    """∂(cross-entropy)/∂w summed over ``batches``, per parameter name, for Taylor importance.
+
+    Runs on a copy of ``model`` in eval mode (no dropout, no weight update).
+    """
+    work = copy.deepcopy(model).cpu().eval()
+    work.zero_grad(set_to_none=True)
+    for images, labels in batches:
+        torch.nn.functional.cross_entropy(work(images), labels).backward()
+    return {n: p.grad.detach().clone() for n, p in work.named_parameters()
+            if p.grad is not None}
+
+
 def plan_from_tp(model: nn.Module, input_size: tuple[int, int, int], ratio: float, *,
-                 global_pruning: bool = False) -> pc.Plan:
-    """Torch-Pruning's choice at one pruning ratio, as a prune_core plan for ``model``."""
+                 global_pruning: bool = False, isomorphic: bool = False,
+                 grads: dict[str, torch.Tensor] | None = None,
+                 mlp_ratio: float | None = None) -> pc.Plan:
+    """Torch-Pruning's choice at one pruning ratio, as a prune_core plan for ``model``.
+
+    ``grads`` (from :func:`taylor_grads`): use ``TaylorImportance`` instead of L2 magnitude;
+    ``isomorphic``: Torch-Pruning's isomorphic ranking scopes (implies global ranking);
+    ``mlp_ratio``: a separate ratio for every MLP's hidden layer (Torch-Pruning's
+    ``pruning_ratio_dict``, one local scope per fc1), ``ratio`` then applies to attention.
+    """
     tp = _tp()
     work = copy.deepcopy(model).cpu().eval()
+    if grads is not None:
+        for n, p in work.named_parameters():
+            if n in grads:
+                p.grad = grads[n].clone()
     original = {n: m for n, m in pc.gated_modules(model).items()}
     stand_ins = _stand_ins(work)
     num_heads = {a.qkv: original[n].num_heads for n, a in stand_ins.items()}
@@ -85,12 +119,19 @@ def plan_from_tp(model: nn.Module, input_size: tuple[int, int, int], ratio: floa
     head = work.get_classifier() if hasattr(work, "get_classifier") else work.head
     ignored += [head, *_ignored_params(work)]
     example = torch.randn(1, *input_size)
+    ratio_dict = None
+    if mlp_ratio is not None:
+        ratio_dict = {work.get_submodule(n).fc1: mlp_ratio for n in original
+                      if n not in stand_ins}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        importance = (tp.importance.MagnitudeImportance(p=2) if grads is None
+                      else tp.importance.TaylorImportance())
         pruner = tp.pruner.MetaPruner(
-            work, example, importance=tp.importance.MagnitudeImportance(p=2),
-            pruning_ratio=ratio, global_pruning=global_pruning, num_heads=num_heads,
-            prune_head_dims=True, prune_num_heads=False, ignored_layers=ignored)
+            work, example, importance=importance, pruning_ratio=ratio,
+            global_pruning=global_pruning or isomorphic, isomorphic=isomorphic,
+            num_heads=num_heads, prune_head_dims=True, prune_num_heads=False,
+            ignored_layers=ignored, pruning_ratio_dict=ratio_dict)
         pruner.step()
     plan = pc.Plan()
     for name, module in original.items():
@@ -121,19 +162,25 @@ def _ratio_of(model: nn.Module, plan: pc.Plan, input_size: tuple[int, int, int])
 
 
 def tp_plan_at(model: nn.Module, input_size: tuple[int, int, int], target: float, *,
-               global_pruning: bool = False, step: float = 0.04,
-               refine: int = 6) -> tuple[pc.Plan, float]:
+               global_pruning: bool = False, isomorphic: bool = False,
+               grads: dict[str, torch.Tensor] | None = None, step: float = 0.04,
+               refine: int = 6, tolerance: float | None = None) -> tuple[pc.Plan, float]:
     """The plan with the most MACs at or under ``target`` over Torch-Pruning's ratio.
 
     MACs are not monotone in the ratio under global pruning (at high ratios it spares the
     attention entirely), so: a grid over [0, 0.9], then bisection next to the best grid point.
+    ``isomorphic`` and ``grads`` as in :func:`plan_from_tp`. With ``tolerance``, a result more
+    than that under ``target`` is refined: under local pruning (one ratio for every layer, so
+    the MACs move in coarse steps) the attention keeps that ratio and the MLPs get their own,
+    bisected (``mlp_ratio``); under global ranking the bisection goes on (``4 * refine`` steps).
     """
     tried: list[tuple[float, float, pc.Plan]] = []
 
-    def attempt(r: float) -> float:
-        plan = plan_from_tp(model, input_size, r, global_pruning=global_pruning)
+    def attempt(r: float, mlp: float | None = None) -> float:
+        plan = plan_from_tp(model, input_size, r, global_pruning=global_pruning,
+                            isomorphic=isomorphic, grads=grads, mlp_ratio=mlp)
         ratio = _ratio_of(model, plan, input_size)
-        tried.append((r, ratio, plan))
+        tried.append((r if mlp is None else mlp, ratio, plan))
         return ratio
 
     grid = [round(i * step, 4) for i in range(int(0.9 / step) + 1)]
@@ -151,6 +198,34 @@ def tp_plan_at(model: nn.Module, input_size: tuple[int, int, int], target: float
                 hi = mid
             else:
                 lo = mid
+    best_r, ratio, plan = max((t for t in tried if t[1] <= target), key=lambda t: t[1])
+    if tolerance is None or ratio >= target - tolerance:
+        return plan, ratio
+    if global_pruning or isomorphic:
+        for _ in range(4 * refine):
+            if lo is None or ratio >= target - tolerance:
+                break
+            mid = (lo + hi) / 2
+            if attempt(mid) <= target:
+                hi = mid
+            else:
+                lo = mid
+            _, ratio, plan = max((t for t in tried if t[1] <= target), key=lambda t: t[1])
+        return plan, ratio
+    # local: attention at best_r; the MLPs' own ratio between 0 (full) and best_r
+    del tried[:]
+    tried.append((best_r, ratio, plan))
+    lo_m, hi_m = 0.0, best_r  # MACs fall as the MLP ratio grows: lo_m over target, hi_m under
+    if attempt(best_r, 0.0) <= target:
+        lo_m = None
+    for _ in range(4 * refine if lo_m is not None else 0):
+        mid = (lo_m + hi_m) / 2
+        if attempt(best_r, mid) <= target:
+            hi_m = mid
+        else:
+            lo_m = mid
+        if max(t[1] for t in tried if t[1] <= target) >= target - tolerance:
+            break
     _, ratio, plan = max((t for t in tried if t[1] <= target), key=lambda t: t[1])
     return plan, ratio
 
