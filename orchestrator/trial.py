@@ -263,6 +263,10 @@ def _run_trial(config: dict[str, Any], experiment: Experiment,
             if saved["unreported"]:
                 reporter.report(saved["result"], {WEIGHTS: saved[WEIGHTS]})
             return
+        if saved["unreported"]:  # persisted, but its report never reached Tune: tell it now,
+            # or that epoch is missing from the trial's results (the run then goes on after it)
+            files = {STATE: saved[STATE]} if STATE in saved else {MODEL: saved[MODEL]}
+            reporter.report(saved["result"], files)
         weights = saved[STATE]["model"] if STATE in saved else saved[MODEL]
         student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
                                          prune_core.Plan.from_json(saved["plan"]), weights)
