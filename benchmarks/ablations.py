@@ -38,7 +38,8 @@ class FreeGate(ChannelGate):
         return self.similarity * self.keep_scores()
 
     def soft_total(self) -> Tensor:
-        return self.keep_scores().sum()
+        """Units kept in the whole layer: H · K, with K the relative width of ChannelGate."""
+        return self.soft_keep_per_head() * self.num_heads
 
     def kept_per_head(self) -> float:  # type: ignore[override]  (mean width, for MACs)
         if self.mode is GateMode.OFF:

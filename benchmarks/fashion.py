@@ -7,7 +7,7 @@
 Digits saturates near 98 % top-1, so pruning decisions drown in noise there; Fashion-MNIST (the
 official 60k/10k split, 28×28 grey, ``flatten_vit_micro`` with 7×7 patches: 16 tokens, two
 FLatten and two softmax blocks) leaves room for them to differ. Each seed has one teacher,
-trained once (6 epochs, lr 3e-3, batch 128, no distillation) and cached under
+trained once (8 epochs, lr 3e-3, batch 128, no distillation) and cached under
 ``benchmarks/.cache`` behind a file lock, so shards share it. Every row starts from that
 teacher and is held to the same two constraints:
 
@@ -17,8 +17,8 @@ teacher and is held to the same two constraints:
   ratio is refined with a separate MLP ratio, its global ratios by a longer bisection;
 - **equal training budget**: every row gets the same number of weight-update steps after the
   teacher, ``short`` = half an epoch of the training set (234 steps at batch 128 on 60k),
-  ``long`` = two epochs (938). A searched row spends ``--search-steps`` (default 40 % of the
-  short budget, 94) of them in the search and the rest in the fine-tune; a row without a
+  ``long`` = two epochs (938). A searched row spends ``--search-steps`` (default 20 % of the
+  short budget, 47) of them in the search and the rest in the fine-tune; a row without a
   search fine-tunes for the whole budget. Fine-tunes distil from the teacher (α 0.5, T 2, lr
   1e-3, cosine over the steps, no warm-up). Forward/backward passes that update no weight
   (Torch-Pruning's Taylor gradients on 4 batches, the calibration forward) do not count.
@@ -85,7 +85,10 @@ FINETUNE_LR = 1e-3
 TOLERANCE = 0.01
 TAYLOR_BATCHES = 4
 BUDGET_EPOCHS = {"short": 0.5, "long": 2.0}
-SEARCH_SHARE = 0.4  # default search steps: this share of the short budget
+# Default search steps: this share of the short budget, in both budgets. Probe (seed 0, t 0.5,
+# short, 2026-11-29): 94 search steps -> 84.74 % top-1, 47 -> 85.13 %, 24 -> 84.90 %; the
+# selection is mostly decided early, the remaining steps are better spent fine-tuning.
+SEARCH_SHARE = 0.2
 
 METHODS = ("method", "l1_uniform", "random", "tp_local", "tp_global", "tp_isomorphic_taylor",
            "no_similarity", "unaligned", "no_reweight", "uniform_init_qk", "uniform_init_all")
@@ -105,7 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS / "fashion_accuracy.csv")
     p.add_argument("--train-subset", type=int, default=None,
                    help="stratified training subset (default: all 60,000 images)")
-    p.add_argument("--teacher-epochs", type=int, default=6)
+    p.add_argument("--teacher-epochs", type=int, default=8)  # 6 gave 85.25 % (seed 0): too close
     p.add_argument("--search-steps", type=int, default=None,
                    help=f"default: {SEARCH_SHARE:.0%} of the short budget")
     p.add_argument("--short-steps", type=int, default=None,
@@ -113,6 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--long-steps", type=int, default=None,
                    help="override the long budget (default: two epochs)")
     p.add_argument("--sim-temperature", type=float, default=0.5)
+    p.add_argument("--search-lr", type=float, default=5e-4,
+                   help="learning rate of the weights during the search (AdamW)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="i/n: this process's share of the cells")
     p.add_argument("--report", action="store_true",
@@ -259,6 +264,7 @@ def _search(student: nn.Module, method: str, target: float, seed: int, teacher_m
     if method == "unaligned":
         ablations.make_unaligned(student)
     config = pc.SearchConfig(target=target, steps=steps, sim_temperature=tau, seed=seed,
+                             lr=args.search_lr,
                              use_reweight=method != "no_reweight", tolerance=TOLERANCE)
     pc.search(student, data.train, INPUT_SIZE, config, teacher=teacher_model, calib=data.calib,
               device="cpu", progress=False)
