@@ -106,7 +106,7 @@ def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
         steps = [x.step for x in client.get_metric_history(run.info.run_id, "top1")]
         assert steps == list(range(1, int(m["training_iteration"]) + 1))  # per epoch, no repeats
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"plan.json", "search.json"} <= names
+        assert {"plan.json", "search.json", "widths.csv", "widths.png"} <= names
         if m["fully_trained"] == 1.0:
             assert {"top1", "macs", "params", "throughput"} <= set(m)
             assert m["macs_ratio"] <= float(run.data.params["mac_target"]) + 1e-9
