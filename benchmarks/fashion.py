@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--long-steps", type=int, default=None,
                    help="override the long budget (default: two epochs)")
     p.add_argument("--sim-temperature", type=float, default=0.5)
+    p.add_argument("--sim-every", type=int, default=50,
+                   help="refresh the similarity weights every this many search steps")
+    p.add_argument("--similarity-to", choices=("all", "kept"), default="all")
     p.add_argument("--search-lr", type=float, default=5e-4,
                    help="learning rate of the weights during the search (AdamW)")
     p.add_argument("--threads", type=int, default=1)
@@ -264,7 +267,8 @@ def _search(student: nn.Module, method: str, target: float, seed: int, teacher_m
     if method == "unaligned":
         ablations.make_unaligned(student)
     config = pc.SearchConfig(target=target, steps=steps, sim_temperature=tau, seed=seed,
-                             lr=args.search_lr,
+                             lr=args.search_lr, sim_every=args.sim_every,
+                             similarity_to=args.similarity_to,
                              use_reweight=method != "no_reweight", tolerance=TOLERANCE)
     pc.search(student, data.train, INPUT_SIZE, config, teacher=teacher_model, calib=data.calib,
               device="cpu", progress=False)

@@ -102,6 +102,7 @@ class SearchSchedule(Strict):
     weight_decay: float = Field(0.05, ge=0)
     logit_optimizer: Literal["adamw", "sgd"] = "adamw"
     mac_step: Literal["joint", "cost_proportional"] = "joint"
+    similarity_to: Literal["all", "kept"] = "all"
     reweight_lr: float | None = Field(None, gt=0)  # default: logit_lr / 5
     qk_reweight_init: Literal["one", "sqrt_ratio"] = "one"
     groups: list[Literal["qk", "v", "mlp"]] = Field(["qk", "v", "mlp"], min_length=1)

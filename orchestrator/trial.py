@@ -70,6 +70,7 @@ def _search_config(exp: Experiment, p: TrialParams):
         distill_temperature=s.distill_temperature, use_reweight=s.use_reweight,
         tolerance=s.tolerance, round_to=s.round_to, seed=exp.seed, weight_decay=s.weight_decay,
         logit_optimizer=s.logit_optimizer, mac_step=s.mac_step, reweight_lr=s.reweight_lr,
+        similarity_to=s.similarity_to,
         qk_reweight_init=s.qk_reweight_init, groups=tuple(s.groups), min_width=dict(s.min_width))
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from prune_core.attention import FocusedLinearAttention
-from prune_core.indicator import similarity_weights
+from prune_core.indicator import GateMode, similarity_weights
 from prune_core.prunable import GatedModule, gated_modules
 from prune_core.surgery import unit_magnitude
 
@@ -72,12 +72,21 @@ def _group_features(tap: dict[str, Tensor], group: str) -> Tensor:
 
 
 def update_similarity(model: nn.Module, images: Tensor, temperature: float,
-                      taps: dict[str, dict[str, Tensor]] | None = None) -> None:
-    """Recompute every gate's similarity weights w from a calibration batch."""
+                      taps: dict[str, dict[str, Tensor]] | None = None, *,
+                      kept_only: bool = False) -> None:
+    """Recompute every gate's similarity weights w from a calibration batch.
+
+    ``kept_only``: redundancy against the channels each gate currently keeps (search mode),
+    not against every head-mate (``similarity_weights``).
+    """
     taps = capture(model, images) if taps is None else taps
     for name, module in gated_modules(model).items():
         for group, gate in module.gates.items():
-            w = similarity_weights(_group_features(taps[name], group), temperature)
+            kept = None
+            if kept_only and gate.mode is not GateMode.OFF:
+                kept = gate().detach() if gate.mode is GateMode.HARD else gate.topk_mask(
+                    gate.count_from_scores())
+            w = similarity_weights(_group_features(taps[name], group), temperature, kept)
             gate.similarity.copy_(w.to(gate.similarity))
 
 

@@ -75,6 +75,8 @@ class SearchConfig:
         ramp_fraction: share of the steps over which t_s descends from 1 to t.
         sim_temperature: τ of the similarity weights; ``inf`` makes them uniform.
         sim_every: refresh the similarity weights every this many steps (0: never).
+        similarity_to: ``all`` head-mates, or the ``kept`` ones at each refresh (a channel
+            whose twin is already dropped is no longer redundant).
         distill_alpha, distill_temperature: soft-label distillation from the teacher.
         use_reweight: learn the reweights; False freezes them at 1 in every later phase.
         reweight_lr: learning rate of the reweights (None: logit_lr / 5).
@@ -99,6 +101,7 @@ class SearchConfig:
     ramp_fraction: float = 0.6
     sim_temperature: float = 1.0
     sim_every: int = 50
+    similarity_to: str = "all"
     distill_alpha: float = 0.5
     distill_temperature: float = 2.0
     use_reweight: bool = True
@@ -115,6 +118,7 @@ class SearchConfig:
         checks = ((self.penalty, PENALTIES, "penalty"),
                   (self.logit_optimizer, LOGIT_OPTIMIZERS, "logit_optimizer"),
                   (self.mac_step, MAC_STEPS, "mac_step"),
+                  (self.similarity_to, ("all", "kept"), "similarity_to"),
                   (self.qk_reweight_init, QK_REWEIGHT_INITS, "qk_reweight_init"))
         for value, allowed, name in checks:
             if value not in allowed:
@@ -278,7 +282,8 @@ def search(model: nn.Module, loader: DataLoader, input_size: tuple[int, int, int
         task = bar.add_task(f"search → {config.target:.2f} MACs", total=config.steps, info="")
         for step in range(config.steps):
             if config.sim_every and step % config.sim_every == 0 and step > 0:
-                update_similarity(model, calib, config.sim_temperature)
+                update_similarity(model, calib, config.sim_temperature,
+                                  kept_only=config.similarity_to == "kept")
                 model.train()
             images, labels = (t.to(device) for t in next(batches))
             target_now = running_target(step, config)

@@ -195,7 +195,8 @@ def test_search_settings_reach_prune_core():
     exp = parse_config(minimal(search__groups=["qk", "v"], search__min_width={"qk": 2},
                                search__mac_step="cost_proportional", search__weight_decay=0.01,
                                search__logit_optimizer="sgd", search__reweight_lr=0.003,
-                               search__qk_reweight_init="sqrt_ratio", search__use_reweight=False),
+                               search__qk_reweight_init="sqrt_ratio", search__use_reweight=False,
+                               search__similarity_to="kept"),
                        "x.yaml")
     params = TrialParams(mac_target=0.5, sim_temperature=1.0, init_mode="uniform",
                          init_scale=1.0, mac_loss_weight=10.0, search_lr=5e-4, logit_lr=0.1,
@@ -205,5 +206,6 @@ def test_search_settings_reach_prune_core():
     assert (config.mac_step, config.logit_optimizer, config.qk_reweight_init) == (
         "cost_proportional", "sgd", "sqrt_ratio")
     assert (config.weight_decay, config.reweight_lr, config.use_reweight) == (0.01, 0.003, False)
+    assert config.similarity_to == "kept"
     assert "search.min_width" in error_of(minimal(search__min_width={"qk": 0}))
     assert "search.groups" in error_of(minimal(search__groups=["attn"]))

@@ -264,7 +264,7 @@ def test_weight_decay_follows_timms_convention() -> None:
 def test_similarity_refresh_uses_the_calibration_batch(digits8, monkeypatch) -> None:
     seen = []
     monkeypatch.setattr(search_module, "update_similarity",
-                        lambda model, images, tau, taps=None: seen.append(images))
+                        lambda model, images, tau, taps=None, **kw: seen.append(images))
     model = tiny_vit()
     calib = torch.randn(16, 3, 8, 8)
     search(model, digits8[0], (3, 8, 8), SearchConfig(target=0.7, steps=5, sim_every=2),
@@ -323,3 +323,18 @@ def test_magnitude_plan_is_untouched_by_gate_state() -> None:
     model = tiny_vit()
     plan = magnitude_plan(model, 0.5)
     assert all(w == {"qk": 4, "v": 4} or w == {"mlp": 32} for w in plan.widths().values())
+
+
+def test_similarity_against_kept_channels_frees_the_surviving_twin() -> None:
+    """Channels 0 and 1 are twins: both redundant among all; with 1 dropped, 0 is not."""
+    from prune_core.indicator import similarity_weights
+
+    torch.manual_seed(0)
+    f = torch.randn(1, 4, 64)
+    f[0, 1] = f[0, 0] * 2.0
+    w_all = similarity_weights(f, 0.1)
+    assert w_all[0, 0] < w_all[0, 2] and w_all[0, 1] < w_all[0, 3]
+    kept = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    w_kept = similarity_weights(f, 0.1, kept)
+    assert w_kept[0, 0] > w_all[0, 0]
+    assert w_kept[0, 1] < w_kept[0, 2]  # the dropped twin stays redundant with the kept one
