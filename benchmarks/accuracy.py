@@ -75,21 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--threads and --search-steps must be >= 1, --finetune-epochs >= 0")
     if args.teacher_epochs < 1:
         p.error("--teacher-epochs must be >= 1")
-    try:
-        i, n = (int(v) for v in args.shard.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-    except ValueError:
-        p.error(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}")
-    args.shard_index, args.shard_count = i, n
+    args.shard_index, args.shard_count = digits_setup.parse_shard(p, args.shard)
     return args
-
-
-def _freeze_reweights(model: nn.Module) -> None:
-    for module in pc.gated_modules(model).values():
-        for name, p in module.named_parameters(recurse=False):
-            if name.endswith("reweight"):
-                p.requires_grad_(False)
 
 
 def run_one(method: str, target: float, seed: int, teacher: nn.Module, data: Digits,
@@ -127,8 +114,8 @@ def run_one(method: str, target: float, seed: int, teacher: nn.Module, data: Dig
         pc.apply_plan(student, plan)
     if realisable:
         pc.prune(student)
-    if method == "no_reweight":
-        _freeze_reweights(student)
+    if method == "no_reweight":  # already frozen by the search; baselines never searched
+        pc.set_reweight_trainable(student, False)
     before = pc.accuracy(student, data.test, "cpu")
     if args.finetune_epochs:
         pc.train(student, data.train, pc.TrainConfig(epochs=args.finetune_epochs, lr=1e-3,

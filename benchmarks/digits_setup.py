@@ -7,6 +7,7 @@ against, and distilled from, the very same unpruned model.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import os
 import platform
@@ -88,3 +89,15 @@ def positive_threads(value: str) -> int:
     if n < 1:
         raise ValueError
     return n
+
+
+def parse_shard(parser: argparse.ArgumentParser, value: str) -> tuple[int, int]:
+    """``--shard i/n`` -> (i, n) with 0 <= i < n; a parser error (exit 2) otherwise."""
+    try:
+        i, n = (int(v) for v in value.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--shard must be i/n with 0 <= i < n, got {value!r}")
+    return i, n
+

@@ -135,13 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    try:
-        i, n = (int(v) for v in args.shard.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-    except ValueError:
-        p.error(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}")
-    args.shard_index, args.shard_count = i, n
+    args.shard_index, args.shard_count = digits_setup.parse_shard(p, args.shard)
     return args
 
 

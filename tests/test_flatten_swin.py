@@ -30,7 +30,7 @@ def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s weights as the official code saves them: no pruning state, but the
     persistent buffers the official modules register (shift masks, relative position index)."""
     sd = {k: v.clone() for k, v in model.state_dict().items()
-          if ".gates." not in k and not k.endswith("reweight")}
+          if ".gates." not in k and "_reweight." not in k}
     for name, module in model.named_modules():
         if isinstance(module, FlattenSwinBlock) and module.attn_mask is not None:
             sd[f"{name}.attn_mask"] = module.attn_mask.clone()
