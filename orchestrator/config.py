@@ -103,7 +103,7 @@ class SearchSchedule(Strict):
     logit_optimizer: Literal["adamw", "sgd"] = "adamw"
     mac_step: Literal["joint", "cost_proportional"] = "joint"
     similarity_to: Literal["all", "kept"] = "all"
-    reweight_lr: float | None = Field(None, gt=0)  # default: logit_lr / 5
+    reweight_lr: float | None = Field(None, gt=0)  # default: 4 × lr (SearchConfig)
     qk_reweight_init: Literal["one", "sqrt_ratio"] = "one"
     groups: list[Literal["qk", "v", "mlp"]] = Field(["qk", "v", "mlp"], min_length=1)
     min_width: dict[Literal["qk", "v", "mlp"], int] = Field(default_factory=dict)

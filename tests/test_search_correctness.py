@@ -261,6 +261,20 @@ def test_weight_decay_follows_timms_convention() -> None:
     assert "pos_embed" in exempt
 
 
+def test_reweights_learn_at_a_multiple_of_the_weights_lr() -> None:
+    model = tiny_vit()
+    rw = {id(p) for r in reweights(model) for p in r.parameters()}
+    logits = [g.logits for m in gated_modules(model).values() for g in m.gates.values()]
+
+    def reweight_lr(**kw) -> float:
+        opt = search_module._optimizer(model, logits, SearchConfig(target=0.5, lr=3e-4, **kw))
+        (lr,) = {g["lr"] for g in opt.param_groups if any(id(p) in rw for p in g["params"])}
+        return lr
+
+    assert reweight_lr() == pytest.approx(search_module.REWEIGHT_LR_FACTOR * 3e-4)
+    assert reweight_lr(reweight_lr=0.01) == 0.01
+
+
 def test_similarity_refresh_uses_the_calibration_batch(digits8, monkeypatch) -> None:
     seen = []
     monkeypatch.setattr(search_module, "update_similarity",
