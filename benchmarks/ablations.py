@@ -68,8 +68,10 @@ def make_unaligned(model: nn.Module) -> nn.Module:
 
 
 def mean_widths(model: nn.Module) -> dict[str, dict[str, float]]:
-    return {name: {g: gate.kept_per_head() for g, gate in m.gates.items()}
-            for name, m in gated_modules(model).items()}
+    return {
+        name: {g: gate.kept_per_head() for g, gate in m.gates.items()}
+        for name, m in gated_modules(model).items()
+    }
 
 
 def masked_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int, int]:
@@ -79,8 +81,9 @@ def masked_macs(model: nn.Module, input_size: tuple[int, int, int]) -> tuple[int
 
 
 @torch.no_grad()
-def finalize_unaligned(model: nn.Module, input_size: tuple[int, int, int], target: float,
-                       tolerance: float = 0.02) -> float:
+def finalize_unaligned(
+    model: nn.Module, input_size: tuple[int, int, int], target: float, tolerance: float = 0.02
+) -> float:
     """Hard unaligned masks within [t - tol, t] of full MACs; returns the MAC ratio.
 
     Mirrors ``prune_core.finalize``: start from each gate's learned K, drop the globally
@@ -89,8 +92,7 @@ def finalize_unaligned(model: nn.Module, input_size: tuple[int, int, int], targe
     macs = MacModel(model, input_size)
     gates = [g for m in gated_modules(model).values() for g in m.gates.values()]
     for gate in gates:
-        gate.hard_mask.copy_(gate._free_mask(round(gate.soft_total().item()),
-                                             gate.ranking()))
+        gate.hard_mask.copy_(gate._free_mask(round(gate.soft_total().item()), gate.ranking()))
         gate.mode = GateMode.HARD
     budget = target * macs.full
 

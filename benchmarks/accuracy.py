@@ -44,11 +44,34 @@ import prune_core as pc
 from benchmarks import ablations, digits_setup
 from benchmarks.digits_setup import CACHE, Digits
 
-METHODS = ("method", "method_0step", "no_similarity", "unaligned", "no_reweight", "uniform_init",
-           "magnitude", "random", "tp", "tp_global")
+METHODS = (
+    "method",
+    "method_0step",
+    "no_similarity",
+    "unaligned",
+    "no_reweight",
+    "uniform_init",
+    "magnitude",
+    "random",
+    "tp",
+    "tp_global",
+)
 SEARCHED = {"method", "no_similarity", "unaligned", "no_reweight", "uniform_init"}
-FIELDS = ("method", "target", "seed", "top1", "top1_before_ft", "macs_ratio", "macs", "params",
-          "teacher_top1", "realisable", "search_steps", "finetune_epochs", "wall_s")
+FIELDS = (
+    "method",
+    "target",
+    "seed",
+    "top1",
+    "top1_before_ft",
+    "macs_ratio",
+    "macs",
+    "params",
+    "teacher_top1",
+    "realisable",
+    "search_steps",
+    "finetune_epochs",
+    "wall_s",
+)
 PLANS = Path(__file__).resolve().parent / "results" / "plans"
 
 
@@ -65,8 +88,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sim-temperature", type=float, default=0.5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th (seed, target) pair")
-    p.add_argument("--save-plans", type=int, nargs="*", default=[0],
-                   help="seeds whose realisable plans go to benchmarks/results/plans")
+    p.add_argument(
+        "--save-plans",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="seeds whose realisable plans go to benchmarks/results/plans",
+    )
     args = p.parse_args(argv)
     bad = [t for t in args.targets if not 0.0 < t <= 1.0]
     if bad:
@@ -79,8 +107,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run_one(method: str, target: float, seed: int, teacher: nn.Module, data: Digits,
-            args: argparse.Namespace) -> tuple[dict, pc.Plan | None]:
+def run_one(
+    method: str,
+    target: float,
+    seed: int,
+    teacher: nn.Module,
+    data: Digits,
+    args: argparse.Namespace,
+) -> tuple[dict, pc.Plan | None]:
     """Prune a copy of ``teacher`` to ``target`` with ``method``, fine-tune, evaluate."""
     size = data.input_size
     student = copy.deepcopy(teacher).train()
@@ -94,23 +128,32 @@ def run_one(method: str, target: float, seed: int, teacher: nn.Module, data: Dig
             ablations.make_unaligned(student)
         if method in SEARCHED:
             steps = args.search_steps
-            config = pc.SearchConfig(target=target, steps=steps, sim_temperature=tau, seed=seed,
-                                     use_reweight=method != "no_reweight")
-            pc.search(student, data.train, size, config, teacher=teacher, device="cpu",
-                      progress=False)
+            config = pc.SearchConfig(
+                target=target,
+                steps=steps,
+                sim_temperature=tau,
+                seed=seed,
+                use_reweight=method != "no_reweight",
+            )
+            pc.search(
+                student, data.train, size, config, teacher=teacher, device="cpu", progress=False
+            )
         if method == "unaligned":
             ablations.finalize_unaligned(student, size, target)
         else:
             plan = pc.finalize(student, size, target)
     elif method in ("magnitude", "random"):
         keep = pc.uniform_keep(student, size, target)
-        plan = (pc.magnitude_plan(student, keep) if method == "magnitude"
-                else pc.random_plan(student, keep, seed=seed))
+        plan = (
+            pc.magnitude_plan(student, keep)
+            if method == "magnitude"
+            else pc.random_plan(student, keep, seed=seed)
+        )
         pc.apply_plan(student, plan)
     else:
         from benchmarks import tp_peer
-        plan, _ = tp_peer.tp_plan_at(student, size, target,
-                                     global_pruning=method == "tp_global")
+
+        plan, _ = tp_peer.tp_plan_at(student, size, target, global_pruning=method == "tp_global")
         pc.apply_plan(student, plan)
     if realisable:
         pc.prune(student)
@@ -118,19 +161,32 @@ def run_one(method: str, target: float, seed: int, teacher: nn.Module, data: Dig
         pc.set_reweight_trainable(student, False)
     before = pc.accuracy(student, data.test, "cpu")
     if args.finetune_epochs:
-        pc.train(student, data.train, pc.TrainConfig(epochs=args.finetune_epochs, lr=1e-3,
-                                                     seed=seed),
-                 teacher=teacher, device="cpu", progress=False)
+        pc.train(
+            student,
+            data.train,
+            pc.TrainConfig(epochs=args.finetune_epochs, lr=1e-3, seed=seed),
+            teacher=teacher,
+            device="cpu",
+            progress=False,
+        )
     full = pc.count_macs(teacher, size)
     if realisable:
         macs, params = pc.count_macs(student, size), pc.count_params(student)
     else:
         macs, params = ablations.masked_macs(student, size)[0], float("nan")
-    row = {"method": method, "target": target, "seed": seed,
-           "top1": pc.accuracy(student, data.test, "cpu"), "top1_before_ft": before,
-           "macs_ratio": macs / full, "macs": macs, "params": params,
-           "realisable": realisable, "search_steps": steps,
-           "finetune_epochs": args.finetune_epochs}
+    row = {
+        "method": method,
+        "target": target,
+        "seed": seed,
+        "top1": pc.accuracy(student, data.test, "cpu"),
+        "top1_before_ft": before,
+        "macs_ratio": macs / full,
+        "macs": macs,
+        "params": params,
+        "realisable": realisable,
+        "search_steps": steps,
+        "finetune_epochs": args.finetune_epochs,
+    }
     return row, plan
 
 
@@ -138,8 +194,9 @@ def done_rows(path: Path) -> set[tuple[str, float, int]]:
     if not path.is_file():
         return set()
     with path.open() as f:
-        return {(r["method"], round(float(r["target"]), 4), int(r["seed"]))
-                for r in csv.DictReader(f)}
+        return {
+            (r["method"], round(float(r["target"]), 4), int(r["seed"])) for r in csv.DictReader(f)
+        }
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -165,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     console = Console(width=160)
     pairs = [(s, t) for t in args.targets for s in args.seeds]  # shards start on different seeds
-    pairs = pairs[args.shard_index::args.shard_count]
+    pairs = pairs[args.shard_index :: args.shard_count]
     done = done_rows(args.out)
-    console.print(f"[bold]accuracy benchmark[/] {len(pairs)} (seed, target) pairs × "
-                  f"{len(args.methods)} methods → {args.out}; {digits_setup.machine()}")
+    console.print(
+        f"[bold]accuracy benchmark[/] {len(pairs)} (seed, target) pairs × "
+        f"{len(args.methods)} methods → {args.out}; {digits_setup.machine()}"
+    )
     for seed, target in pairs:
         data = digits_setup.digits(args.img_size, seed)
         teacher, teacher_top1 = locked_teacher(data, seed, args.teacher_epochs)
@@ -182,11 +241,14 @@ def main(argv: list[str] | None = None) -> int:
             if plan is not None and seed in args.save_plans:
                 PLANS.mkdir(parents=True, exist_ok=True)
                 (PLANS / f"{method}_t{target:g}_s{seed}.json").write_text(
-                    plan.to_json().replace("\n", "").replace(" ", ""))
-            console.print(f"seed {seed} target {target:.2f} {method:>13}: top-1 "
-                          f"{row['top1']:6.2f} % (before FT {row['top1_before_ft']:6.2f}) at "
-                          f"{row['macs_ratio']:.3f} MACs, teacher {teacher_top1:.2f} %, "
-                          f"{row['wall_s']:.0f} s")
+                    plan.to_json().replace("\n", "").replace(" ", "")
+                )
+            console.print(
+                f"seed {seed} target {target:.2f} {method:>13}: top-1 "
+                f"{row['top1']:6.2f} % (before FT {row['top1_before_ft']:6.2f}) at "
+                f"{row['macs_ratio']:.3f} MACs, teacher {teacher_top1:.2f} %, "
+                f"{row['wall_s']:.0f} s"
+            )
     return 0
 
 

@@ -46,8 +46,15 @@ def new_model(img_size: int) -> nn.Module:
     return timm.create_model(MODEL, num_classes=10, img_size=img_size)
 
 
-def teacher(data: Digits, seed: int, epochs: int, lr: float = 2e-3, *,
-            cache: Path = CACHE, progress: bool = True) -> tuple[nn.Module, float]:
+def teacher(
+    data: Digits,
+    seed: int,
+    epochs: int,
+    lr: float = 2e-3,
+    *,
+    cache: Path = CACHE,
+    progress: bool = True,
+) -> tuple[nn.Module, float]:
     """The unpruned model for ``seed``, trained once (demo recipe) and cached; and its top-1."""
     img = data.input_size[-1]
     path = cache / f"teacher_{MODEL}_img{img}_e{epochs}_lr{lr:g}_s{seed}.pt"
@@ -57,8 +64,9 @@ def teacher(data: Digits, seed: int, epochs: int, lr: float = 2e-3, *,
     else:
         torch.manual_seed(seed)
         model = new_model(img)  # same init as the demo: seeded right before creation
-        pc.train(model, data.train, pc.TrainConfig(epochs=epochs, lr=lr, seed=seed),
-                 progress=progress)
+        pc.train(
+            model, data.train, pc.TrainConfig(epochs=epochs, lr=lr, seed=seed), progress=progress
+        )
         cache.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(model.state_dict(), tmp)
@@ -79,9 +87,11 @@ def cpu_name() -> str:
 
 def machine() -> str:
     """One line naming what a number was measured on (for RESULTS.md)."""
-    return (f"{cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
-            f"timm {timm.__version__}, Python {platform.python_version()}, "
-            f"{_dt.date.today().isoformat()}")
+    return (
+        f"{cpu_name()}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
+        f"timm {timm.__version__}, Python {platform.python_version()}, "
+        f"{_dt.date.today().isoformat()}"
+    )
 
 
 def positive_threads(value: str) -> int:
@@ -100,4 +110,3 @@ def parse_shard(parser: argparse.ArgumentParser, value: str) -> tuple[int, int]:
     except ValueError:
         parser.error(f"--shard must be i/n with 0 <= i < n, got {value!r}")
     return i, n
-

@@ -90,13 +90,43 @@ BUDGET_EPOCHS = {"short": 0.5, "long": 2.0}
 # selection is mostly decided early, the remaining steps are better spent fine-tuning.
 SEARCH_SHARE = 0.2
 
-METHODS = ("method", "l1_uniform", "random", "tp_local", "tp_global", "tp_isomorphic_taylor",
-           "no_similarity", "unaligned", "no_reweight", "uniform_init_qk", "uniform_init_all")
-SEARCHED = {"method", "no_similarity", "unaligned", "no_reweight", "uniform_init_qk",
-            "uniform_init_all"}
-FIELDS = ("method", "target", "seed", "budget", "macs_ratio", "top1", "top1_teacher_weights",
-          "teacher_top1", "realisable", "search_steps", "finetune_steps", "macs", "params",
-          "wall_s")
+METHODS = (
+    "method",
+    "l1_uniform",
+    "random",
+    "tp_local",
+    "tp_global",
+    "tp_isomorphic_taylor",
+    "no_similarity",
+    "unaligned",
+    "no_reweight",
+    "uniform_init_qk",
+    "uniform_init_all",
+)
+SEARCHED = {
+    "method",
+    "no_similarity",
+    "unaligned",
+    "no_reweight",
+    "uniform_init_qk",
+    "uniform_init_all",
+}
+FIELDS = (
+    "method",
+    "target",
+    "seed",
+    "budget",
+    "macs_ratio",
+    "top1",
+    "top1_teacher_weights",
+    "teacher_top1",
+    "realisable",
+    "search_steps",
+    "finetune_steps",
+    "macs",
+    "params",
+    "wall_s",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -106,29 +136,63 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--budgets", nargs="+", default=list(BUDGET_EPOCHS), choices=BUDGET_EPOCHS)
     p.add_argument("--out", type=Path, default=RESULTS / "fashion_accuracy.csv")
-    p.add_argument("--train-subset", type=int, default=None,
-                   help="stratified training subset (default: all 60,000 images)")
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="stratified training subset (default: all 60,000 images)",
+    )
     p.add_argument("--teacher-epochs", type=int, default=8)
-    p.add_argument("--teacher-augment", action="store_true",
-                   help="train the teacher with flip and shift (the first round's teachers)")
-    p.add_argument("--search-steps", type=int, default=None,
-                   help=f"default: {SEARCH_SHARE:.0%} of the short budget")
-    p.add_argument("--short-steps", type=int, default=None,
-                   help="override the short budget (default: half an epoch)")
-    p.add_argument("--long-steps", type=int, default=None,
-                   help="override the long budget (default: two epochs)")
+    p.add_argument(
+        "--teacher-augment",
+        action="store_true",
+        help="train the teacher with flip and shift (the first round's teachers)",
+    )
+    p.add_argument(
+        "--search-steps",
+        type=int,
+        default=None,
+        help=f"default: {SEARCH_SHARE:.0%} of the short budget",
+    )
+    p.add_argument(
+        "--short-steps",
+        type=int,
+        default=None,
+        help="override the short budget (default: half an epoch)",
+    )
+    p.add_argument(
+        "--long-steps",
+        type=int,
+        default=None,
+        help="override the long budget (default: two epochs)",
+    )
     p.add_argument("--sim-temperature", type=float, default=0.5)
-    p.add_argument("--sim-every", type=int, default=50,
-                   help="refresh the similarity weights every this many search steps")
+    p.add_argument(
+        "--sim-every",
+        type=int,
+        default=50,
+        help="refresh the similarity weights every this many search steps",
+    )
     p.add_argument("--similarity-to", choices=("all", "kept"), default="all")
-    p.add_argument("--search-lr", type=float, default=5e-4,
-                   help="learning rate of the weights during the search (AdamW)")
-    p.add_argument("--reweight-lr", type=float, default=None,
-                   help="learning rate of the reweights in the search (default: SearchConfig's)")
+    p.add_argument(
+        "--search-lr",
+        type=float,
+        default=5e-4,
+        help="learning rate of the weights during the search (AdamW)",
+    )
+    p.add_argument(
+        "--reweight-lr",
+        type=float,
+        default=None,
+        help="learning rate of the reweights in the search (default: SearchConfig's)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="i/n: this process's share of the cells")
-    p.add_argument("--report", action="store_true",
-                   help="only (re)make the .md table and .png plot next to --out")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="only (re)make the .md table and .png plot next to --out",
+    )
     args = p.parse_args(argv)
     bad = [t for t in args.targets if not 0.0 < t <= 1.0]
     if bad:
@@ -154,22 +218,33 @@ class Data:
 
 
 def fashion(train_subset: int | None, seed: int) -> Data:
-    train_ds, test_ds = pc.fashion_mnist_datasets(img_size=28, in_chans=1,
-                                                  train_subset=train_subset, seed=seed)
+    train_ds, test_ds = pc.fashion_mnist_datasets(
+        img_size=28, in_chans=1, train_subset=train_subset, seed=seed
+    )
     plain_ds = copy.copy(train_ds)  # shares the image tensor
     plain_ds.augment = False
-    return Data(train=DataLoader(train_ds, batch_size=BATCH, shuffle=True, drop_last=True),
-                plain_train=DataLoader(plain_ds, batch_size=BATCH, shuffle=True, drop_last=True),
-                test=DataLoader(test_ds, batch_size=500),
-                calib=train_ds.images[:128].contiguous(), train_size=len(train_ds))
+    return Data(
+        train=DataLoader(train_ds, batch_size=BATCH, shuffle=True, drop_last=True),
+        plain_train=DataLoader(plain_ds, batch_size=BATCH, shuffle=True, drop_last=True),
+        test=DataLoader(test_ds, batch_size=500),
+        calib=train_ds.images[:128].contiguous(),
+        train_size=len(train_ds),
+    )
 
 
 def new_model() -> nn.Module:
     return timm.create_model(MODEL, **MODEL_KWARGS)
 
 
-def teacher(data: Data, seed: int, epochs: int, train_subset: int | None, *,
-            augment: bool = False, progress: bool = False) -> tuple[nn.Module, float]:
+def teacher(
+    data: Data,
+    seed: int,
+    epochs: int,
+    train_subset: int | None,
+    *,
+    augment: bool = False,
+    progress: bool = False,
+) -> tuple[nn.Module, float]:
     """The unpruned model of ``seed``: trained once, cached (atomic write, file lock).
 
     Without augmentation by default: at this model size flip and shift slow convergence more
@@ -179,8 +254,7 @@ def teacher(data: Data, seed: int, epochs: int, train_subset: int | None, *,
     CACHE.mkdir(parents=True, exist_ok=True)
     n = "all" if train_subset is None else train_subset
     aug = "_aug" if augment else ""
-    path = CACHE / (f"fashion_{MODEL}_p7_e{epochs}_lr{TEACHER_LR:g}_b{BATCH}_n{n}{aug}"
-                    f"_s{seed}.pt")
+    path = CACHE / (f"fashion_{MODEL}_p7_e{epochs}_lr{TEACHER_LR:g}_b{BATCH}_n{n}{aug}_s{seed}.pt")
     with path.with_suffix(".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one shard trains, the others wait for the file
         if path.is_file():
@@ -190,8 +264,13 @@ def teacher(data: Data, seed: int, epochs: int, train_subset: int | None, *,
             torch.manual_seed(seed)
             model = new_model()
             loader = data.train if augment else data.plain_train
-            pc.train(model, loader, pc.TrainConfig(epochs=epochs, lr=TEACHER_LR, seed=seed),
-                     device="cpu", progress=progress)
+            pc.train(
+                model,
+                loader,
+                pc.TrainConfig(epochs=epochs, lr=TEACHER_LR, seed=seed),
+                device="cpu",
+                progress=progress,
+            )
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             torch.save(model.state_dict(), tmp)
             os.replace(tmp, path)
@@ -230,8 +309,9 @@ def _widths(model: nn.Module, per_group: dict[str, int]) -> dict[str, dict[str, 
     return {name: {g: per_group[g] for g in m.gates} for name, m in pc.gated_modules(model).items()}
 
 
-def uniform_keeps(model: nn.Module, target: float, tolerance: float = TOLERANCE
-                  ) -> dict[str, float]:
+def uniform_keeps(
+    model: nn.Module, target: float, tolerance: float = TOLERANCE
+) -> dict[str, float]:
     """Per-group keep ratios (same width in every layer) with MACs in ``[t - tol, t]``.
 
     Starts at the largest single ratio under t (``uniform_keep``), then raises the width of the
@@ -250,20 +330,32 @@ def uniform_keeps(model: nn.Module, target: float, tolerance: float = TOLERANCE
         return macs.total(_widths(model, w)) / macs.full
 
     while True:
-        fits = [g for g in channels
-                if width[g] < channels[g] and ratio({**width, g: width[g] + 1}) <= target]
+        fits = [
+            g
+            for g in channels
+            if width[g] < channels[g] and ratio({**width, g: width[g] + 1}) <= target
+        ]
         if not fits:
             break
         g = min(fits, key=lambda g: (width[g] / channels[g], g))
         width[g] += 1
     if ratio(width) < target - tolerance:
-        raise ValueError(f"uniform widths {width} reach only {ratio(width):.4f} of the MACs "
-                         f"for target {target}")
+        raise ValueError(
+            f"uniform widths {width} reach only {ratio(width):.4f} of the MACs for target {target}"
+        )
     return {g: width[g] / channels[g] for g in channels}
 
 
-def _search(student: nn.Module, method: str, target: float, seed: int, teacher_model: nn.Module,
-            data: Data, steps: int, args: argparse.Namespace) -> None:
+def _search(
+    student: nn.Module,
+    method: str,
+    target: float,
+    seed: int,
+    teacher_model: nn.Module,
+    data: Data,
+    steps: int,
+    args: argparse.Namespace,
+) -> None:
     """Initialise and search ``student`` in place, the way ``method`` says (module doc)."""
     tau = math.inf if method == "no_similarity" else args.sim_temperature
     mode = "uniform" if method == "uniform_init_all" else "attn_leave_out"
@@ -276,12 +368,28 @@ def _search(student: nn.Module, method: str, target: float, seed: int, teacher_m
                     module.gates["qk"].anchor_()
     if method == "unaligned":
         ablations.make_unaligned(student)
-    config = pc.SearchConfig(target=target, steps=steps, sim_temperature=tau, seed=seed,
-                             lr=args.search_lr, sim_every=args.sim_every,
-                             similarity_to=args.similarity_to, reweight_lr=args.reweight_lr,
-                             use_reweight=method != "no_reweight", tolerance=TOLERANCE)
-    pc.search(student, data.train, INPUT_SIZE, config, teacher=teacher_model, calib=data.calib,
-              device="cpu", progress=False)
+    config = pc.SearchConfig(
+        target=target,
+        steps=steps,
+        sim_temperature=tau,
+        seed=seed,
+        lr=args.search_lr,
+        sim_every=args.sim_every,
+        similarity_to=args.similarity_to,
+        reweight_lr=args.reweight_lr,
+        use_reweight=method != "no_reweight",
+        tolerance=TOLERANCE,
+    )
+    pc.search(
+        student,
+        data.train,
+        INPUT_SIZE,
+        config,
+        teacher=teacher_model,
+        calib=data.calib,
+        device="cpu",
+        progress=False,
+    )
 
 
 def on_teacher_weights(teacher_model: nn.Module, plan: pc.Plan, data: Data) -> float:
@@ -292,8 +400,7 @@ def on_teacher_weights(teacher_model: nn.Module, plan: pc.Plan, data: Data) -> f
     return pc.accuracy(model, data.test, "cpu")
 
 
-def unaligned_on_teacher_weights(teacher_model: nn.Module, student: nn.Module,
-                                 data: Data) -> float:
+def unaligned_on_teacher_weights(teacher_model: nn.Module, student: nn.Module, data: Data) -> float:
     """Top-1 of the teacher masked with the student's unaligned masks (no training)."""
     model = ablations.make_unaligned(copy.deepcopy(teacher_model))
     source = pc.gated_modules(student)
@@ -304,8 +411,15 @@ def unaligned_on_teacher_weights(teacher_model: nn.Module, student: nn.Module,
     return pc.accuracy(model, data.test, "cpu")
 
 
-def run_one(method: str, target: float, seed: int, budget: str, teacher_model: nn.Module,
-            data: Data, args: argparse.Namespace) -> dict:
+def run_one(
+    method: str,
+    target: float,
+    seed: int,
+    budget: str,
+    teacher_model: nn.Module,
+    data: Data,
+    args: argparse.Namespace,
+) -> dict:
     """Prune a copy of the teacher to ``target`` with ``method``, fine-tune, read out."""
     torch.manual_seed(seed)
     total = budget_steps(budget, data, args)
@@ -321,20 +435,28 @@ def run_one(method: str, target: float, seed: int, budget: str, teacher_model: n
             plan = pc.finalize(student, INPUT_SIZE, target, tolerance=TOLERANCE)
     elif method in ("l1_uniform", "random"):
         keeps = uniform_keeps(teacher_model, target)
-        plan = (pc.magnitude_plan(teacher_model, keeps) if method == "l1_uniform"
-                else pc.random_plan(teacher_model, keeps, seed=seed))
+        plan = (
+            pc.magnitude_plan(teacher_model, keeps)
+            if method == "l1_uniform"
+            else pc.random_plan(teacher_model, keeps, seed=seed)
+        )
         pc.apply_plan(student, plan)
     else:
         grads = None
         if method == "tp_isomorphic_taylor":
             torch.manual_seed(seed)
-            grads = tp_peer.taylor_grads(teacher_model,
-                                         itertools.islice(batches_forever(data.train),
-                                                          TAYLOR_BATCHES))
-        plan, _ = tp_peer.tp_plan_at(teacher_model, INPUT_SIZE, target,
-                                     global_pruning=method == "tp_global",
-                                     isomorphic=method == "tp_isomorphic_taylor", grads=grads,
-                                     tolerance=TOLERANCE)
+            grads = tp_peer.taylor_grads(
+                teacher_model, itertools.islice(batches_forever(data.train), TAYLOR_BATCHES)
+            )
+        plan, _ = tp_peer.tp_plan_at(
+            teacher_model,
+            INPUT_SIZE,
+            target,
+            global_pruning=method == "tp_global",
+            isomorphic=method == "tp_isomorphic_taylor",
+            grads=grads,
+            tolerance=TOLERANCE,
+        )
         pc.apply_plan(student, plan)
     if realisable:
         pc.prune(student)
@@ -345,20 +467,34 @@ def run_one(method: str, target: float, seed: int, budget: str, teacher_model: n
         pc.set_reweight_trainable(student, False)  # already off since the search; explicit
     finetune = total - searched
     if finetune:
-        pc.train(student, Steps(data.train, finetune),
-                 pc.TrainConfig(epochs=1, warmup_epochs=0, lr=FINETUNE_LR, seed=seed),
-                 teacher=teacher_model, device="cpu", progress=False)
+        pc.train(
+            student,
+            Steps(data.train, finetune),
+            pc.TrainConfig(epochs=1, warmup_epochs=0, lr=FINETUNE_LR, seed=seed),
+            teacher=teacher_model,
+            device="cpu",
+            progress=False,
+        )
     if realisable:
         macs, params = pc.count_macs(student, INPUT_SIZE), pc.count_params(student)
         ratio = macs / pc.count_macs(teacher_model, INPUT_SIZE)
     else:
         macs, full = ablations.masked_macs(student, INPUT_SIZE)
         ratio, params = macs / full, float("nan")
-    return {"method": method, "target": target, "seed": seed, "budget": budget,
-            "macs_ratio": ratio, "top1": pc.accuracy(student, data.test, "cpu"),
-            "top1_teacher_weights": top1_tw, "realisable": realisable,
-            "search_steps": searched, "finetune_steps": finetune, "macs": macs,
-            "params": params}
+    return {
+        "method": method,
+        "target": target,
+        "seed": seed,
+        "budget": budget,
+        "macs_ratio": ratio,
+        "top1": pc.accuracy(student, data.test, "cpu"),
+        "top1_teacher_weights": top1_tw,
+        "realisable": realisable,
+        "search_steps": searched,
+        "finetune_steps": finetune,
+        "macs": macs,
+        "params": params,
+    }
 
 
 # ------------------------------------------------------------------------------ bookkeeping
@@ -366,8 +502,10 @@ def done_rows(path: Path) -> set[tuple[str, float, int, str]]:
     if not path.is_file():
         return set()
     with path.open() as f:
-        return {(r["method"], round(float(r["target"]), 4), int(r["seed"]), r["budget"])
-                for r in csv.DictReader(f)}
+        return {
+            (r["method"], round(float(r["target"]), 4), int(r["seed"]), r["budget"])
+            for r in csv.DictReader(f)
+        }
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -403,18 +541,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
         from benchmarks import plot
+
         if not args.out.is_file():
             print(f"no such CSV: {args.out} (run the benchmark first)", file=sys.stderr)
             return 2
-        print(plot.fashion_report(args.out, args.out.with_suffix(".md"),
-                                  args.out.with_suffix(".png")))
+        print(
+            plot.fashion_report(args.out, args.out.with_suffix(".md"), args.out.with_suffix(".png"))
+        )
         return 0
     torch.set_num_threads(args.threads)
     console = Console(width=160)
     cells = shard_cells(args)
     done = done_rows(args.out)
-    console.print(f"[bold]fashion accuracy benchmark[/] {len(cells)} (seed, target, budget) "
-                  f"cells × {len(args.methods)} methods → {args.out}; {digits_setup.machine()}")
+    console.print(
+        f"[bold]fashion accuracy benchmark[/] {len(cells)} (seed, target, budget) "
+        f"cells × {len(args.methods)} methods → {args.out}; {digits_setup.machine()}"
+    )
     data_by_key: dict[int | None, Data] = {}
     teachers: dict[int, tuple[nn.Module, float]] = {}
     for seed, target, budget in cells:
@@ -428,12 +570,22 @@ def main(argv: list[str] | None = None) -> int:
         data = data_by_key[key]
         if seed not in teachers:
             started = time.perf_counter()
-            console.print(f"teacher seed {seed}: {args.teacher_epochs} epochs on "
-                          f"{data.train_size} images (cached after the first run)")
-            teachers[seed] = teacher(data, seed, args.teacher_epochs, args.train_subset,
-                                     augment=args.teacher_augment, progress=console.is_terminal)
-            console.print(f"teacher seed {seed}: top-1 {teachers[seed][1]:.2f} % "
-                          f"({time.perf_counter() - started:.0f} s)")
+            console.print(
+                f"teacher seed {seed}: {args.teacher_epochs} epochs on "
+                f"{data.train_size} images (cached after the first run)"
+            )
+            teachers[seed] = teacher(
+                data,
+                seed,
+                args.teacher_epochs,
+                args.train_subset,
+                augment=args.teacher_augment,
+                progress=console.is_terminal,
+            )
+            console.print(
+                f"teacher seed {seed}: top-1 {teachers[seed][1]:.2f} % "
+                f"({time.perf_counter() - started:.0f} s)"
+            )
         teacher_model, teacher_top1 = teachers[seed]
         for method in todo:
             started = time.perf_counter()
@@ -442,11 +594,13 @@ def main(argv: list[str] | None = None) -> int:
             append_row(args.out, row)
             inside = target - TOLERANCE - 1e-9 <= row["macs_ratio"] <= target + 1e-9
             flag = "" if inside else f" [red]outside [{target - TOLERANCE:g}, {target:g}][/]"
-            console.print(f"seed {seed} target {target:.2f} {budget:>5} {method:>20}: top-1 "
-                          f"{row['top1']:6.2f} % (teacher weights {row['top1_teacher_weights']:6.2f})"
-                          f" at {row['macs_ratio']:.4f} MACs{flag}, {row['search_steps']}+"
-                          f"{row['finetune_steps']} steps, teacher {teacher_top1:.2f} %, "
-                          f"{row['wall_s']:.0f} s")
+            console.print(
+                f"seed {seed} target {target:.2f} {budget:>5} {method:>20}: top-1 "
+                f"{row['top1']:6.2f} % (teacher weights {row['top1_teacher_weights']:6.2f})"
+                f" at {row['macs_ratio']:.4f} MACs{flag}, {row['search_steps']}+"
+                f"{row['finetune_steps']} steps, teacher {teacher_top1:.2f} %, "
+                f"{row['wall_s']:.0f} s"
+            )
     return 0
 
 

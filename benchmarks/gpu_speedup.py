@@ -46,15 +46,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.3])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
-    p.add_argument("--precision", choices=("autocast-bf16", "bf16", "fp32"),
-                   default="autocast-bf16",
-                   help="autocast-bf16: fp32 weights under torch.autocast (what prune_core's "
-                        "engine does); bf16: weights cast to bfloat16")
+    p.add_argument(
+        "--precision",
+        choices=("autocast-bf16", "bf16", "fp32"),
+        default="autocast-bf16",
+        help="autocast-bf16: fp32 weights under torch.autocast (what prune_core's "
+        "engine does); bf16: weights cast to bfloat16",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-run-time", type=float, default=1.0)
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
-    p.add_argument("--quick", action="store_true",
-                   help="one target (0.5), batches 1 and 4, short runs: a smoke test")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one target (0.5), batches 1 and 4, short runs: a smoke test",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.targets, args.batches, args.rounds, args.min_run_time = [0.5], [1, 4], 1, 0.2
@@ -98,8 +104,11 @@ def build(args: argparse.Namespace) -> list[dict]:
             predicted = pc.MacModel(net, size).total()
             pc.prune(net)
             models.append({"plan": name, "target": target, "net": net, "macs": predicted})
-        print(f"built target {target}: " + ", ".join(
-            f"{m['plan']} {m['macs'] / full_macs:.3f}" for m in models[-3:]), flush=True)
+        print(
+            f"built target {target}: "
+            + ", ".join(f"{m['plan']} {m['macs'] / full_macs:.3f}" for m in models[-3:]),
+            flush=True,
+        )
     return models
 
 
@@ -117,16 +126,24 @@ def images_per_second(net: nn.Module, x: torch.Tensor, args: argparse.Namespace)
 
 def write(args: argparse.Namespace, models: list[dict], results: dict, header: str) -> None:
     full_macs = models[0]["macs"]
-    lines = [header, "",
-             ("| batch | plan | target | MAC ratio | images/s | speed-up | limit 1/ratio | "
-              "% of limit |"), "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        (
+            "| batch | plan | target | MAC ratio | images/s | speed-up | limit 1/ratio | "
+            "% of limit |"
+        ),
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for batch, ips in results.items():
-        for m, rate in zip(models, ips):
+        for m, rate in zip(models, ips, strict=True):
             ratio = m["macs"] / full_macs
             speedup = rate / ips[0]
-            lines.append(f"| {batch} | {m['plan']} | {m['target']:g} | {ratio:.3f} | "
-                         f"{rate:,.0f} | {speedup:.2f}× | {1 / ratio:.2f}× | "
-                         f"{100 * speedup * ratio:.0f} % |")
+            lines.append(
+                f"| {batch} | {m['plan']} | {m['target']:g} | {ratio:.3f} | "
+                f"{rate:,.0f} | {speedup:.2f}× | {1 / ratio:.2f}× | "
+                f"{100 * speedup * ratio:.0f} % |"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 
@@ -134,40 +151,53 @@ def write(args: argparse.Namespace, models: list[dict], results: dict, header: s
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    dev = (torch.cuda.get_device_name(args.device) if args.device.type == "cuda"
-           else platform.processor() or "CPU")
-    header = (f"{args.model} at {args.img_size}×{args.img_size} on {dev} ({args.device}), "
-              f"{args.precision}{', torch.compile' if args.compile else ''}; torch "
-              f"{torch.__version__}, timm {timm.__version__}, {dt.date.today().isoformat()}; "
-              f"median of blocked runs ≥ {args.min_run_time} s, median over {args.rounds} "
-              f"interleaved rounds; random weights (throughput depends only on shapes).")
+    dev = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.type == "cuda"
+        else platform.processor() or "CPU"
+    )
+    header = (
+        f"{args.model} at {args.img_size}×{args.img_size} on {dev} ({args.device}), "
+        f"{args.precision}{', torch.compile' if args.compile else ''}; torch "
+        f"{torch.__version__}, timm {timm.__version__}, {dt.date.today().isoformat()}; "
+        f"median of blocked runs ≥ {args.min_run_time} s, median over {args.rounds} "
+        f"interleaved rounds; random weights (throughput depends only on shapes)."
+    )
     models = build(args)
     for m in models:
         m["net"] = prepare(m["net"], args)
-    autocast = (torch.autocast(args.device.type, dtype=torch.bfloat16)
-                if args.precision == "autocast-bf16" else nullcontext())
+    autocast = (
+        torch.autocast(args.device.type, dtype=torch.bfloat16)
+        if args.precision == "autocast-bf16"
+        else nullcontext()
+    )
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     results: dict[int, list[float]] = {}
     with torch.inference_mode(), autocast:
         for batch in args.batches:
-            x = torch.randn(batch, 3, args.img_size, args.img_size, device=args.device,
-                            dtype=dtype)
+            x = torch.randn(batch, 3, args.img_size, args.img_size, device=args.device, dtype=dtype)
             try:
                 for m in models:
                     for _ in range(3):
                         m["net"](x)
-                rounds = [[images_per_second(m["net"], x, args) for m in models]
-                          for _ in range(args.rounds)]
+                rounds = [
+                    [images_per_second(m["net"], x, args) for m in models]
+                    for _ in range(args.rounds)
+                ]
             except torch.cuda.OutOfMemoryError:
                 print(f"batch {batch}: out of memory, skipped", flush=True)
                 torch.cuda.empty_cache()
                 continue
-            results[batch] = [statistics.median(r[i] for r in rounds)
-                              for i in range(len(models))]
+            results[batch] = [statistics.median(r[i] for r in rounds) for i in range(len(models))]
             write(args, models, results, header)
-            print(f"batch {batch}: full {results[batch][0]:,.0f} img/s; " + ", ".join(
-                f"{m['plan']}@{m['target']:g} {rate / results[batch][0]:.2f}×"
-                for m, rate in zip(models[1:], results[batch][1:])), flush=True)
+            print(
+                f"batch {batch}: full {results[batch][0]:,.0f} img/s; "
+                + ", ".join(
+                    f"{m['plan']}@{m['target']:g} {rate / results[batch][0]:.2f}×"
+                    for m, rate in zip(models[1:], results[batch][1:], strict=True)
+                ),
+                flush=True,
+            )
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
     return 0 if results else 1
 

@@ -74,39 +74,60 @@ def main(argv: list[str] | None = None) -> int:
         model, size = build(name)
         full_counted = torch_macs(model, size)
         full_predicted = pc.count_macs(model, size)
-        rows.append({"model": name, "plan": "full", "target": 1.0, "predicted": full_predicted,
-                     "counted": full_counted})
+        rows.append(
+            {
+                "model": name,
+                "plan": "full",
+                "target": 1.0,
+                "predicted": full_predicted,
+                "counted": full_counted,
+            }
+        )
         calib = torch.randn(8, *size)
         for target in args.targets:
             for kind in ("uniform", "learned"):
                 masked = copy.deepcopy(model)
                 if kind == "uniform":
-                    pc.apply_plan(masked, pc.magnitude_plan(masked, pc.uniform_keep(masked, size,
-                                                                                 target)))
+                    pc.apply_plan(
+                        masked, pc.magnitude_plan(masked, pc.uniform_keep(masked, size, target))
+                    )
                 else:
                     pc.initialize(masked, calib, mode="magnitude")
                     pc.finalize(masked, size, target)
                 predicted = pc.MacModel(masked, size).total()
                 counted = torch_macs(pc.prune(masked), size)
-                rows.append({"model": name, "plan": kind, "target": target,
-                             "predicted": predicted, "counted": counted})
+                rows.append(
+                    {
+                        "model": name,
+                        "plan": kind,
+                        "target": target,
+                        "predicted": predicted,
+                        "counted": counted,
+                    }
+                )
         for r in rows:
             if r["model"] == name:
                 r["full_counted"] = full_counted
                 r["error_pct"] = 100.0 * (r["predicted"] - r["counted"]) / r["counted"]
-                console.print(f"{name:>20} {r['plan']:>8} t={r['target']:.1f}: predicted "
-                              f"{r['predicted']:>13,} counted {r['counted']:>13,} "
-                              f"({r['counted'] / full_counted:.3f} of full) error "
-                              f"{r['error_pct']:+.4f} %")
+                console.print(
+                    f"{name:>20} {r['plan']:>8} t={r['target']:.1f}: predicted "
+                    f"{r['predicted']:>13,} counted {r['counted']:>13,} "
+                    f"({r['counted'] / full_counted:.3f} of full) error "
+                    f"{r['error_pct']:+.4f} %"
+                )
     df = pd.DataFrame(rows)
     df["ratio"] = df.counted / df.full_counted
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
-    md = ["| model | plan | target | predicted MACs | counted MACs | counted / full | error |",
-          "|---|---|---:|---:|---:|---:|---:|"]
+    md = [
+        "| model | plan | target | predicted MACs | counted MACs | counted / full | error |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for _, r in df.iterrows():
-        md.append(f"| {r.model} | {r.plan} | {r.target:g} | {r.predicted:,} | {r.counted:,} | "
-                  f"{r.ratio:.3f} | {r.error_pct:+.4f} % |")
+        md.append(
+            f"| {r.model} | {r.plan} | {r.target:g} | {r.predicted:,} | {r.counted:,} | "
+            f"{r.ratio:.3f} | {r.error_pct:+.4f} % |"
+        )
     worst = df.error_pct.abs().max()
     md.append(f"\nMax |error| over {len(df)} (model, plan, target) cases: {worst:.4f} %.")
     args.out.with_suffix(".md").write_text("\n".join(md) + "\n")

@@ -1,10 +1,10 @@
 """Tables (markdown) and plots (PNG) from the benchmark CSVs.
 
-    python -m benchmarks.plot accuracy   # results/accuracy.csv -> accuracy.md, accuracy.png
-    python -m benchmarks.plot speedup    # results/speedup.csv  -> speedup.md, speedup.png
-    python -m benchmarks.plot equal_steps  # results/accuracy_equal_steps.csv -> .md
-    python -m benchmarks.plot samplers   # results/sweep_samplers.csv -> .md, .png
-    python -m benchmarks.plot fashion    # results/fashion_accuracy.csv -> .md, .png
+python -m benchmarks.plot accuracy   # results/accuracy.csv -> accuracy.md, accuracy.png
+python -m benchmarks.plot speedup    # results/speedup.csv  -> speedup.md, speedup.png
+python -m benchmarks.plot equal_steps  # results/accuracy_equal_steps.csv -> .md
+python -m benchmarks.plot samplers   # results/sweep_samplers.csv -> .md, .png
+python -m benchmarks.plot fashion    # results/fashion_accuracy.csv -> .md, .png
 """
 
 from __future__ import annotations
@@ -40,37 +40,53 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {0.0 if pd.isna(std) else std:.2f}"
 
 
-
 def _save(fig, png: Path) -> None:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
+
 def accuracy_report(csv: Path, md: Path, png: Path) -> str:
     df = pd.read_csv(csv)
     g = df.groupby(["method", "target"])
-    stats = g.agg(top1=("top1", "mean"), top1_std=("top1", "std"),
-                  before=("top1_before_ft", "mean"), before_std=("top1_before_ft", "std"),
-                  ratio=("macs_ratio", "mean"), n=("seed", "nunique")).reset_index()
+    stats = g.agg(
+        top1=("top1", "mean"),
+        top1_std=("top1", "std"),
+        before=("top1_before_ft", "mean"),
+        before_std=("top1_before_ft", "std"),
+        ratio=("macs_ratio", "mean"),
+        n=("seed", "nunique"),
+    ).reset_index()
     targets = sorted(df["target"].unique(), reverse=True)
     methods = [m for m in LABELS if m in set(df["method"])]
     teacher = df.groupby("seed")["teacher_top1"].first()
-    lines = [(f"Teacher (unpruned) top-1: {_pm(teacher.mean(), teacher.std())} % over "
-              f"{len(teacher)} seeds."), "",
-             ("| method | " + " | ".join(f"top-1 @ {t:g} (MACs)" for t in targets)
-              + " | seeds |"),
-             "|---|" + "---:|" * len(targets) + "---:|"]
+    lines = [
+        (
+            f"Teacher (unpruned) top-1: {_pm(teacher.mean(), teacher.std())} % over "
+            f"{len(teacher)} seeds."
+        ),
+        "",
+        ("| method | " + " | ".join(f"top-1 @ {t:g} (MACs)" for t in targets) + " | seeds |"),
+        "|---|" + "---:|" * len(targets) + "---:|",
+    ]
     for m in methods:
         cells = []
         for t in targets:
             r = stats[(stats.method == m) & (stats.target == t)]
-            cells.append("–" if r.empty else
-                         f"{_pm(r.top1.iloc[0], r.top1_std.iloc[0])} ({r.ratio.iloc[0]:.3f})")
+            cells.append(
+                "–"
+                if r.empty
+                else f"{_pm(r.top1.iloc[0], r.top1_std.iloc[0])} ({r.ratio.iloc[0]:.3f})"
+            )
         n = stats[stats.method == m].n.min()
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + f" | {n} |")
-    lines += ["", "Before fine-tune (same models, top-1 right after pruning):", "",
-              "| method | " + " | ".join(f"@ {t:g}" for t in targets) + " |",
-              "|---|" + "---:|" * len(targets)]
+    lines += [
+        "",
+        "Before fine-tune (same models, top-1 right after pruning):",
+        "",
+        "| method | " + " | ".join(f"@ {t:g}" for t in targets) + " |",
+        "|---|" + "---:|" * len(targets),
+    ]
     for m in methods:
         cells = []
         for t in targets:
@@ -78,9 +94,13 @@ def accuracy_report(csv: Path, md: Path, png: Path) -> str:
             cells.append("–" if r.empty else _pm(r.before.iloc[0], r.before_std.iloc[0]))
         lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     # margin of the method over the best baseline/peer, and over the best ablation
-    lines += ["", "Margin of the method (points of top-1 after fine-tune):", "",
-              "| target | method | best baseline or peer | margin | best ablation | margin |",
-              "|---:|---:|---|---:|---|---:|"]
+    lines += [
+        "",
+        "Margin of the method (points of top-1 after fine-tune):",
+        "",
+        "| target | method | best baseline or peer | margin | best ablation | margin |",
+        "|---:|---:|---|---:|---|---:|",
+    ]
     for t in targets:
         at = stats[stats.target == t].set_index("method")
         if "method" not in at.index:
@@ -92,25 +112,37 @@ def accuracy_report(csv: Path, md: Path, png: Path) -> str:
                 cells += ["–", "–"]
                 continue
             best = others.top1.idxmax()
-            cells += [f"{LABELS[best]} {others.top1[best]:.2f}",
-                      f"{at.top1['method'] - others.top1[best]:+.2f}"]
+            cells += [
+                f"{LABELS[best]} {others.top1[best]:.2f}",
+                f"{at.top1['method'] - others.top1[best]:+.2f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     md.write_text(text)
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 9), sharex=True)
-    panels = ((0, "top1", "after the fine-tune"),
-              (1, "before", "right after pruning (no fine-tune)"))
+    panels = (
+        (0, "top1", "after the fine-tune"),
+        (1, "before", "right after pruning (no fine-tune)"),
+    )
     for row, column, when in panels:
-        for col, (group, name) in enumerate(((BASELINES, "baselines and peer"),
-                                             (ABLATIONS, "ablations"))):
+        for col, (group, name) in enumerate(
+            ((BASELINES, "baselines and peer"), (ABLATIONS, "ablations"))
+        ):
             ax = axes[row][col]
             for m in ["method", *[m for m in methods if m in group]]:
                 s = stats[stats.method == m].sort_values("ratio")
                 style = {"lw": 2.5, "color": "black"} if m == "method" else {"lw": 1.2}
-                ax.errorbar(s.ratio, s[column], yerr=s[column + "_std"].fillna(0), marker="o",
-                            capsize=3, ls="--" if m == "unaligned" else "-", label=LABELS[m],
-                            **style)
+                ax.errorbar(
+                    s.ratio,
+                    s[column],
+                    yerr=s[column + "_std"].fillna(0),
+                    marker="o",
+                    capsize=3,
+                    ls="--" if m == "unaligned" else "-",
+                    label=LABELS[m],
+                    **style,
+                )
             ax.axhline(teacher.mean(), color="grey", ls=":", label="teacher (unpruned)")
             ax.set_title(f"{name}: top-1 {when}", fontsize=10)
             ax.grid(alpha=0.3)
@@ -119,8 +151,11 @@ def accuracy_report(csv: Path, md: Path, png: Path) -> str:
                 ax.set_xlabel("MACs / MACs of the unpruned model")
             if col == 0:
                 ax.set_ylabel("top-1 on digits test split (%)")
-    fig.suptitle("flatten_vit_micro on digits, mean ± std over seeds "
-                 "(* masked only, not realisable as a dense model)", fontsize=11)
+    fig.suptitle(
+        "flatten_vit_micro on digits, mean ± std over seeds "
+        "(* masked only, not realisable as a dense model)",
+        fontsize=11,
+    )
     _save(fig, png)
     return text
 
@@ -147,28 +182,49 @@ def fashion_report(csv: Path, md: Path, png: Path) -> str:
     targets = sorted(df.target.unique(), reverse=True)
     methods = [m for m in FASHION_LABELS if m in set(df.method)]
     methods += sorted(set(df.method) - set(methods))
-    stats = df.groupby(["method", "target", "budget"]).agg(
-        top1=("top1", "mean"), top1_std=("top1", "std"),
-        tw=("top1_teacher_weights", "mean"), tw_std=("top1_teacher_weights", "std"),
-        ratio=("macs_ratio", "mean"), ratio_min=("macs_ratio", "min"),
-        ratio_max=("macs_ratio", "max"), n=("seed", "nunique")).reset_index()
+    stats = (
+        df.groupby(["method", "target", "budget"])
+        .agg(
+            top1=("top1", "mean"),
+            top1_std=("top1", "std"),
+            tw=("top1_teacher_weights", "mean"),
+            tw_std=("top1_teacher_weights", "std"),
+            ratio=("macs_ratio", "mean"),
+            ratio_min=("macs_ratio", "min"),
+            ratio_max=("macs_ratio", "max"),
+            n=("seed", "nunique"),
+        )
+        .reset_index()
+    )
     lines = []
     if "teacher_top1" in df:
         teacher = df.groupby("seed").teacher_top1.first()
-        lines += [(f"Teacher (unpruned) top-1: {_pm(teacher.mean(), teacher.std())} % over "
-                  f"{len(teacher)} seeds."), ""]
+        lines += [
+            (
+                f"Teacher (unpruned) top-1: {_pm(teacher.mean(), teacher.std())} % over "
+                f"{len(teacher)} seeds."
+            ),
+            "",
+        ]
     for budget in budgets:
         part = df[df.budget == budget]
         steps = ""
         if {"search_steps", "finetune_steps"} <= set(part):
             total = (part.search_steps + part.finetune_steps).unique()
             steps = f", {'/'.join(str(int(t)) for t in sorted(total))} weight-update steps"
-        for column, what in (("top1", "after the budgeted fine-tune"),
-                             ("tw", "plan on the unchanged teacher weights, no training")):
-            lines += [(f"**Budget {budget}{steps}: top-1 (%) {what}**, mean ± std over seeds "
-                      "(MAC ratio range; ! = outside [t - 0.01, t])"), "",
-                      "| method | " + " | ".join(f"@ {t:g}" for t in targets) + " | seeds |",
-                      "|---|" + "---:|" * (len(targets) + 1)]
+        for column, what in (
+            ("top1", "after the budgeted fine-tune"),
+            ("tw", "plan on the unchanged teacher weights, no training"),
+        ):
+            lines += [
+                (
+                    f"**Budget {budget}{steps}: top-1 (%) {what}**, mean ± std over seeds "
+                    "(MAC ratio range; ! = outside [t - 0.01, t])"
+                ),
+                "",
+                "| method | " + " | ".join(f"@ {t:g}" for t in targets) + " | seeds |",
+                "|---|" + "---:|" * (len(targets) + 1),
+            ]
             for m in methods:
                 cells, seeds = [], []
                 for t in targets:
@@ -178,34 +234,45 @@ def fashion_report(csv: Path, md: Path, png: Path) -> str:
                         continue
                     r = r.iloc[0]
                     bad = r.ratio_min < t - 0.01 - 1e-9 or r.ratio_max > t + 1e-9
-                    cells.append(f"{_pm(r[column], r[column + '_std'])} "
-                                 f"({r.ratio_min:.3f}–{r.ratio_max:.3f}{'!' if bad else ''})")
+                    cells.append(
+                        f"{_pm(r[column], r[column + '_std'])} "
+                        f"({r.ratio_min:.3f}–{r.ratio_max:.3f}{'!' if bad else ''})"
+                    )
                     seeds.append(int(r.n))
                 label = FASHION_LABELS.get(m, m)
-                lines.append(f"| {label} | " + " | ".join(cells)
-                             + f" | {min(seeds) if seeds else 0} |")
+                lines.append(
+                    f"| {label} | " + " | ".join(cells) + f" | {min(seeds) if seeds else 0} |"
+                )
             lines.append("")
     lines.append("\\* masked only: not realisable as a dense multi-head model (no speed-up).")
     text = "\n".join(lines) + "\n"
     md.write_text(text)
 
-    fig, axes = plt.subplots(2, len(budgets), figsize=(max(8.0, 6.5 * len(budgets)), 9),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        2, len(budgets), figsize=(max(8.0, 6.5 * len(budgets)), 9), squeeze=False, sharex=True
+    )
     for col, budget in enumerate(budgets):
-        for row, (column, when) in enumerate((("top1", "after the budgeted fine-tune"),
-                                              ("tw", "plan on the teacher's weights"))):
+        for row, (column, when) in enumerate(
+            (("top1", "after the budgeted fine-tune"), ("tw", "plan on the teacher's weights"))
+        ):
             ax = axes[row][col]
             for m in methods:
                 s = stats[(stats.method == m) & (stats.budget == budget)].sort_values("ratio")
                 if s.empty:
                     continue
                 style = {"lw": 2.5, "color": "black"} if m == "method" else {"lw": 1.2}
-                ax.errorbar(s.ratio, s[column], yerr=s[column + "_std"].fillna(0), marker="o",
-                            capsize=3, ls="--" if m.startswith(("no_", "unal", "uniform")) else "-",
-                            label=FASHION_LABELS.get(m, m), **style)
+                ax.errorbar(
+                    s.ratio,
+                    s[column],
+                    yerr=s[column + "_std"].fillna(0),
+                    marker="o",
+                    capsize=3,
+                    ls="--" if m.startswith(("no_", "unal", "uniform")) else "-",
+                    label=FASHION_LABELS.get(m, m),
+                    **style,
+                )
             if "teacher_top1" in df:
-                ax.axhline(df.teacher_top1.mean(), color="grey", ls=":",
-                           label="teacher (unpruned)")
+                ax.axhline(df.teacher_top1.mean(), color="grey", ls=":", label="teacher (unpruned)")
             ax.set_title(f"budget {budget}: top-1 {when}", fontsize=10)
             ax.grid(alpha=0.3)
             if row == 1:
@@ -213,8 +280,11 @@ def fashion_report(csv: Path, md: Path, png: Path) -> str:
             if col == 0:
                 ax.set_ylabel("top-1 on Fashion-MNIST t10k (%)")
     axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("flatten_vit_micro on Fashion-MNIST at equal MACs and equal steps\n"
-                 "mean ± std over seeds (dashed: ablations; * masked only)", fontsize=11)
+    fig.suptitle(
+        "flatten_vit_micro on Fashion-MNIST at equal MACs and equal steps\n"
+        "mean ± std over seeds (dashed: ablations; * masked only)",
+        fontsize=11,
+    )
     _save(fig, png)
     return text
 
@@ -232,15 +302,24 @@ def equal_steps_report(csv: Path, md: Path, png: Path | None = None) -> str:
     epochs = int(extra.finetune_epochs.iloc[0])
     base = int(main.finetune_epochs.iloc[0])
     steps = int(main[main.method == "method"].search_steps.iloc[0])
-    lines = ["| method | fine-tune | " + " | ".join(f"top-1 @ {t:g}" for t in targets) + " |",
-             "|---|---|" + "---:|" * len(targets),
-             f"| method (ours) | {steps} search steps + {base} epochs | "
-             + " | ".join(cell(main, "method", t) for t in targets) + " |"]
+    lines = [
+        "| method | fine-tune | " + " | ".join(f"top-1 @ {t:g}" for t in targets) + " |",
+        "|---|---|" + "---:|" * len(targets),
+        f"| method (ours) | {steps} search steps + {base} epochs | "
+        + " | ".join(cell(main, "method", t) for t in targets)
+        + " |",
+    ]
     for m in sorted(extra.method.unique()):
-        lines.append(f"| {LABELS[m]} | {base} epochs | "
-                     + " | ".join(cell(main, m, t) for t in targets) + " |")
-        lines.append(f"| {LABELS[m]} | {epochs} epochs (≈ the method's steps) | "
-                     + " | ".join(cell(extra, m, t) for t in targets) + " |")
+        lines.append(
+            f"| {LABELS[m]} | {base} epochs | "
+            + " | ".join(cell(main, m, t) for t in targets)
+            + " |"
+        )
+        lines.append(
+            f"| {LABELS[m]} | {epochs} epochs (≈ the method's steps) | "
+            + " | ".join(cell(extra, m, t) for t in targets)
+            + " |"
+        )
     text = "\n".join(lines) + "\n"
     md.write_text(text)
     return text
@@ -250,19 +329,27 @@ def speedup_report(csv: Path, md: Path, png: Path) -> str:
     df = pd.read_csv(csv)
     lines = []
     for (model, batch), part in df.groupby(["model", "batch"], sort=False):
-        lines += [f"**{model}, batch {batch}**", "",
-                  ("| plan | target | MAC ratio | latency (ms) | speed-up | limit 1/ratio | "
-                   "% of limit |"), "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"**{model}, batch {batch}**",
+            "",
+            (
+                "| plan | target | MAC ratio | latency (ms) | speed-up | limit 1/ratio | "
+                "% of limit |"
+            ),
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for _, r in part.iterrows():
-            lines.append(f"| {r.plan} | {r.target:g} | {r.macs_ratio:.3f} | "
-                         f"{r.latency_ms:.3f} | {r.speedup:.2f}× | {1 / r.macs_ratio:.2f}× | "
-                         f"{100 * r.fraction_of_limit:.0f} % |")
+            lines.append(
+                f"| {r.plan} | {r.target:g} | {r.macs_ratio:.3f} | "
+                f"{r.latency_ms:.3f} | {r.speedup:.2f}× | {1 / r.macs_ratio:.2f}× | "
+                f"{100 * r.fraction_of_limit:.0f} % |"
+            )
         lines.append("")
     text = "\n".join(lines)
     md.write_text(text)
     groups = list(df.groupby(["model", "batch"], sort=False))
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4), squeeze=False)
-    for ax, ((model, batch), part) in zip(axes[0], groups):
+    for ax, ((model, batch), part) in zip(axes[0], groups, strict=True):
         pruned = part[part.plan != "full"]
         xs = sorted(set(pruned.macs_ratio) | {1.0})
         ax.plot(xs, [1 / x for x in xs], "k:", label="limit 1/ratio")
@@ -284,14 +371,18 @@ def samplers_report(csv: Path, md: Path, png: Path) -> str:
     stats = df.groupby(["sampler", "after_trials"]).hypervolume.agg(["mean", "std", "count"])
     trained = df.groupby(["sampler", "after_trials"]).fully_trained.mean()
     checkpoints = sorted(df.after_trials.unique())
-    lines = ["| sampler | " + " | ".join(f"HV after {n} trials" for n in checkpoints)
-             + " | seeds |", "|---|" + "---:|" * (len(checkpoints) + 1)]
+    lines = [
+        "| sampler | " + " | ".join(f"HV after {n} trials" for n in checkpoints) + " | seeds |",
+        "|---|" + "---:|" * (len(checkpoints) + 1),
+    ]
     for sampler in sorted(df.sampler.unique()):
         cells = []
         for n in checkpoints:
             mean, std = stats.loc[(sampler, n), "mean"], stats.loc[(sampler, n), "std"]
-            cells.append(f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f} "
-                         f"({trained.loc[(sampler, n)]:.1f} fully trained)")
+            cells.append(
+                f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f} "
+                f"({trained.loc[(sampler, n)]:.1f} fully trained)"
+            )
         seeds = int(stats.loc[(sampler, checkpoints[-1]), "count"])
         lines.append(f"| {sampler} | " + " | ".join(cells) + f" | {seeds} |")
     text = "\n".join(lines) + "\n"
@@ -299,8 +390,9 @@ def samplers_report(csv: Path, md: Path, png: Path) -> str:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for sampler in sorted(df.sampler.unique()):
         s = stats.loc[sampler]
-        ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3,
-                    label=sampler)
+        ax.errorbar(
+            s.index, s["mean"], yerr=s["std"].fillna(0), marker="o", capsize=3, label=sampler
+        )
     ax.set_xlabel("trials")
     ax.set_ylabel("hypervolume (MAC ratio, top-1) vs (1, 0)")
     ax.set_title("digits sweep: front quality by sampler", fontsize=9)
@@ -312,22 +404,28 @@ def samplers_report(csv: Path, md: Path, png: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("accuracy", "speedup", "equal_steps", "samplers",
-                                     "fashion"))
+    p.add_argument("what", choices=("accuracy", "speedup", "equal_steps", "samplers", "fashion"))
     p.add_argument("--csv", type=Path)
     p.add_argument("--md", type=Path)
     p.add_argument("--png", type=Path)
     args = p.parse_args(argv)
-    default = {"equal_steps": "accuracy_equal_steps", "samplers": "sweep_samplers",
-               "fashion": "fashion_accuracy"}.get(args.what, args.what)
+    default = {
+        "equal_steps": "accuracy_equal_steps",
+        "samplers": "sweep_samplers",
+        "fashion": "fashion_accuracy",
+    }.get(args.what, args.what)
     csv = args.csv or RESULTS / f"{default}.csv"
     if not csv.is_file():
         p.error(f"no such CSV: {csv} (run the benchmark that writes it first)")
     md = args.md or csv.with_suffix(".md")
     png = args.png or csv.with_suffix(".png")
-    report = {"accuracy": accuracy_report, "speedup": speedup_report,
-              "equal_steps": equal_steps_report, "samplers": samplers_report,
-              "fashion": fashion_report}[args.what]
+    report = {
+        "accuracy": accuracy_report,
+        "speedup": speedup_report,
+        "equal_steps": equal_steps_report,
+        "samplers": samplers_report,
+        "fashion": fashion_report,
+    }[args.what]
     print(report(csv, md, png))
     return 0
 

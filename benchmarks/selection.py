@@ -30,8 +30,17 @@ import prune_core as pc
 from benchmarks import digits_setup
 
 METHODS = ("method", "l1_uniform", "random")
-FIELDS = ("method", "target", "seed", "macs_ratio", "top1_teacher_weights", "teacher_top1",
-          "search_steps", "commit", "wall_s")
+FIELDS = (
+    "method",
+    "target",
+    "seed",
+    "macs_ratio",
+    "top1_teacher_weights",
+    "teacher_top1",
+    "search_steps",
+    "commit",
+    "wall_s",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,27 +66,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def head_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def method_plan(teacher: nn.Module, data: digits_setup.Digits, target: float, seed: int,
-                args: argparse.Namespace) -> pc.Plan:
+def method_plan(
+    teacher: nn.Module,
+    data: digits_setup.Digits,
+    target: float,
+    seed: int,
+    args: argparse.Namespace,
+) -> pc.Plan:
     """The method's plan: initialise, search (weights adapt too), finalize; weights dropped."""
     student = copy.deepcopy(teacher).train()
     pc.initialize(student, data.calib, mode="attn_leave_out", sim_temperature=args.sim_temperature)
-    config = pc.SearchConfig(target=target, steps=args.search_steps,
-                             sim_temperature=args.sim_temperature, seed=seed)
+    config = pc.SearchConfig(
+        target=target, steps=args.search_steps, sim_temperature=args.sim_temperature, seed=seed
+    )
     extra = {"calib": data.calib} if "calib" in inspect.signature(pc.search).parameters else {}
-    pc.search(student, data.train, data.input_size, config, teacher=teacher, device="cpu",
-              progress=False, **extra)
+    pc.search(
+        student,
+        data.train,
+        data.input_size,
+        config,
+        teacher=teacher,
+        device="cpu",
+        progress=False,
+        **extra,
+    )
     return pc.finalize(student, data.input_size, target)
 
 
-def plan_for(method: str, teacher: nn.Module, data: digits_setup.Digits, target: float,
-             seed: int, args: argparse.Namespace) -> pc.Plan:
+def plan_for(
+    method: str,
+    teacher: nn.Module,
+    data: digits_setup.Digits,
+    target: float,
+    seed: int,
+    args: argparse.Namespace,
+) -> pc.Plan:
     if method == "method":
         return method_plan(teacher, data, target, seed, args)
     keep = pc.uniform_keep(teacher, data.input_size, target)
@@ -86,8 +120,9 @@ def plan_for(method: str, teacher: nn.Module, data: digits_setup.Digits, target:
     return pc.random_plan(teacher, keep, seed=seed)
 
 
-def on_teacher_weights(teacher: nn.Module, plan: pc.Plan,
-                       data: digits_setup.Digits) -> tuple[float, float]:
+def on_teacher_weights(
+    teacher: nn.Module, plan: pc.Plan, data: digits_setup.Digits
+) -> tuple[float, float]:
     """(top-1 %, MAC ratio) of ``plan`` applied to an untouched copy of the teacher."""
     model = copy.deepcopy(teacher)
     full = pc.count_macs(model, data.input_size)
@@ -109,24 +144,33 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
         for seed in args.seeds:
             data = digits_setup.digits(args.img_size, seed)
-            teacher, teacher_top1 = digits_setup.teacher(data, seed, args.teacher_epochs,
-                                                         progress=False)
+            teacher, teacher_top1 = digits_setup.teacher(
+                data, seed, args.teacher_epochs, progress=False
+            )
             for target in args.targets:
                 for method in args.methods:
                     started = time.perf_counter()
                     torch.manual_seed(seed)
                     plan = plan_for(method, teacher, data, target, seed, args)
                     top1, ratio = on_teacher_weights(teacher, plan, data)
-                    row = {"method": method, "target": target, "seed": seed,
-                           "macs_ratio": f"{ratio:.4f}", "top1_teacher_weights": f"{top1:.2f}",
-                           "teacher_top1": f"{teacher_top1:.2f}",
-                           "search_steps": args.search_steps if method == "method" else 0,
-                           "commit": commit, "wall_s": f"{time.perf_counter() - started:.1f}"}
+                    row = {
+                        "method": method,
+                        "target": target,
+                        "seed": seed,
+                        "macs_ratio": f"{ratio:.4f}",
+                        "top1_teacher_weights": f"{top1:.2f}",
+                        "teacher_top1": f"{teacher_top1:.2f}",
+                        "search_steps": args.search_steps if method == "method" else 0,
+                        "commit": commit,
+                        "wall_s": f"{time.perf_counter() - started:.1f}",
+                    }
                     writer.writerow(row)
                     f.flush()
-                    console.print(f"{commit} seed {seed} target {target:.2f} {method:>10}: "
-                                  f"{top1:6.2f} % on teacher weights at {ratio:.3f} MACs "
-                                  f"(teacher {teacher_top1:.2f} %)")
+                    console.print(
+                        f"{commit} seed {seed} target {target:.2f} {method:>10}: "
+                        f"{top1:6.2f} % on teacher weights at {ratio:.3f} MACs "
+                        f"(teacher {teacher_top1:.2f} %)"
+                    )
     return 0
 
 

@@ -58,9 +58,13 @@ def write_config(name: str, *, seed: int | None = None, sampler: str | None = No
 
 def config_commit() -> str:
     """The commit that last changed experiments/digits.yaml (the config evolves)."""
-    out = subprocess.run(["git", "log", "-1", "--format=%h %cs", "--",
-                          "experiments/digits.yaml"], cwd=ROOT, capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        ["git", "log", "-1", "--format=%h %cs", "--", "experiments/digits.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return out.stdout.strip() or "uncommitted"
 
 
@@ -88,6 +92,7 @@ def profiled_sweep(config: str, report: str) -> int:
             finally:
                 spent[name][0] += time.perf_counter() - t
                 spent[name][1] += 1
+
         return wrapper
 
     for name in CALLBACKS:
@@ -95,24 +100,39 @@ def profiled_sweep(config: str, report: str) -> int:
     try:
         return sweep.main([config])
     finally:
-        Path(report).write_text(json.dumps({k: {"seconds": v[0], "calls": v[1]}
-                                            for k, v in spent.items()}))
+        Path(report).write_text(
+            json.dumps({k: {"seconds": v[0], "calls": v[1]} for k, v in spent.items()})
+        )
 
 
-def run_sweep(config: Path, num_samples: int | None, log: Path,
-              callbacks: Path | None = None) -> dict:
+def run_sweep(
+    config: Path, num_samples: int | None, log: Path, callbacks: Path | None = None
+) -> dict:
     """Run the sweep CLI; wall time, and when the teacher was ready (driver's own line)."""
     cmd = [sys.executable, "-m", "orchestrator.sweep", str(config)]
     if callbacks is not None:
-        cmd = [sys.executable, "-m", "benchmarks.sweep_efficiency", "_profiled", str(config),
-               str(callbacks)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.sweep_efficiency",
+            "_profiled",
+            str(config),
+            str(callbacks),
+        ]
     if num_samples is not None:
         cmd += ["--num-samples", str(num_samples)]
     started, epoch_start = time.perf_counter(), time.time()
     teacher_ready = startup = None
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         for line in proc.stdout:
             out.write(line)
             if startup is None and line.startswith("teacher: "):
@@ -123,9 +143,13 @@ def run_sweep(config: Path, num_samples: int | None, log: Path,
     wall = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"sweep {config} exited {code}; see {log}")
-    return {"wall_s": wall, "teacher_s": teacher_ready or 0.0, "startup_s": startup or 0.0,
-            "start": epoch_start,
-            "end": epoch_start + wall}
+    return {
+        "wall_s": wall,
+        "teacher_s": teacher_ready or 0.0,
+        "startup_s": startup or 0.0,
+        "start": epoch_start,
+        "end": epoch_start + wall,
+    }
 
 
 def trial_starts(sweep_dir: Path) -> dict[str, float]:
@@ -164,36 +188,51 @@ def overhead(args: argparse.Namespace) -> None:
     name = f"bench_overhead_{int(time.time())}"
     config = write_config(name)
     exp = yaml.safe_load(config.read_text())
-    slots = min(exp["sweep"]["max_concurrent_trials"],
-                exp["resources"]["num_cpus"] // exp["resources"]["cpus_per_trial"])
+    slots = min(
+        exp["sweep"]["max_concurrent_trials"],
+        exp["resources"]["num_cpus"] // exp["resources"]["cpus_per_trial"],
+    )
     callbacks = SWEEPS / f"{name}.callbacks.json" if args.profile else None
     timing = run_sweep(config, None, SWEEPS / f"{name}.log", callbacks)
     times = trial_times(SWEEPS / name)
     work = timing["teacher_s"] - timing["startup_s"] + sum(times) / slots
-    code = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
-                          capture_output=True, text=True, check=False).stdout.strip()
-    row = {"sweep": f"experiments/digits.yaml @ {config_commit()}", "code": code,
-           "reuse_actors": exp["sweep"].get("reuse_actors", True), "trials": len(times),
-           "slots": slots, "wall_s": timing["wall_s"],
-           "startup_s": timing["startup_s"],  # process start -> Ray up (counted as overhead)
-           "teacher_s": timing["teacher_s"] - timing["startup_s"],
-           "sum_trial_s": sum(times), "ideal_s": work,
-           "overhead_pct": 100 * (timing["wall_s"] - work) / timing["wall_s"],
-           # where the rest goes: teacher ready -> first trial starts, the trials' span
-           # against their slot-time, last trial ends -> the driver exits
-           "to_first_trial_s": min(trial_starts(SWEEPS / name).values()) - timing["start"]
-           - timing["teacher_s"],
-           "trial_span_s": max(trial_ends(SWEEPS / name)) - min(trial_starts(SWEEPS / name)
-                                                               .values()),
-           "after_last_trial_s": timing["end"] - max(trial_ends(SWEEPS / name)),
-           "tracking_callbacks_s": (sum(v["seconds"] for v in json.loads(
-               callbacks.read_text()).values()) if callbacks else float("nan")),
-           "machine": machine()}
+    code = subprocess.run(
+        ["git", "describe", "--always", "--dirty"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    row = {
+        "sweep": f"experiments/digits.yaml @ {config_commit()}",
+        "code": code,
+        "reuse_actors": exp["sweep"].get("reuse_actors", True),
+        "trials": len(times),
+        "slots": slots,
+        "wall_s": timing["wall_s"],
+        "startup_s": timing["startup_s"],  # process start -> Ray up (counted as overhead)
+        "teacher_s": timing["teacher_s"] - timing["startup_s"],
+        "sum_trial_s": sum(times),
+        "ideal_s": work,
+        "overhead_pct": 100 * (timing["wall_s"] - work) / timing["wall_s"],
+        # where the rest goes: teacher ready -> first trial starts, the trials' span
+        # against their slot-time, last trial ends -> the driver exits
+        "to_first_trial_s": min(trial_starts(SWEEPS / name).values())
+        - timing["start"]
+        - timing["teacher_s"],
+        "trial_span_s": max(trial_ends(SWEEPS / name)) - min(trial_starts(SWEEPS / name).values()),
+        "after_last_trial_s": timing["end"] - max(trial_ends(SWEEPS / name)),
+        "tracking_callbacks_s": (
+            sum(v["seconds"] for v in json.loads(callbacks.read_text()).values())
+            if callbacks
+            else float("nan")
+        ),
+        "machine": machine(),
+    }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "sweep_overhead.csv"  # one row per run: the overhead varies run to run
     previous = pd.read_csv(out) if out.is_file() else None
-    table = pd.DataFrame([row]) if previous is None else pd.concat([previous,
-                                                                     pd.DataFrame([row])])
+    table = pd.DataFrame([row]) if previous is None else pd.concat([previous, pd.DataFrame([row])])
     table.to_csv(out, index=False, float_format="%.4g")
     print(json.dumps(row, indent=1))
 
@@ -221,11 +260,21 @@ def samplers(args: argparse.Namespace) -> None:
             for n in args.checkpoints:
                 first = [r for r in trials[:n] if r["fully_trained"] and r["top1"] is not None]
                 hv = hypervolume([r["top1"] for r in first], [r["macs_ratio"] for r in first])
-                rows.append({"config": config_commit(), "sampler": sampler, "seed": seed,
-                             "after_trials": n,
-                             "fully_trained": len(first), "hypervolume": hv})
-                print(f"{sampler:>7} seed {seed} after {n:>2} trials: hypervolume {hv:.4f} "
-                      f"({len(first)} fully trained)", flush=True)
+                rows.append(
+                    {
+                        "config": config_commit(),
+                        "sampler": sampler,
+                        "seed": seed,
+                        "after_trials": n,
+                        "fully_trained": len(first),
+                        "hypervolume": hv,
+                    }
+                )
+                print(
+                    f"{sampler:>7} seed {seed} after {n:>2} trials: hypervolume {hv:.4f} "
+                    f"({len(first)} fully trained)",
+                    flush=True,
+                )
             pd.DataFrame(rows).to_csv(out, index=False, float_format="%.5g")
     df = pd.DataFrame(rows)
     table = df.groupby(["sampler", "after_trials"]).hypervolume.agg(["mean", "std"]).unstack()
@@ -236,14 +285,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
     o = sub.add_parser("overhead", help="wall time vs the trials' own time, digits sweep")
-    o.add_argument("--profile", action="store_true",
-                   help="also time the driver-side MLflow callbacks (in-process wrapper)")
+    o.add_argument(
+        "--profile",
+        action="store_true",
+        help="also time the driver-side MLflow callbacks (in-process wrapper)",
+    )
     inner = sub.add_parser("_profiled", help="(internal) the sweep with timed callbacks")
     inner.add_argument("config")
     inner.add_argument("report")
     s = sub.add_parser("samplers", help="hypervolume after N trials: NSGA-II vs TPE vs random")
-    s.add_argument("--samplers", nargs="+", default=["nsga2", "tpe", "random"],
-                   choices=["nsga2", "tpe", "random"])
+    s.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["nsga2", "tpe", "random"],
+        choices=["nsga2", "tpe", "random"],
+    )
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     s.add_argument("--trials", type=int, default=24)
     s.add_argument("--checkpoints", type=int, nargs="+", default=[8, 16, 24])

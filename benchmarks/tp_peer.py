@@ -47,8 +47,9 @@ def _tp():
     try:
         import torch_pruning
     except ImportError as err:  # a benchmark-only extra
-        raise SystemExit("torch-pruning is not installed: pip install torch-pruning "
-                         "(the [bench] extra)") from err
+        raise SystemExit(
+            "torch-pruning is not installed: pip install torch-pruning (the [bench] extra)"
+        ) from err
     return torch_pruning
 
 
@@ -81,8 +82,9 @@ def _kept_rows(pruned: torch.Tensor, original: torch.Tensor) -> list[int]:
     return best.tolist()
 
 
-def taylor_grads(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-                 ) -> dict[str, torch.Tensor]:
+def taylor_grads(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
     """∂(cross-entropy)/∂w summed over ``batches``, per parameter name, for Taylor importance.
 
     Runs on a copy of ``model`` in eval mode (no dropout, no weight update).
@@ -91,14 +93,19 @@ def taylor_grads(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
     work.zero_grad(set_to_none=True)
     for images, labels in batches:
         torch.nn.functional.cross_entropy(work(images), labels).backward()
-    return {n: p.grad.detach().clone() for n, p in work.named_parameters()
-            if p.grad is not None}
+    return {n: p.grad.detach().clone() for n, p in work.named_parameters() if p.grad is not None}
 
 
-def plan_from_tp(model: nn.Module, input_size: tuple[int, int, int], ratio: float, *,
-                 global_pruning: bool = False, isomorphic: bool = False,
-                 grads: dict[str, torch.Tensor] | None = None,
-                 mlp_ratio: float | None = None) -> pc.Plan:
+def plan_from_tp(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    ratio: float,
+    *,
+    global_pruning: bool = False,
+    isomorphic: bool = False,
+    grads: dict[str, torch.Tensor] | None = None,
+    mlp_ratio: float | None = None,
+) -> pc.Plan:
     """Torch-Pruning's choice at one pruning ratio, as a prune_core plan for ``model``.
 
     ``grads`` (from :func:`taylor_grads`): use ``TaylorImportance`` instead of L2 magnitude;
@@ -121,17 +128,27 @@ def plan_from_tp(model: nn.Module, input_size: tuple[int, int, int], ratio: floa
     example = torch.randn(1, *input_size)
     ratio_dict = None
     if mlp_ratio is not None:
-        ratio_dict = {work.get_submodule(n).fc1: mlp_ratio for n in original
-                      if n not in stand_ins}
+        ratio_dict = {work.get_submodule(n).fc1: mlp_ratio for n in original if n not in stand_ins}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        importance = (tp.importance.MagnitudeImportance(p=2) if grads is None
-                      else tp.importance.TaylorImportance())
+        importance = (
+            tp.importance.MagnitudeImportance(p=2)
+            if grads is None
+            else tp.importance.TaylorImportance()
+        )
         pruner = tp.pruner.MetaPruner(
-            work, example, importance=importance, pruning_ratio=ratio,
-            global_pruning=global_pruning or isomorphic, isomorphic=isomorphic,
-            num_heads=num_heads, prune_head_dims=True, prune_num_heads=False,
-            ignored_layers=ignored, pruning_ratio_dict=ratio_dict)
+            work,
+            example,
+            importance=importance,
+            pruning_ratio=ratio,
+            global_pruning=global_pruning or isomorphic,
+            isomorphic=isomorphic,
+            num_heads=num_heads,
+            prune_head_dims=True,
+            prune_num_heads=False,
+            ignored_layers=ignored,
+            pruning_ratio_dict=ratio_dict,
+        )
         pruner.step()
     plan = pc.Plan()
     for name, module in original.items():
@@ -161,10 +178,18 @@ def _ratio_of(model: nn.Module, plan: pc.Plan, input_size: tuple[int, int, int])
     return pc.MacModel(probe, input_size).ratio()
 
 
-def tp_plan_at(model: nn.Module, input_size: tuple[int, int, int], target: float, *,
-               global_pruning: bool = False, isomorphic: bool = False,
-               grads: dict[str, torch.Tensor] | None = None, step: float = 0.04,
-               refine: int = 6, tolerance: float | None = None) -> tuple[pc.Plan, float]:
+def tp_plan_at(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    target: float,
+    *,
+    global_pruning: bool = False,
+    isomorphic: bool = False,
+    grads: dict[str, torch.Tensor] | None = None,
+    step: float = 0.04,
+    refine: int = 6,
+    tolerance: float | None = None,
+) -> tuple[pc.Plan, float]:
     """The plan with the most MACs at or under ``target`` over Torch-Pruning's ratio.
 
     MACs are not monotone in the ratio under global pruning (at high ratios it spares the
@@ -177,8 +202,15 @@ def tp_plan_at(model: nn.Module, input_size: tuple[int, int, int], target: float
     tried: list[tuple[float, float, pc.Plan]] = []
 
     def attempt(r: float, mlp: float | None = None) -> float:
-        plan = plan_from_tp(model, input_size, r, global_pruning=global_pruning,
-                            isomorphic=isomorphic, grads=grads, mlp_ratio=mlp)
+        plan = plan_from_tp(
+            model,
+            input_size,
+            r,
+            global_pruning=global_pruning,
+            isomorphic=isomorphic,
+            grads=grads,
+            mlp_ratio=mlp,
+        )
         ratio = _ratio_of(model, plan, input_size)
         tried.append((r if mlp is None else mlp, ratio, plan))
         return ratio
@@ -187,8 +219,9 @@ def tp_plan_at(model: nn.Module, input_size: tuple[int, int, int], target: float
     ratios = {r: attempt(r) for r in grid}
     under = [r for r in grid if ratios[r] <= target]
     if not under:
-        raise ValueError(f"Torch-Pruning does not reach {target} of MACs (least: "
-                         f"{min(ratios.values()):.3f})")
+        raise ValueError(
+            f"Torch-Pruning does not reach {target} of MACs (least: {min(ratios.values()):.3f})"
+        )
     hi = max(under, key=lambda r: ratios[r])
     lo = max([r for r in grid if r < hi and ratios[r] > target], default=None)
     if lo is not None:
@@ -248,17 +281,24 @@ def native_capability(model: nn.Module, input_size: tuple[int, int, int]) -> dic
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 pruner = tp.pruner.MetaPruner(
-                    work, torch.randn(1, *input_size),
-                    importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.9,
-                    num_heads=num_heads, prune_head_dims=True, ignored_layers=ignored)
+                    work,
+                    torch.randn(1, *input_size),
+                    importance=tp.importance.MagnitudeImportance(p=2),
+                    pruning_ratio=0.9,
+                    num_heads=num_heads,
+                    prune_head_dims=True,
+                    ignored_layers=ignored,
+                )
                 pruner.step()
             with torch.no_grad():
                 flops = 0
                 with pc.macs.flop_counter() as counter:
                     work(torch.zeros(1, *input_size))
                 flops = counter.get_total_flops() // 2
-            out[scope] = (f"ok: at pruning ratio 0.9 the model has "
-                          f"{flops / pc.count_macs(model, input_size):.3f} of the MACs")
+            out[scope] = (
+                f"ok: at pruning ratio 0.9 the model has "
+                f"{flops / pc.count_macs(model, input_size):.3f} of the MACs"
+            )
         except Exception as err:  # noqa: BLE001  (we report whatever it raised)
             out[scope] = f"fails: {type(err).__name__}: {str(err).splitlines()[0][:120]}"
     return out

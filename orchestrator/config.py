@@ -25,8 +25,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from orchestrator.space import INIT_MODES, SearchSpace, Strict
 
-__all__ = ["INIT_MODES", "ConfigError", "Experiment", "check_inputs", "load_config",
-           "parse_config"]
+__all__ = ["INIT_MODES", "ConfigError", "Experiment", "check_inputs", "load_config", "parse_config"]
 
 
 class ConfigError(Exception):
@@ -248,15 +247,23 @@ def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = Fals
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
-_PATH_FIELDS = (("model", "checkpoint"), ("data", "train"), ("data", "val"), ("data", "root"),
-                ("teacher", "checkpoint"), ("storage", "path"), ("storage", "local_dir"))
+_PATH_FIELDS = (
+    ("model", "checkpoint"),
+    ("data", "train"),
+    ("data", "val"),
+    ("data", "root"),
+    ("teacher", "checkpoint"),
+    ("storage", "path"),
+    ("storage", "local_dir"),
+)
 _UNSET_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -272,8 +279,9 @@ def _expand_paths(raw: dict, source: str) -> None:
             value = os.path.expanduser(os.path.expandvars(block[key]))
             unset = _UNSET_VAR.search(value)
             if unset:
-                raise ConfigError(source, f"{section}.{key}",
-                                  f"environment variable {unset.group(1)} is not set")
+                raise ConfigError(
+                    source, f"{section}.{key}", f"environment variable {unset.group(1)} is not set"
+                )
             if "://" in value:
                 scheme = value.split("://", 1)[0].lower()
                 if (section, key) == ("storage", "path") and scheme in STORAGE_SCHEMES:
@@ -281,19 +289,25 @@ def _expand_paths(raw: dict, source: str) -> None:
                         raise ConfigError(source, "storage.path", f"{value}: no bucket")
                     block[key] = value
                     continue
-                allowed = ("a local/NFS path, s3://bucket/prefix or gs://bucket/prefix"
-                           if (section, key) == ("storage", "path") else
-                           "only local or mounted (NFS) paths")
-                raise ConfigError(source, f"{section}.{key}",
-                                  f"{value}: unsupported scheme {scheme!r}; use {allowed}")
+                allowed = (
+                    "a local/NFS path, s3://bucket/prefix or gs://bucket/prefix"
+                    if (section, key) == ("storage", "path")
+                    else "only local or mounted (NFS) paths"
+                )
+                raise ConfigError(
+                    source,
+                    f"{section}.{key}",
+                    f"{value}: unsupported scheme {scheme!r}; use {allowed}",
+                )
             block[key] = os.path.abspath(value)
     tracking = raw.get("tracking")
     if isinstance(tracking, dict) and isinstance(tracking.get("uri"), str):
         uri = os.path.expandvars(tracking["uri"])
         unset = _UNSET_VAR.search(uri)
         if unset:
-            raise ConfigError(source, "tracking.uri",
-                              f"environment variable {unset.group(1)} is not set")
+            raise ConfigError(
+                source, "tracking.uri", f"environment variable {unset.group(1)} is not set"
+            )
         tracking["uri"] = uri
 
 
@@ -350,19 +364,29 @@ def _cross_checks(config: Experiment, source: str) -> None:
             if getattr(config.data, split) is None:
                 raise ConfigError(source, f"data.{split}", f"required for kind {config.data.kind}")
     if config.teacher.epochs == 0 and not (config.teacher.checkpoint or config.model.checkpoint):
-        raise ConfigError(source, "teacher.epochs", "must be > 0 when neither "
-                          "model.checkpoint nor teacher.checkpoint is given (nothing to prune)")
+        raise ConfigError(
+            source,
+            "teacher.epochs",
+            "must be > 0 when neither "
+            "model.checkpoint nor teacher.checkpoint is given (nothing to prune)",
+        )
     if config.data.kind in BUNDLED_KINDS and config.model.num_classes != 10:
         raise ConfigError(source, "model.num_classes", f"{config.data.kind} has 10 classes")
     # digits, imagefolder and parquet give RGB (3 channels); fashion_mnist grey or repeated to 3
     channels = (1, 3) if config.data.kind == "fashion_mnist" else (3,)
     if config.input_size[0] not in channels:
-        raise ConfigError(source, "model.kwargs.in_chans",
-                          f"must be {' or '.join(map(str, channels))} for {config.data.kind}")
+        raise ConfigError(
+            source,
+            "model.kwargs.in_chans",
+            f"must be {' or '.join(map(str, channels))} for {config.data.kind}",
+        )
     asha = config.sweep.asha
     if asha is not None and asha.grace_period > config.finetune.epochs + 1:
-        raise ConfigError(source, "sweep.asha.grace_period",
-                          f"must be <= finetune.epochs + 1 ({config.finetune.epochs + 1})")
+        raise ConfigError(
+            source,
+            "sweep.asha.grace_period",
+            f"must be <= finetune.epochs + 1 ({config.finetune.epochs + 1})",
+        )
     if config.resources.gpus_per_trial > 1 and config.resources.gpus_per_trial % 1:
         raise ConfigError(source, "resources.gpus_per_trial", "above 1 it must be a whole number")
 
@@ -375,8 +399,10 @@ def check_inputs(config: Experiment, source: str | Path) -> None:
 
     if not timm.is_model(config.model.name):
         raise ConfigError(source, "model.name", f"unknown timm model {config.model.name!r}")
-    files = [("model.checkpoint", config.model.checkpoint),
-             ("teacher.checkpoint", config.teacher.checkpoint)]
+    files = [
+        ("model.checkpoint", config.model.checkpoint),
+        ("teacher.checkpoint", config.teacher.checkpoint),
+    ]
     for field, path in files:
         if path is not None and not path.is_file():
             raise ConfigError(source, field, f"no such file: {path}")
@@ -390,8 +416,9 @@ def check_inputs(config: Experiment, source: str | Path) -> None:
             raise ConfigError(source, field, str(err)) from None
         subset = config.data.train_subset
         if subset is not None and subset > len(train_labels):
-            raise ConfigError(source, "data.train_subset",
-                              f"{subset} > the {len(train_labels)} training images")
+            raise ConfigError(
+                source, "data.train_subset", f"{subset} > the {len(train_labels)} training images"
+            )
     elif config.data.kind != "digits":
         from orchestrator.data import resolve_split
 

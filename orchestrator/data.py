@@ -65,11 +65,18 @@ def transforms(config: Experiment, training: bool):
     d = config.data
     size = config.input_size
     if training:
-        return create_transform(size, is_training=True, scale=(d.crop_scale_min, 1.0),
-                                hflip=d.hflip, auto_augment=d.auto_augment,
-                                interpolation=d.interpolation, re_prob=d.re_prob)
-    return create_transform(size, is_training=False, crop_pct=d.crop_pct,
-                            interpolation=d.interpolation)
+        return create_transform(
+            size,
+            is_training=True,
+            scale=(d.crop_scale_min, 1.0),
+            hflip=d.hflip,
+            auto_augment=d.auto_augment,
+            interpolation=d.interpolation,
+            re_prob=d.re_prob,
+        )
+    return create_transform(
+        size, is_training=False, crop_pct=d.crop_pct, interpolation=d.interpolation
+    )
 
 
 def decode(value: bytes | dict) -> Image.Image:
@@ -88,9 +95,18 @@ class ParquetImages(IterableDataset):
     short), because data-parallel ranks that run out of batches at different times deadlock.
     """
 
-    def __init__(self, files: list[Path], image_column: str, label_column: str, transform,
-                 *, shuffle: bool, seed: int = 0, buffer: int = 10_000,
-                 equal_split: bool = True) -> None:
+    def __init__(
+        self,
+        files: list[Path],
+        image_column: str,
+        label_column: str,
+        transform,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        buffer: int = 10_000,
+        equal_split: bool = True,
+    ) -> None:
         self.files = [str(f) for f in files]
         self.image_column, self.label_column = image_column, label_column
         self.transform = transform
@@ -116,9 +132,15 @@ class ParquetImages(IterableDataset):
 
     def _read(self, unit: tuple[int, int, int]) -> list[tuple[object, int]]:
         table = pq.ParquetFile(self.files[unit[0]]).read_row_group(
-            unit[1], columns=[self.image_column, self.label_column])
-        return list(zip(table.column(self.image_column).to_pylist(),
-                        table.column(self.label_column).to_pylist(), strict=True))
+            unit[1], columns=[self.image_column, self.label_column]
+        )
+        return list(
+            zip(
+                table.column(self.image_column).to_pylist(),
+                table.column(self.label_column).to_pylist(),
+                strict=True,
+            )
+        )
 
     def _rows(self, units: list[tuple[int, int, int]], rng: random.Random):
         buffer: list[tuple[object, int]] = []
@@ -185,16 +207,21 @@ def build_datasets(config: Experiment, *, distributed: bool = False) -> Datasets
     if d.kind == "digits":
         from prune_core.digits import DigitsDataset, digits_datasets
 
-        train, val = digits_datasets(config.model.img_size, seed=config.seed,
-                                     test_fraction=d.test_fraction)
+        train, val = digits_datasets(
+            config.model.img_size, seed=config.seed, test_fraction=d.test_fraction
+        )
         plain = DigitsDataset(train.images, train.labels, augment=False)
         return Datasets(train, val, _calibration(plain, d.calib_images, config.seed))
     if d.kind == "fashion_mnist":
         from prune_core.fashion_mnist import FashionMnistDataset, fashion_mnist_datasets
 
-        train, val = fashion_mnist_datasets(config.model.img_size, in_chans=config.input_size[0],
-                                            train_subset=d.train_subset, seed=config.seed,
-                                            root=d.root)
+        train, val = fashion_mnist_datasets(
+            config.model.img_size,
+            in_chans=config.input_size[0],
+            train_subset=d.train_subset,
+            seed=config.seed,
+            root=d.root,
+        )
         plain = FashionMnistDataset(train.images, train.labels, augment=False)
         return Datasets(train, val, _calibration(plain, d.calib_images, config.seed))
     train_tf, eval_tf = transforms(config, training=True), transforms(config, training=False)
@@ -204,16 +231,25 @@ def build_datasets(config: Experiment, *, distributed: bool = False) -> Datasets
         train_dir, val_dir = resolve_split(d, "train")[0], resolve_split(d, "val")[0]
         train = ImageFolder(str(train_dir), transform=train_tf)
         val = ImageFolder(str(val_dir), transform=eval_tf)
-        calib = _calibration(ImageFolder(str(train_dir), transform=eval_tf), d.calib_images,
-                             config.seed)
+        calib = _calibration(
+            ImageFolder(str(train_dir), transform=eval_tf), d.calib_images, config.seed
+        )
         return Datasets(train, val, calib)
     train_files, val_files = resolve_split(d, "train"), resolve_split(d, "val")
     common = {"image_column": d.image_column, "label_column": d.label_column}
-    train = ParquetImages(train_files, transform=train_tf, shuffle=True, seed=config.seed,
-                          buffer=d.shuffle_buffer, equal_split=distributed, **common)
+    train = ParquetImages(
+        train_files,
+        transform=train_tf,
+        shuffle=True,
+        seed=config.seed,
+        buffer=d.shuffle_buffer,
+        equal_split=distributed,
+        **common,
+    )
     val = ParquetImages(val_files, transform=eval_tf, shuffle=False, equal_split=False, **common)
-    calib_view = ParquetImages(train_files, transform=eval_tf, shuffle=False, equal_split=False,
-                               **common)
+    calib_view = ParquetImages(
+        train_files, transform=eval_tf, shuffle=False, equal_split=False, **common
+    )
     return Datasets(train, val, _calibration(calib_view, d.calib_images, config.seed))
 
 
@@ -223,15 +259,27 @@ def loaders(config: Experiment, datasets: Datasets):
 
     d = config.data
     shuffle = not isinstance(datasets.train, IterableDataset)
-    train = DataLoader(datasets.train, batch_size=d.batch_size, shuffle=shuffle, drop_last=True,
-                       num_workers=d.num_workers, persistent_workers=False)
+    train = DataLoader(
+        datasets.train,
+        batch_size=d.batch_size,
+        shuffle=shuffle,
+        drop_last=True,
+        num_workers=d.num_workers,
+        persistent_workers=False,
+    )
     val = DataLoader(datasets.val, batch_size=d.eval_batch_size, num_workers=d.num_workers)
     return train, val
 
 
 # ----------------------------------------------------------------------------- digits export
-def export_digits(out: str | Path, *, shards: int = 3, seed: int = 0,
-                  test_fraction: float = 0.25, row_group_size: int = 100) -> dict[str, list[Path]]:
+def export_digits(
+    out: str | Path,
+    *,
+    shards: int = 3,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    row_group_size: int = 100,
+) -> dict[str, list[Path]]:
     """Write scikit-learn digits as ``train/`` and ``val/`` Parquet shards of PNG bytes.
 
     The split is the same stratified split as ``prune_core.digits_datasets`` (same seed), and
@@ -243,8 +291,12 @@ def export_digits(out: str | Path, *, shards: int = 3, seed: int = 0,
 
     data = load_digits()
     pixels = np.clip(data.images * 16, 0, 255).astype(np.uint8)
-    train_idx, val_idx = train_test_split(np.arange(len(data.target)), test_size=test_fraction,
-                                          random_state=seed, stratify=data.target)
+    train_idx, val_idx = train_test_split(
+        np.arange(len(data.target)),
+        test_size=test_fraction,
+        random_state=seed,
+        stratify=data.target,
+    )
     written: dict[str, list[Path]] = {}
     for split, idx, n in (("train", train_idx, shards), ("val", val_idx, 1)):
         directory = Path(out) / split
@@ -266,8 +318,9 @@ def export_digits(out: str | Path, *, shards: int = 3, seed: int = 0,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.data",
-                                     description="dataset utilities")
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.data", description="dataset utilities"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export-digits", help="write scikit-learn digits as Parquet shards")
     exp.add_argument("out", help="output directory (gets train/ and val/)")

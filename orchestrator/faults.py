@@ -47,8 +47,17 @@ def inject(point: str, epoch: int = 0, trial_id: str = "") -> str | None:
         except FileExistsError:
             continue  # another trial (or this one before a restart) had it
         with os.fdopen(fd, "w") as f:
-            json.dump({"trial_id": trial_id, "pid": os.getpid(), "action": rule["action"],
-                       "point": point, "epoch": epoch, "time": time.time()}, f)
+            json.dump(
+                {
+                    "trial_id": trial_id,
+                    "pid": os.getpid(),
+                    "action": rule["action"],
+                    "point": point,
+                    "epoch": epoch,
+                    "time": time.time(),
+                },
+                f,
+            )
         action = rule["action"]
         if action == "raise":
             raise InjectedFault(f"injected fault at {point} {epoch}")

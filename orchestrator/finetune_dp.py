@@ -34,8 +34,13 @@ from orchestrator.trial import (
 )
 
 
-def finetune_data_parallel(exp: Experiment, p: TrialParams, reporter: Reporter,
-                           student: torch.nn.Module, teacher_state: dict) -> None:
+def finetune_data_parallel(
+    exp: Experiment,
+    p: TrialParams,
+    reporter: Reporter,
+    student: torch.nn.Module,
+    teacher_state: dict,
+) -> None:
     """Run the fine-tune on ``exp.finetune.workers`` Ray Train workers; blocks until done."""
     import ray
     import ray.train
@@ -46,20 +51,29 @@ def finetune_data_parallel(exp: Experiment, p: TrialParams, reporter: Reporter,
     r = exp.resources
     trial_id = tune.get_context().get_trial_id()
     loop_config = {
-        "experiment": exp, "params": p, "plan": reporter.plan_json,
-        "summary": reporter.summary, "search_log": reporter.search_log,
+        "experiment": exp,
+        "params": p,
+        "plan": reporter.plan_json,
+        "summary": reporter.summary,
+        "search_log": reporter.search_log,
         "student": ray.put({k: v.cpu() for k, v in student.state_dict().items()}),
         "teacher": ray.put(teacher_state),
     }
     trainer = TorchTrainer(
-        _worker_loop, train_loop_config=loop_config,
+        _worker_loop,
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=exp.finetune.workers, use_gpu=r.gpus_per_worker > 0,
-            resources_per_worker={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker}),
+            num_workers=exp.finetune.workers,
+            use_gpu=r.gpus_per_worker > 0,
+            resources_per_worker={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker},
+        ),
         run_config=ray.train.RunConfig(
-            name=f"finetune_{trial_id}", storage_path=f"{exp.tune_dir}/finetune",
+            name=f"finetune_{trial_id}",
+            storage_path=f"{exp.tune_dir}/finetune",
             failure_config=ray.train.FailureConfig(max_failures=exp.sweep.max_failures),
-            callbacks=[TuneReportCallback()]))
+            callbacks=[TuneReportCallback()],
+        ),
+    )
     trainer.fit()
 
 
@@ -78,9 +92,11 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, math.ceil(exp.resources.cpus_per_worker)))
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
-                                     prune_core.Plan.from_json(cfg["plan"]),
-                                     ray.get(cfg["student"]))
+    student = prune_core.load_pruned(
+        create_model(exp, load_checkpoint=False),
+        prune_core.Plan.from_json(cfg["plan"]),
+        ray.get(cfg["student"]),
+    )
     prune_core.set_reweight_trainable(student, exp.search.use_reweight)  # the switch holds here too
     teacher = load_teacher(exp, ray.get(cfg["teacher"])).to(device).eval()
     datasets = build_datasets(exp, distributed=True)
@@ -98,9 +114,11 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
             resume_state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=True)
     epochs = exp.finetune.epochs
 
-    reporter = Reporter(cfg["plan"], {**cfg["summary"],
-                                      "finetune_workers": ray.train.get_context().get_world_size()},
-                        cfg["search_log"])
+    reporter = Reporter(
+        cfg["plan"],
+        {**cfg["summary"], "finetune_workers": ray.train.get_context().get_world_size()},
+        cfg["search_log"],
+    )
 
     def report(metrics: dict, files: dict | None) -> None:
         """Every rank reports (a collective); rank 0's metrics and checkpoint reach Tune."""
@@ -116,14 +134,29 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         if epoch == epochs - 1:
             return  # reported with the final evaluation
         top1 = prune_core.accuracy(plain, val_loader, device) if rank == 0 else float("nan")
-        report({"phase": "finetune", "epoch": epoch + 1, "top1": top1,
-                "train_loss": metrics["train_loss"], "lr": metrics["lr"], "fully_trained": 0},
-               {STATE: state})
+        report(
+            {
+                "phase": "finetune",
+                "epoch": epoch + 1,
+                "top1": top1,
+                "train_loss": metrics["train_loss"],
+                "lr": metrics["lr"],
+                "fully_trained": 0,
+            },
+            {STATE: state},
+        )
 
     try:
-        history = prune_core.train(model, train_loader, finetune_config(exp, p), teacher=teacher,
-                                   device=device, on_epoch=on_epoch, resume_state=resume_state,
-                                   progress=False)
+        history = prune_core.train(
+            model,
+            train_loader,
+            finetune_config(exp, p),
+            teacher=teacher,
+            device=device,
+            on_epoch=on_epoch,
+            resume_state=resume_state,
+            progress=False,
+        )
     except FloatingPointError as err:
         # Every rank raises at the same step (train agrees on finiteness across ranks), so
         # every rank reports: a terminal failure instead of an error Ray Train would retry.
@@ -132,9 +165,18 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     if rank == 0:
         final = prune_core.evaluate(plain, val_loader, exp.input_size, device=device)
         last = history[-1] if history else {}
-        report({"phase": "done", "epoch": epochs, "top1": final["top1"], "macs": final["macs"],
-                "params": final["params"], "throughput": final["throughput"],
-                "train_loss": last.get("train_loss", float("nan")), "fully_trained": 1},
-               {WEIGHTS: plain.state_dict()})
+        report(
+            {
+                "phase": "done",
+                "epoch": epochs,
+                "top1": final["top1"],
+                "macs": final["macs"],
+                "params": final["params"],
+                "throughput": final["throughput"],
+                "train_loss": last.get("train_loss", float("nan")),
+                "fully_trained": 1,
+            },
+            {WEIGHTS: plain.state_dict()},
+        )
     else:
         report({"phase": "done", "epoch": epochs, "fully_trained": 1}, None)

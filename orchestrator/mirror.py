@@ -39,8 +39,11 @@ def _remote(uri: str):
 
 
 def _local_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
 
 
 def push(exp: Experiment) -> int:
@@ -80,7 +83,7 @@ def pull(exp: Experiment) -> int:
     for info in fs.get_file_info(selector):
         if info.type != pafs.FileType.File:
             continue
-        rel = info.path[len(root) + 1:]
+        rel = info.path[len(root) + 1 :]
         target = exp.sweep_dir / rel
         if target.exists():
             continue
@@ -98,8 +101,7 @@ def push_or_warn(exp: Experiment) -> None:
     try:
         push(exp)
     except OSError as err:
-        print(f"orchestrator.sweep: could not mirror {exp.sweep_dir} to {mirror_uri(exp)}: "
-              f"{err}")
+        print(f"orchestrator.sweep: could not mirror {exp.sweep_dir} to {mirror_uri(exp)}: {err}")
 
 
 class DriverMirror(Callback):

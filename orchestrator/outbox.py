@@ -35,8 +35,11 @@ def _plain(value: Any) -> Any:
 
 
 def plain_dict(values: dict[str, Any], keys: tuple[str, ...] | None = None) -> dict[str, Any]:
-    return {k: p for k, v in values.items() if (keys is None or k in keys)
-            and (p := _plain(v)) is not None}
+    return {
+        k: p
+        for k, v in values.items()
+        if (keys is None or k in keys) and (p := _plain(v)) is not None
+    }
 
 
 class Outbox:

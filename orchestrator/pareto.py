@@ -20,8 +20,20 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TRIAL_COLUMNS = ("trial_id", "status", "fully_trained", "top1", "macs", "macs_ratio", "params",
-                 "throughput", "pruned_top1", "iterations", "run_id", "error")
+TRIAL_COLUMNS = (
+    "trial_id",
+    "status",
+    "fully_trained",
+    "top1",
+    "macs",
+    "macs_ratio",
+    "params",
+    "throughput",
+    "pruned_top1",
+    "iterations",
+    "run_id",
+    "error",
+)
 
 
 def non_dominated(top1: Sequence[float], macs: Sequence[float]) -> list[bool]:
@@ -51,8 +63,9 @@ def hypervolume(top1: Sequence[float], macs_ratio: Sequence[float]) -> float:
     """
     ratio = [min(max(float(r), 0.0), 1.0) for r in macs_ratio]
     top = [min(max(float(t) / 100.0, 0.0), 1.0) for t in top1]
-    front = sorted({(r, t) for r, t, k in zip(ratio, top, non_dominated(top, ratio), strict=True)
-                    if k})
+    front = sorted(
+        {(r, t) for r, t, k in zip(ratio, top, non_dominated(top, ratio), strict=True) if k}
+    )
     if not front:
         return 0.0
     edges = [r for r, _ in front[1:]] + [1.0]
@@ -63,15 +76,22 @@ def trials_table(rows: list[dict]) -> pa.Table:
     """One row per trial with the columns of TRIAL_COLUMNS plus ``param_*`` columns."""
     params = sorted({k for r in rows for k in r if k.startswith("param_")})
     columns = list(TRIAL_COLUMNS) + params
-    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows],
-                                schema=_schema(rows, columns))
+    return pa.Table.from_pylist(
+        [{c: r.get(c) for c in columns} for r in rows], schema=_schema(rows, columns)
+    )
 
 
 def _schema(rows: list[dict], columns: list[str]) -> pa.Schema:
-    types = {"trial_id": pa.string(), "status": pa.string(), "run_id": pa.string(),
-             "error": pa.string(),
-             "fully_trained": pa.bool_(), "iterations": pa.int64(), "macs": pa.int64(),
-             "params": pa.int64()}
+    types = {
+        "trial_id": pa.string(),
+        "status": pa.string(),
+        "run_id": pa.string(),
+        "error": pa.string(),
+        "fully_trained": pa.bool_(),
+        "iterations": pa.int64(),
+        "macs": pa.int64(),
+        "params": pa.int64(),
+    }
     fields = []
     for c in columns:
         if c in types:
@@ -85,8 +105,11 @@ def _schema(rows: list[dict], columns: list[str]) -> pa.Schema:
 
 def front_table(trials: pa.Table) -> pa.Table:
     """The Pareto set of the fully trained trials, sorted by MACs."""
-    rows = [r for r in trials.to_pylist() if r["fully_trained"] and r["top1"] is not None
-            and r["macs"] is not None]
+    rows = [
+        r
+        for r in trials.to_pylist()
+        if r["fully_trained"] and r["top1"] is not None and r["macs"] is not None
+    ]
     mask = non_dominated([r["top1"] for r in rows], [r["macs"] for r in rows])
     front = sorted((r for r, k in zip(rows, mask, strict=True) if k), key=lambda r: r["macs"])
     return pa.Table.from_pylist(front, schema=trials.schema)
@@ -97,8 +120,14 @@ def front_hypervolume(front: pa.Table) -> float:
     return hypervolume([r["top1"] for r in rows], [r["macs_ratio"] for r in rows])
 
 
-def plot(trials: pa.Table, front: pa.Table, path: str | Path, *,
-         teacher: dict | None = None, title: str = "") -> Path:
+def plot(
+    trials: pa.Table,
+    front: pa.Table,
+    path: str | Path,
+    *,
+    teacher: dict | None = None,
+    title: str = "",
+) -> Path:
     """top-1 vs MAC ratio: every trial, ASHA-stopped ones hollow, the front as a step line."""
     import matplotlib
 
@@ -109,21 +138,49 @@ def plot(trials: pa.Table, front: pa.Table, path: str | Path, *,
     done = [r for r in rows if r["fully_trained"]]
     partial = [r for r in rows if not r["fully_trained"]]
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.scatter([r["macs_ratio"] for r in done], [r["top1"] for r in done], s=28, c="tab:blue",
-               label=f"fully fine-tuned ({len(done)})", zorder=2)
+    ax.scatter(
+        [r["macs_ratio"] for r in done],
+        [r["top1"] for r in done],
+        s=28,
+        c="tab:blue",
+        label=f"fully fine-tuned ({len(done)})",
+        zorder=2,
+    )
     if partial:
-        ax.scatter([r["macs_ratio"] for r in partial], [r["top1"] for r in partial], s=28,
-                   facecolors="none", edgecolors="tab:gray",
-                   label=f"stopped early ({len(partial)})", zorder=2)
+        ax.scatter(
+            [r["macs_ratio"] for r in partial],
+            [r["top1"] for r in partial],
+            s=28,
+            facecolors="none",
+            edgecolors="tab:gray",
+            label=f"stopped early ({len(partial)})",
+            zorder=2,
+        )
     pts = sorted((r["macs_ratio"], r["top1"]) for r in front.to_pylist())
     if pts:
-        ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", c="tab:red", lw=1.2,
-                zorder=3)
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=60, c="tab:red", marker="D",
-                   label=f"Pareto front ({len(pts)})", zorder=4)
+        ax.step(
+            [p[0] for p in pts], [p[1] for p in pts], where="post", c="tab:red", lw=1.2, zorder=3
+        )
+        ax.scatter(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            s=60,
+            c="tab:red",
+            marker="D",
+            label=f"Pareto front ({len(pts)})",
+            zorder=4,
+        )
     if teacher is not None:
-        ax.scatter([1.0], [teacher["top1"]], s=160, c="gold", marker="*", edgecolors="black",
-                   label=f"teacher ({teacher['top1']:.1f} %)", zorder=5)
+        ax.scatter(
+            [1.0],
+            [teacher["top1"]],
+            s=160,
+            c="gold",
+            marker="*",
+            edgecolors="black",
+            label=f"teacher ({teacher['top1']:.1f} %)",
+            zorder=5,
+        )
     ax.set_xlabel("MACs / unpruned MACs")
     ax.set_ylabel("top-1 (%)")
     ax.set_xlim(0, 1.05)
@@ -143,14 +200,18 @@ def plot(trials: pa.Table, front: pa.Table, path: str | Path, *,
     return path
 
 
-def write_tables(trials: pa.Table, directory: str | Path, *, teacher: dict | None = None,
-                 title: str = "") -> dict[str, Path]:
+def write_tables(
+    trials: pa.Table, directory: str | Path, *, teacher: dict | None = None, title: str = ""
+) -> dict[str, Path]:
     """Rewrite ``trials.parquet``, ``pareto.parquet`` and ``pareto.png`` in ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     front = front_table(trials)
-    paths = {"trials": directory / "trials.parquet", "pareto": directory / "pareto.parquet",
-             "plot": directory / "pareto.png"}
+    paths = {
+        "trials": directory / "trials.parquet",
+        "pareto": directory / "pareto.parquet",
+        "plot": directory / "pareto.png",
+    }
     for key, table in (("trials", trials), ("pareto", front)):
         tmp = paths[key].with_name(f".{paths[key].name}.{os.getpid()}.tmp")
         try:

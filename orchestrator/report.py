@@ -23,24 +23,50 @@ from orchestrator import pareto
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 
 
-def print_front(front: pa.Table, *, teacher: dict | None = None, title: str = "Pareto front",
-                console: Console | None = None) -> None:
+def print_front(
+    front: pa.Table,
+    *,
+    teacher: dict | None = None,
+    title: str = "Pareto front",
+    console: Console | None = None,
+) -> None:
     """The front as a rich table, cheapest first, with the teacher as the reference row."""
     table = Table(title=title, title_justify="left")
-    for column in ("trial", "top-1 %", "MACs", "MAC ratio", "params", "img/s", "mac_target",
-                   "init_mode"):
+    for column in (
+        "trial",
+        "top-1 %",
+        "MACs",
+        "MAC ratio",
+        "params",
+        "img/s",
+        "mac_target",
+        "init_mode",
+    ):
         table.add_column(column, justify="left" if column in ("trial", "init_mode") else "right")
     if teacher is not None:
-        table.add_row("teacher", f"{teacher['top1']:.2f}", f"{int(teacher['macs']):,}", "1.000",
-                      f"{int(teacher['params']):,}", f"{teacher.get('throughput', 0):,.0f}", "",
-                      "", style="dim")
+        table.add_row(
+            "teacher",
+            f"{teacher['top1']:.2f}",
+            f"{int(teacher['macs']):,}",
+            "1.000",
+            f"{int(teacher['params']):,}",
+            f"{teacher.get('throughput', 0):,.0f}",
+            "",
+            "",
+            style="dim",
+        )
     for r in front.to_pylist():
         target = r.get("param_mac_target")
-        table.add_row(str(r["trial_id"]), f"{r['top1']:.2f}", f"{r['macs']:,}",
-                      f"{r['macs_ratio']:.3f}", f"{r['params'] or 0:,}",
-                      f"{r['throughput'] or 0:,.0f}",
-                      f"{target:.3f}" if isinstance(target, float) else "",
-                      str(r.get("param_init_mode") or ""))
+        table.add_row(
+            str(r["trial_id"]),
+            f"{r['top1']:.2f}",
+            f"{r['macs']:,}",
+            f"{r['macs_ratio']:.3f}",
+            f"{r['params'] or 0:,}",
+            f"{r['throughput'] or 0:,.0f}",
+            f"{target:.3f}" if isinstance(target, float) else "",
+            str(r.get("param_init_mode") or ""),
+        )
     (console or Console(width=None if sys.stdout.isatty() else 120)).print(table)
 
 
@@ -58,20 +84,31 @@ def _from_run(run_id: str, uri: str) -> tuple[pa.Table, dict | None]:
     with tempfile.TemporaryDirectory() as tmp:
         path = c.download_artifacts(run_id, "trials.parquet", tmp)
         trials = pq.read_table(path)
-    teacher = {k.removeprefix("teacher_"): v for k, v in run.data.metrics.items()
-               if k.startswith("teacher_")}
+    teacher = {
+        k.removeprefix("teacher_"): v
+        for k, v in run.data.metrics.items()
+        if k.startswith("teacher_")
+    }
     return trials, teacher or None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.report", description=__doc__
-                                     .splitlines()[0])
-    parser.add_argument("source", help="a sweep's storage directory (<storage.path>/<name>) "
-                        "or the MLflow run id of a sweep's parent run")
-    parser.add_argument("--tracking-uri", default=None,
-                        help=f"for a run id (default {DEFAULT_URI})")
-    parser.add_argument("--out", default=None, help="plot path (default: pareto.png in the "
-                        "sweep directory, or ./pareto-<run id>.png)")
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.report", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "source",
+        help="a sweep's storage directory (<storage.path>/<name>) "
+        "or the MLflow run id of a sweep's parent run",
+    )
+    parser.add_argument(
+        "--tracking-uri", default=None, help=f"for a run id (default {DEFAULT_URI})"
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="plot path (default: pareto.png in the sweep directory, or ./pareto-<run id>.png)",
+    )
     args = parser.parse_args(argv)
     source = Path(args.source)
     try:
@@ -89,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     front = pareto.front_table(trials)
     done = sum(1 for f in trials.column("fully_trained").to_pylist() if f)
     hv = pareto.front_hypervolume(front)
-    print_front(front, teacher=teacher, title=f"Pareto front: {front.num_rows} of {done} fully "
-                f"fine-tuned trials ({trials.num_rows} in all), hypervolume {hv:.4f}")
+    print_front(
+        front,
+        teacher=teacher,
+        title=f"Pareto front: {front.num_rows} of {done} fully "
+        f"fine-tuned trials ({trials.num_rows} in all), hypervolume {hv:.4f}",
+    )
     pareto.plot(trials, front, out, teacher=teacher, title="top-1 vs MACs")
     print(f"plot: {out}")
     return 0

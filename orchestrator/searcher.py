@@ -12,8 +12,9 @@ from ray.tune.search.optuna import OptunaSearch
 
 
 class FailureAwareOptunaSearch(OptunaSearch):
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         if result and result.get("failed"):
             result, error = None, True
         super().on_trial_complete(trial_id, result=result, error=error)

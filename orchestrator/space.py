@@ -28,7 +28,9 @@ class Strict(BaseModel):
 def _interval(lo: float | None, lo_open: bool, hi: float | None, hi_open: bool) -> str:
     left = "(" if lo_open else "["
     right = ")" if hi_open else "]"
-    return f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+    return (
+        f"{left}{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}{right}"
+    )
 
 
 class FloatSpace(Strict):
@@ -84,8 +86,11 @@ class FloatSpace(Strict):
 
     @model_validator(mode="after")
     def _one_form(self) -> FloatSpace:
-        forms = [self.value is not None, self.low is not None or self.high is not None,
-                 self.choices is not None]
+        forms = [
+            self.value is not None,
+            self.low is not None or self.high is not None,
+            self.choices is not None,
+        ]
         if sum(forms) != 1:
             raise ValueError("give exactly one of: a value, low+high, or choices")
         if forms[1]:
@@ -183,9 +188,6 @@ class SearchSpace(Strict):
     finetune_lr: Positive = Positive(value=1e-3)
 
 
-
-
-
 class DefineByRun:
     """``space(trial) -> constants``: suggests every ranged parameter of a :class:`SearchSpace`."""
 
@@ -200,8 +202,9 @@ class DefineByRun:
             elif spec.get("choices") is not None:
                 trial.suggest_categorical(name, list(spec["choices"]))
             else:
-                trial.suggest_float(name, spec["low"], spec["high"], log=spec["log"],
-                                    step=spec["step"])
+                trial.suggest_float(
+                    name, spec["low"], spec["high"], log=spec["log"], step=spec["step"]
+                )
         return constants
 
 

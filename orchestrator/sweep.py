@@ -31,29 +31,44 @@ from orchestrator.tracking import TrackingError, check_uri, ping
 
 # MLflow's defaults (7 retries with exponential backoff, 120 s timeouts) turn a dead server
 # into minutes of silence per call; a sweep wants to know in seconds (the user may override).
-MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 SWEEP_STATE = "sweep.json"  # parent run id and tracking URI, for --resume and report
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.sweep",
-                                description="Prune a vision transformer at many MAC budgets: "
-                                "Ray Tune + Optuna + MLflow.")
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep",
+        description="Prune a vision transformer at many MAC budgets: Ray Tune + Optuna + MLflow.",
+    )
     p.add_argument("config", help="experiment YAML, e.g. experiments/digits.yaml")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to join ('auto': the running one); default: start locally")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted sweep in <storage.path>/<name>")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join ('auto': the running one); default: start locally",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted sweep in <storage.path>/<name>",
+    )
     p.add_argument("--num-samples", type=int, default=None, help="override sweep.num_samples")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow URI (e.g. http://head:5000); default tracking.uri, else SQLite "
-                   "in the storage path")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate, print the space and the resources, run nothing")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI (e.g. http://head:5000); default tracking.uri, else SQLite "
+        "in the storage path",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, print the space and the resources, run nothing",
+    )
     return p.parse_args(argv)
 
 
@@ -70,15 +85,18 @@ def make_searcher(exp: Experiment):
 
     s = exp.sweep
     if s.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size,
-                                                seed=exp.seed)
+        sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=exp.seed)
     elif s.sampler == "tpe":
         sampler = optuna.samplers.TPESampler(seed=exp.seed)
     else:
         sampler = optuna.samplers.RandomSampler(seed=exp.seed)
-    return FailureAwareOptunaSearch(space=space_mod.DefineByRun(exp.search_space),
-                                    metric=["top1", "macs"], mode=["max", "min"],
-                                    sampler=sampler, study_name=exp.name)
+    return FailureAwareOptunaSearch(
+        space=space_mod.DefineByRun(exp.search_space),
+        metric=["top1", "macs"],
+        mode=["max", "min"],
+        sampler=sampler,
+        study_name=exp.name,
+    )
 
 
 def make_scheduler(exp: Experiment):
@@ -89,9 +107,15 @@ def make_scheduler(exp: Experiment):
     a = exp.sweep.asha
     if a is None:
         return FIFOScheduler()
-    return MacBucketASHA(buckets=a.mac_buckets, metric=a.metric, mode=a.mode,
-                         time_attr="training_iteration", max_t=exp.finetune.epochs + 1,
-                         grace_period=a.grace_period, reduction_factor=a.reduction_factor)
+    return MacBucketASHA(
+        buckets=a.mac_buckets,
+        metric=a.metric,
+        mode=a.mode,
+        time_attr="training_iteration",
+        max_t=exp.finetune.epochs + 1,
+        grace_period=a.grace_period,
+        reduction_factor=a.reduction_factor,
+    )
 
 
 def make_trainable(exp: Experiment, teacher_state: dict):
@@ -112,16 +136,22 @@ def trial_name(trial) -> str:
 def make_tuner(exp: Experiment, trainable, callbacks: list):
     from ray import tune
 
-    tune_config = tune.TuneConfig(search_alg=make_searcher(exp), scheduler=make_scheduler(exp),
-                                  num_samples=exp.sweep.num_samples,
-                                  max_concurrent_trials=exp.sweep.max_concurrent_trials,
-                                  reuse_actors=exp.sweep.reuse_actors,
-                                  trial_name_creator=trial_name,
-                                  trial_dirname_creator=trial_name)
+    tune_config = tune.TuneConfig(
+        search_alg=make_searcher(exp),
+        scheduler=make_scheduler(exp),
+        num_samples=exp.sweep.num_samples,
+        max_concurrent_trials=exp.sweep.max_concurrent_trials,
+        reuse_actors=exp.sweep.reuse_actors,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
+    )
     run_config = tune.RunConfig(
-        name=exp.name, storage_path=exp.storage_uri,
+        name=exp.name,
+        storage_path=exp.storage_uri,
         failure_config=tune.FailureConfig(max_failures=exp.sweep.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=callbacks,
+    )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
@@ -136,35 +166,53 @@ def print_plan(exp: Experiment, uri: str, source: str) -> None:
         table.add_row(name, text)
     console.print(table)
     asha = exp.sweep.asha
-    stopping = (f"ASHA on {asha.metric} ({asha.mode}) in {asha.mac_buckets} MAC bucket(s)"
-                if asha else "no early stopping")
+    stopping = (
+        f"ASHA on {asha.metric} ({asha.mode}) in {asha.mac_buckets} MAC bucket(s)"
+        if asha
+        else "no early stopping"
+    )
     checkpoint = f", from {exp.model.checkpoint}" if exp.model.checkpoint else ""
     files = f" ({exp.data.train}, {exp.data.val})" if exp.data.kind != "digits" else ""
     if exp.data.kind == "fashion_mnist":
         from prune_core.fashion_mnist import fashion_mnist_dir
 
         subset = exp.data.train_subset
-        files = (f" ({subset if subset else 'all'} of the 60,000 training images, "
-                 f"{fashion_mnist_dir(exp.data.root)})")
+        files = (
+            f" ({subset if subset else 'all'} of the 60,000 training images, "
+            f"{fashion_mnist_dir(exp.data.root)})"
+        )
     teacher_from = f" from {exp.teacher.checkpoint}" if exp.teacher.checkpoint else ""
-    finetune = ("in the trial" if f.workers == 1 else
-                f"Ray Train, {f.workers} workers x ({r.cpus_per_worker:g} CPU, "
-                f"{r.gpus_per_worker:g} GPU)")
+    finetune = (
+        "in the trial"
+        if f.workers == 1
+        else f"Ray Train, {f.workers} workers x ({r.cpus_per_worker:g} CPU, "
+        f"{r.gpus_per_worker:g} GPU)"
+    )
     m = exp.model
     rows = [
         ("model", f"{m.name}, {m.num_classes} classes, {m.img_size} px{checkpoint}"),
         ("data", exp.data.kind + files),
         ("teacher", f"{exp.teacher.epochs} epochs{teacher_from}"),
         ("trial", f"search {exp.search.steps} steps, fine-tune {f.epochs} epochs"),
-        ("sweep", (f"{exp.sweep.num_samples} trials, {exp.sweep.sampler} sampler, objectives "
-                  f"max top1 / min macs, {stopping}, {exp.sweep.max_failures} retries")),
-        ("per trial", (f"{r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU, "
-                      f"{r.threads()} torch threads")),
+        (
+            "sweep",
+            (
+                f"{exp.sweep.num_samples} trials, {exp.sweep.sampler} sampler, objectives "
+                f"max top1 / min macs, {stopping}, {exp.sweep.max_failures} retries"
+            ),
+        ),
+        (
+            "per trial",
+            (f"{r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU, {r.threads()} torch threads"),
+        ),
         ("fine-tune", finetune),
         ("concurrency", f"{exp.sweep.max_concurrent_trials} trials at once"),
         ("teacher task", f"{r.teacher_cpus:g} CPU, {r.teacher_gpus:g} GPU"),
-        ("storage", exp.tune_dir + (f" (driver files in {exp.sweep_dir.resolve()})"
-                                    if exp.storage.is_uri else "")),
+        (
+            "storage",
+            exp.tune_dir
+            + (f" (driver files in {exp.sweep_dir.resolve()})" if exp.storage.is_uri else ""),
+        ),
         ("tracking", uri),
     ]
     plan = Table(title="resources and schedule", title_justify="left", show_header=False)
@@ -186,9 +234,11 @@ def _check_gpu_room(exp: Experiment) -> None:
     total = ray.cluster_resources().get("GPU", 0)
     need = exp.sweep.max_concurrent_trials * r.gpus_per_trial + f.workers * r.gpus_per_worker
     if need > total:
-        console.print(f"[yellow]warning: {need:g} GPUs needed for {exp.sweep.max_concurrent_trials}"
-                      f" concurrent trials plus one {f.workers}-worker fine-tune, the cluster "
-                      f"has {total:g}; fine-tunes will queue (or wait for the autoscaler)[/]")
+        console.print(
+            f"[yellow]warning: {need:g} GPUs needed for {exp.sweep.max_concurrent_trials}"
+            f" concurrent trials plus one {f.workers}-worker fine-tune, the cluster "
+            f"has {total:g}; fine-tunes will queue (or wait for the autoscaler)[/]"
+        )
 
 
 def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
@@ -199,18 +249,30 @@ def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
     if state_file.is_file():
         state = json.loads(state_file.read_text())
         if state["tracking_uri"] != uri:
-            raise TrackingError(f"this sweep logs to {state['tracking_uri']}, not {uri} "
-                                "(a restored sweep keeps its tracking URI)")
+            raise TrackingError(
+                f"this sweep logs to {state['tracking_uri']}, not {uri} "
+                "(a restored sweep keeps its tracking URI)"
+            )
         tracking.reopen_parent(uri, state["parent_run_id"])
         return state["parent_run_id"]
-    artifact_root = None if uri.startswith(("http:", "https:")) else (
-        exp.sweep_dir.parent / "mlartifacts")
+    artifact_root = (
+        None if uri.startswith(("http:", "https:")) else (exp.sweep_dir.parent / "mlartifacts")
+    )
     exp_id = tracking.experiment_id(uri, exp.tracking.experiment or exp.name, artifact_root)
-    parent = tracking.start_parent(uri, exp_id, exp.name, exp.model_dump(mode="json"),
-                                   space_mod.describe(exp.search_space), teacher)
+    parent = tracking.start_parent(
+        uri,
+        exp_id,
+        exp.name,
+        exp.model_dump(mode="json"),
+        space_mod.describe(exp.search_space),
+        teacher,
+    )
     tmp = state_file.with_name(f".{SWEEP_STATE}.tmp")
-    tmp.write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri,
-                               "experiment_id": exp_id}, indent=1))
+    tmp.write_text(
+        json.dumps(
+            {"parent_run_id": parent, "tracking_uri": uri, "experiment_id": exp_id}, indent=1
+        )
+    )
     os.replace(tmp, state_file)
     return parent
 
@@ -237,35 +299,47 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
     parent, status, logger = None, "FAILED", None
     try:
         if resume and (pulled := mirror.pull(exp)):  # a new head: the driver's files come back
-            console.print(f"{pulled} driver files from {mirror.mirror_uri(exp).partition('?')[0]}",
-                          soft_wrap=True)
+            console.print(
+                f"{pulled} driver files from {mirror.mirror_uri(exp).partition('?')[0]}",
+                soft_wrap=True,
+            )
         _check_gpu_room(exp)
         console.print(f"teacher: {exp.sweep_dir / 'teacher'}")
         teacher_state, teacher = prepare_teacher(exp)
         console.print(f"teacher top-1 {teacher['top1']:.2f} %, {teacher['macs']:,} MACs")
         parent = _parent_run(exp, uri, teacher, resume)
-        logger = tracking.TrialLogger(uri, parent, str(exp.sweep_dir.resolve()), exp.name,
-                                      list(type(exp.search_space).model_fields), teacher,
-                                      storage_uri=exp.storage_uri)
+        logger = tracking.TrialLogger(
+            uri,
+            parent,
+            str(exp.sweep_dir.resolve()),
+            exp.name,
+            list(type(exp.search_space).model_fields),
+            teacher,
+            storage_uri=exp.storage_uri,
+        )
         mirror.push(exp)  # teacher + sweep.json: what a new head needs to resume
         trainable = make_trainable(exp, teacher_state)
         path = exp.tune_dir
         if resume:
             logger.flush()  # what an earlier run could not log (MLflow down), before new events
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+            tuner = tune.Tuner.restore(
+                path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
         else:
             callbacks = [logger] + ([mirror.DriverMirror(exp)] if exp.storage.is_uri else [])
             tuner = make_tuner(exp, trainable, callbacks)
         grid = tuner.fit()
         logger.flush()
         summary = logger.summary()
-        errors = sum(1 for result in grid if result.error is not None
-                     or (result.metrics or {}).get("failed"))
+        errors = sum(
+            1 for result in grid if result.error is not None or (result.metrics or {}).get("failed")
+        )
         status = "FINISHED"
-        console.print(f"{len(grid)} trials ({errors} failed) in "
-                      f"{time.perf_counter() - started:.0f} s; hypervolume "
-                      f"{summary['hypervolume']:.4f}; tables in {exp.sweep_dir}")
+        console.print(
+            f"{len(grid)} trials ({errors} failed) in "
+            f"{time.perf_counter() - started:.0f} s; hypervolume "
+            f"{summary['hypervolume']:.4f}; tables in {exp.sweep_dir}"
+        )
         if errors == len(grid):
             return fail("orchestrator.sweep: every trial failed (see the Ray logs above)", 1)
         return 0
@@ -279,9 +353,12 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
     finally:
         if logger is not None:
             if not logger.end_sweep(status):
-                print(f"orchestrator.sweep: MLflow at {uri} did not take every record; they are "
-                      f"kept in {exp.sweep_dir / 'tracking-outbox.jsonl'}: run with --resume "
-                      "when it is back", file=sys.stderr)
+                print(
+                    f"orchestrator.sweep: MLflow at {uri} did not take every record; they are "
+                    f"kept in {exp.sweep_dir / 'tracking-outbox.jsonl'}: run with --resume "
+                    "when it is back",
+                    file=sys.stderr,
+                )
         elif parent is not None:
             tracking.end_parent(uri, parent, status)
         elif fresh and not any(exp.sweep_dir.iterdir()):
@@ -303,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.num_samples is not None:
             if args.num_samples < 1:
                 raise ConfigError(args.config, "--num-samples", "must be >= 1")
-            exp = exp.model_copy(update={"sweep": exp.sweep.model_copy(
-                update={"num_samples": args.num_samples})})
+            exp = exp.model_copy(
+                update={"sweep": exp.sweep.model_copy(update={"num_samples": args.num_samples})}
+            )
         check_inputs(exp, args.config)
         uri = check_uri(args.tracking_uri or exp.tracking_uri())
     except ConfigError as err:
@@ -321,8 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not restorable:
         return fail(f"{args.config}: --resume: no sweep to resume in {path}")
     if restorable and not args.resume:
-        return fail(f"{args.config}: {path} already holds sweep {exp.name!r}: pass --resume to "
-                    "continue it, or change name / storage.path")
+        return fail(
+            f"{args.config}: {path} already holds sweep {exp.name!r}: pass --resume to "
+            "continue it, or change name / storage.path"
+        )
     try:
         ping(uri)  # a dead tracking server stops the sweep here, before any teacher or trial
     except TrackingError as err:

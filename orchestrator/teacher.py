@@ -29,8 +29,9 @@ def create_model(config: Experiment, *, load_checkpoint: bool = True) -> nn.Modu
     import prune_core
 
     m = config.model
-    model = timm.create_model(m.name, pretrained=False, num_classes=m.num_classes,
-                              img_size=m.img_size, **m.kwargs)
+    model = timm.create_model(
+        m.name, pretrained=False, num_classes=m.num_classes, img_size=m.img_size, **m.kwargs
+    )
     path = config.teacher.checkpoint or m.checkpoint
     if load_checkpoint and path is not None:
         _load_weights(model, Path(path))
@@ -58,24 +59,34 @@ def _train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
     import prune_core
     from orchestrator.data import build_datasets, loaders
 
-    torch.set_num_threads(config.resources.torch_threads or max(1, int(config.resources.teacher_cpus)))
+    torch.set_num_threads(
+        config.resources.torch_threads or max(1, int(config.resources.teacher_cpus))
+    )
     datasets = build_datasets(config)
     train_loader, val_loader = loaders(config, datasets)
     model = create_model(config)
     t = config.teacher
 
     def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
-        print(f"teacher epoch {epoch + 1}/{t.epochs}: loss {metrics['train_loss']:.3f}",
-              flush=True)  # reaches the driver's console through Ray's log forwarding
+        print(
+            f"teacher epoch {epoch + 1}/{t.epochs}: loss {metrics['train_loss']:.3f}", flush=True
+        )  # reaches the driver's console through Ray's log forwarding
 
     if t.epochs:
-        prune_core.train(model, train_loader,
-                         prune_core.TrainConfig(epochs=t.epochs, lr=t.lr,
-                                                weight_decay=t.weight_decay,
-                                                warmup_epochs=t.warmup_epochs,
-                                                label_smoothing=t.label_smoothing,
-                                                seed=config.seed),
-                         on_epoch=on_epoch, progress=False)
+        prune_core.train(
+            model,
+            train_loader,
+            prune_core.TrainConfig(
+                epochs=t.epochs,
+                lr=t.lr,
+                weight_decay=t.weight_decay,
+                warmup_epochs=t.warmup_epochs,
+                label_smoothing=t.label_smoothing,
+                seed=config.seed,
+            ),
+            on_epoch=on_epoch,
+            progress=False,
+        )
     metrics = prune_core.evaluate(model, val_loader, config.input_size)
     metrics["epochs"] = t.epochs
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -91,12 +102,15 @@ def prepare_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
         return state, json.loads(meta.read_text())
     import ray
 
-    task = ray.remote(_train_teacher).options(num_cpus=config.resources.teacher_cpus,
-                                              num_gpus=config.resources.teacher_gpus)
+    task = ray.remote(_train_teacher).options(
+        num_cpus=config.resources.teacher_cpus, num_gpus=config.resources.teacher_gpus
+    )
     state, metrics = ray.get(task.remote(config))
     directory.mkdir(parents=True, exist_ok=True)
-    for path, write in ((weights, lambda p: torch.save(state, p)),
-                        (meta, lambda p: p.write_text(json.dumps(metrics, indent=1)))):
+    for path, write in (
+        (weights, lambda p: torch.save(state, p)),
+        (meta, lambda p: p.write_text(json.dumps(metrics, indent=1))),
+    ):
         tmp = path.with_name(f".{path.name}.tmp")
         write(tmp)
         os.replace(tmp, path)  # a killed driver never leaves a half-written teacher

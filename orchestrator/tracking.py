@@ -32,9 +32,21 @@ from orchestrator import pareto
 from orchestrator.outbox import Outbox, plain_dict
 
 PARENT_TAG, TRIAL_TAG, SWEEP_TAG = "mlflow.parentRunId", "trial_id", "sweep"
-METRICS = ("top1", "train_loss", "lr", "macs", "macs_ratio", "params", "throughput",
-           "pruned_top1", "search_final_loss", "search_soft_ratio", "fully_trained",
-           "finetune_workers", "time_total_s")  # per iteration; the last one holds the finals
+METRICS = (
+    "top1",
+    "train_loss",
+    "lr",
+    "macs",
+    "macs_ratio",
+    "params",
+    "throughput",
+    "pruned_top1",
+    "search_final_loss",
+    "search_soft_ratio",
+    "fully_trained",
+    "finetune_workers",
+    "time_total_s",
+)  # per iteration; the last one holds the finals
 ARTIFACTS = ("plan.json", "weights.pt", "search.json", "widths.csv")
 
 
@@ -46,8 +58,9 @@ def check_uri(uri: str) -> str:
     """SQLite, a database URL or a server; never MLflow's retired file store."""
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     if scheme in ("", "file") or len(scheme) == 1:  # a bare path or a Windows drive letter
-        raise TrackingError(f"{uri!r} is MLflow's retired file store; use sqlite:///path.db "
-                            "or http://host:5000")
+        raise TrackingError(
+            f"{uri!r} is MLflow's retired file store; use sqlite:///path.db or http://host:5000"
+        )
     return uri
 
 
@@ -63,9 +76,13 @@ def ping(uri: str) -> None:
         client(uri).search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001  (connection refused, timeout, 5xx, auth, ...)
         text = str(err)
-        why = ("connection refused" if "refused" in text.lower() else
-               "timed out" if "timeout" in text.lower() or "timed out" in text.lower() else
-               _first_line(err))
+        why = (
+            "connection refused"
+            if "refused" in text.lower()
+            else "timed out"
+            if "timeout" in text.lower() or "timed out" in text.lower()
+            else _first_line(err)
+        )
         raise TrackingError(f"cannot reach the MLflow server at {uri}: {why}") from None
 
 
@@ -89,11 +106,22 @@ def git_commit() -> str:
     """The commit of the code that runs the sweep (``+dirty`` when it has local changes)."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, timeout=10,
-                               check=False).stdout
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha + ("+dirty" if dirty.strip() else "")
@@ -107,26 +135,38 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = str(value)[:6000]
 
 
-def start_parent(uri: str, exp_id: str, name: str, config: dict, space_rows: list[tuple],
-                 teacher: dict) -> str:
+def start_parent(
+    uri: str, exp_id: str, name: str, config: dict, space_rows: list[tuple], teacher: dict
+) -> str:
     """Create the sweep's parent run: config as params, space and config as artifacts."""
     from mlflow.entities import Metric, Param, RunTag
 
     c = client(uri)
     commit = git_commit()
-    run = c.create_run(exp_id, run_name=name, tags={
-        SWEEP_TAG: name, "role": "sweep", "git_commit": commit,
-        "mlflow.source.git.commit": commit.removesuffix("+dirty")})
+    run = c.create_run(
+        exp_id,
+        run_name=name,
+        tags={
+            SWEEP_TAG: name,
+            "role": "sweep",
+            "git_commit": commit,
+            "mlflow.source.git.commit": commit.removesuffix("+dirty"),
+        },
+    )
     run_id = run.info.run_id
     flat: dict[str, str] = {}
     _flatten("", config, flat)
     params = [Param(k, v) for k, v in sorted(flat.items())]
     for i in range(0, len(params), 100):
-        c.log_batch(run_id, params=params[i:i + 100])
-    teacher_metrics = [Metric(f"teacher_{k}", float(v), 0, 0) for k, v in teacher.items()
-                       if isinstance(v, (int, float))]
-    c.log_batch(run_id, metrics=teacher_metrics,
-                tags=[RunTag("search_space", json.dumps(dict(space_rows)))])
+        c.log_batch(run_id, params=params[i : i + 100])
+    teacher_metrics = [
+        Metric(f"teacher_{k}", float(v), 0, 0)
+        for k, v in teacher.items()
+        if isinstance(v, (int, float))
+    ]
+    c.log_batch(
+        run_id, metrics=teacher_metrics, tags=[RunTag("search_space", json.dumps(dict(space_rows)))]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1, default=str))
         (Path(tmp) / "search_space.json").write_text(json.dumps(dict(space_rows), indent=1))
@@ -152,8 +192,12 @@ def children(uri: str, parent_id: str) -> list:
     exp_id = c.get_run(parent_id).info.experiment_id
     runs, token = [], None
     while True:
-        page = c.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                             max_results=1000, page_token=token)
+        page = c.search_runs(
+            [exp_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+            max_results=1000,
+            page_token=token,
+        )
         runs += list(page)
         token = page.token
         if not token:
@@ -173,23 +217,34 @@ def trial_rows(uri: str, parent_id: str) -> list[dict]:
     rows = []
     for run in children(uri, parent_id):
         m, tags = run.data.metrics, run.data.tags
-        row = {"trial_id": tags.get(TRIAL_TAG), "status": tags.get("trial_status",
-                                                                    run.info.status),
-               "fully_trained": bool(m.get("fully_trained", 0.0) >= 1.0),
-               "top1": m.get("top1"), "macs": int(m["macs"]) if "macs" in m else None,
-               "macs_ratio": m.get("macs_ratio"),
-               "params": int(m["params"]) if "params" in m else None,
-               "throughput": m.get("throughput"), "pruned_top1": m.get("pruned_top1"),
-               "iterations": int(m.get("training_iteration", 0)), "run_id": run.info.run_id,
-               "error": tags.get("error")}
+        row = {
+            "trial_id": tags.get(TRIAL_TAG),
+            "status": tags.get("trial_status", run.info.status),
+            "fully_trained": bool(m.get("fully_trained", 0.0) >= 1.0),
+            "top1": m.get("top1"),
+            "macs": int(m["macs"]) if "macs" in m else None,
+            "macs_ratio": m.get("macs_ratio"),
+            "params": int(m["params"]) if "params" in m else None,
+            "throughput": m.get("throughput"),
+            "pruned_top1": m.get("pruned_top1"),
+            "iterations": int(m.get("training_iteration", 0)),
+            "run_id": run.info.run_id,
+            "error": tags.get("error"),
+        }
         for k, v in run.data.params.items():
             row[f"param_{k}"] = _param_value(v)
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial_id"] or "")
 
 
-RESULT_KEYS = METRICS + ("training_iteration", "timestamp", "failed", "error",
-                         "checkpoint_path", "phase")
+RESULT_KEYS = METRICS + (
+    "training_iteration",
+    "timestamp",
+    "failed",
+    "error",
+    "checkpoint_path",
+    "phase",
+)
 
 
 def _warn(message: str) -> None:
@@ -251,8 +306,16 @@ class TrialLogger(Callback):
 
     RETRY_S = 10.0
 
-    def __init__(self, uri: str, parent_id: str, sweep_dir: str, sweep_name: str,
-                 param_names: list[str], teacher: dict, storage_uri: str = "") -> None:
+    def __init__(
+        self,
+        uri: str,
+        parent_id: str,
+        sweep_dir: str,
+        sweep_name: str,
+        param_names: list[str],
+        teacher: dict,
+        storage_uri: str = "",
+    ) -> None:
         self.uri, self.parent_id, self.sweep_dir = uri, parent_id, sweep_dir
         self.storage_uri = storage_uri
         self.sweep_name, self.param_names, self.teacher = sweep_name, param_names, teacher
@@ -282,8 +345,10 @@ class TrialLogger(Callback):
         except Exception as err:  # noqa: BLE001  (whatever MLflow raised: keep it for later)
             box.append(op)
             self._next_try = time.monotonic() + self.RETRY_S
-            _warn(f"tracking: MLflow at {self.uri} failed ({_first_line(err)}); buffering in "
-                  f"{box.path}, replayed when it answers")
+            _warn(
+                f"tracking: MLflow at {self.uri} failed ({_first_line(err)}); buffering in "
+                f"{box.path}, replayed when it answers"
+            )
 
     def flush(self, force: bool = True) -> bool:
         """Replay the outbox in order, stopping at the first failure; True when it is empty."""
@@ -304,12 +369,13 @@ class TrialLogger(Callback):
             box.replace(ops[done:])
             self._next_try = time.monotonic() + self.RETRY_S
             if force:
-                _warn(f"tracking: MLflow at {self.uri} still failing ({_first_line(err)}); "
-                      f"{len(ops) - done} operation(s) kept in {box.path}")
+                _warn(
+                    f"tracking: MLflow at {self.uri} still failing ({_first_line(err)}); "
+                    f"{len(ops) - done} operation(s) kept in {box.path}"
+                )
             return False
         box.replace([])
-        _warn(f"tracking: MLflow at {self.uri} is back; replayed {len(ops)} buffered "
-              "operation(s)")
+        _warn(f"tracking: MLflow at {self.uri} is back; replayed {len(ops)} buffered operation(s)")
         return True
 
     def _apply(self, op: dict) -> None:
@@ -326,8 +392,12 @@ class TrialLogger(Callback):
         if kind == "complete":
             self._log_artifacts(run_id, op.get("checkpoint"), op["result"])
             failed = op["result"].get("failed")
-            self._finish(run_id, "FAILED" if failed else "FINISHED",
-                         "ERROR" if failed else "TERMINATED", op["result"].get("error"))
+            self._finish(
+                run_id,
+                "FAILED" if failed else "FINISHED",
+                "ERROR" if failed else "TERMINATED",
+                op["result"].get("error"),
+            )
         elif kind == "error":
             self._finish(run_id, "FAILED", "ERROR", op.get("reason"))
 
@@ -337,8 +407,12 @@ class TrialLogger(Callback):
             return self._runs[tid]
         c = client(self.uri)
         exp_id = c.get_run(self.parent_id).info.experiment_id
-        found = c.search_runs([exp_id], filter_string=(
-            f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.{TRIAL_TAG} = '{tid}'"))
+        found = c.search_runs(
+            [exp_id],
+            filter_string=(
+                f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.{TRIAL_TAG} = '{tid}'"
+            ),
+        )
         if found:
             run = found[0]
             self._last_step[tid] = int(run.data.metrics.get("training_iteration", 0))
@@ -347,9 +421,16 @@ class TrialLogger(Callback):
             if not run.data.params:  # created just before an outage cut the params off
                 self._log_params(run.info.run_id, config)
         else:
-            run = c.create_run(exp_id, run_name=f"{self.sweep_name}-{tid}", tags={
-                PARENT_TAG: self.parent_id, TRIAL_TAG: tid, SWEEP_TAG: self.sweep_name,
-                "trial_status": "RUNNING"})
+            run = c.create_run(
+                exp_id,
+                run_name=f"{self.sweep_name}-{tid}",
+                tags={
+                    PARENT_TAG: self.parent_id,
+                    TRIAL_TAG: tid,
+                    SWEEP_TAG: self.sweep_name,
+                    "trial_status": "RUNNING",
+                },
+            )
             self._log_params(run.info.run_id, config)
             self._last_step[tid] = 0
         self._runs[tid] = run.info.run_id
@@ -369,8 +450,11 @@ class TrialLogger(Callback):
         if step <= self._last_step.get(tid, 0):  # logged before a restore (or a replay)
             return
         stamp = int(result.get("timestamp", 0) * 1000)
-        metrics = [Metric(k, v, stamp, step) for k in METRICS + ("training_iteration",)
-                   if (v := _number(result.get(k))) is not None]
+        metrics = [
+            Metric(k, v, stamp, step)
+            for k in METRICS + ("training_iteration",)
+            if (v := _number(result.get(k))) is not None
+        ]
         if metrics:
             client(self.uri).log_batch(run_id, metrics=metrics)
         self._last_step[tid] = step
@@ -378,15 +462,19 @@ class TrialLogger(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self.submit(self._op("start", trial))
 
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict,
-                        **info) -> None:
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         self.submit(self._op("result", trial, result=plain_dict(result, RESULT_KEYS)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = plain_dict(trial.last_result or {}, RESULT_KEYS)
-        self.submit(self._op("complete", trial, result=result,
-                             checkpoint=_checkpoint_uri(trial.checkpoint,
-                                                        getattr(self, "storage_uri", ""))))
+        self.submit(
+            self._op(
+                "complete",
+                trial,
+                result=result,
+                checkpoint=_checkpoint_uri(trial.checkpoint, getattr(self, "storage_uri", "")),
+            )
+        )
         self.submit(self._op("refresh"))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
@@ -414,8 +502,9 @@ class TrialLogger(Callback):
             front = pareto.front_table(pq.read_table(path))
             return {"hypervolume": pareto.front_hypervolume(front), "front": front}
 
-    def _finish(self, run_id: str, run_status: str, trial_status: str,
-                reason: str | None = None) -> None:
+    def _finish(
+        self, run_id: str, run_status: str, trial_status: str, reason: str | None = None
+    ) -> None:
         c = client(self.uri)
         c.set_tag(run_id, "trial_status", trial_status)
         if reason:
@@ -444,8 +533,9 @@ class TrialLogger(Callback):
         """Rebuild the tables and plot from the child runs; log them and the hypervolume."""
         rows = trial_rows(self.uri, self.parent_id)
         table = pareto.trials_table(rows)
-        paths = pareto.write_tables(table, self.sweep_dir, teacher=self.teacher,
-                                    title=f"{self.sweep_name}: top-1 vs MACs")
+        paths = pareto.write_tables(
+            table, self.sweep_dir, teacher=self.teacher, title=f"{self.sweep_name}: top-1 vs MACs"
+        )
         c = client(self.uri)
         for path in paths.values():
             c.log_artifact(self.parent_id, str(path))
@@ -458,8 +548,11 @@ class TrialLogger(Callback):
             c.log_metric(self.parent_id, "front_size", front.num_rows, step=finished)
         from orchestrator.report import print_front
 
-        print_front(front, teacher=self.teacher, title=f"Pareto front after {finished} trials "
-                    f"(hypervolume {hv:.4f})")
+        print_front(
+            front,
+            teacher=self.teacher,
+            title=f"Pareto front after {finished} trials (hypervolume {hv:.4f})",
+        )
         return {"hypervolume": hv, "finished": finished, "front": front}
 
 
@@ -470,9 +563,14 @@ def log_widths_plot(uri: str, run_id: str, csv_path: Path) -> None:
     from prune_core.widths import plot_widths
 
     with csv_path.open() as f:
-        rows = [{**r, "keep_fraction": float(r["keep_fraction"]),
-                 "reference_fraction": float(r["reference_fraction"] or 0.0)}
-                for r in csv.DictReader(f)]
+        rows = [
+            {
+                **r,
+                "keep_fraction": float(r["keep_fraction"]),
+                "reference_fraction": float(r["reference_fraction"] or 0.0),
+            }
+            for r in csv.DictReader(f)
+        ]
     with tempfile.TemporaryDirectory(prefix="widths-") as tmp:
         png = plot_widths(rows, Path(tmp) / "widths.png", title=f"learned widths ({run_id[:8]})")
         client(uri).log_artifact(run_id, str(png))

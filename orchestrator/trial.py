@@ -36,8 +36,14 @@ from orchestrator import faults
 from orchestrator.config import Experiment
 
 PLAN, WEIGHTS, STATE, MODEL, META, SEARCH_LOG, WIDTHS = (
-    "plan.json", "weights.pt", "train_state.pt", "model.pt", "trial.json", "search.json",
-    "widths.csv")
+    "plan.json",
+    "weights.pt",
+    "train_state.pt",
+    "model.pt",
+    "trial.json",
+    "search.json",
+    "widths.csv",
+)
 SEARCH_LOG_POINTS = 50  # the search curve is subsampled to this many steps
 
 
@@ -64,14 +70,30 @@ def _search_config(exp: Experiment, p: TrialParams):
 
     s = exp.search
     return prune_core.SearchConfig(
-        target=p.mac_target, steps=s.steps, lr=p.search_lr, logit_lr=p.logit_lr,
-        mac_loss_weight=p.mac_loss_weight, penalty=s.penalty, ramp_fraction=s.ramp_fraction,
-        sim_temperature=p.sim_temperature, sim_every=s.sim_every, distill_alpha=s.distill_alpha,
-        distill_temperature=s.distill_temperature, use_reweight=s.use_reweight,
-        tolerance=s.tolerance, round_to=s.round_to, seed=exp.seed, weight_decay=s.weight_decay,
-        logit_optimizer=s.logit_optimizer, mac_step=s.mac_step, reweight_lr=s.reweight_lr,
+        target=p.mac_target,
+        steps=s.steps,
+        lr=p.search_lr,
+        logit_lr=p.logit_lr,
+        mac_loss_weight=p.mac_loss_weight,
+        penalty=s.penalty,
+        ramp_fraction=s.ramp_fraction,
+        sim_temperature=p.sim_temperature,
+        sim_every=s.sim_every,
+        distill_alpha=s.distill_alpha,
+        distill_temperature=s.distill_temperature,
+        use_reweight=s.use_reweight,
+        tolerance=s.tolerance,
+        round_to=s.round_to,
+        seed=exp.seed,
+        weight_decay=s.weight_decay,
+        logit_optimizer=s.logit_optimizer,
+        mac_step=s.mac_step,
+        reweight_lr=s.reweight_lr,
         similarity_to=s.similarity_to,
-        qk_reweight_init=s.qk_reweight_init, groups=tuple(s.groups), min_width=dict(s.min_width))
+        qk_reweight_init=s.qk_reweight_init,
+        groups=tuple(s.groups),
+        min_width=dict(s.min_width),
+    )
 
 
 def finetune_config(exp: Experiment, p: TrialParams):
@@ -79,9 +101,15 @@ def finetune_config(exp: Experiment, p: TrialParams):
 
     f = exp.finetune
     return prune_core.TrainConfig(
-        epochs=f.epochs, lr=p.finetune_lr, weight_decay=f.weight_decay,
-        warmup_epochs=f.warmup_epochs, label_smoothing=f.label_smoothing,
-        distill_alpha=f.distill_alpha, distill_temperature=f.distill_temperature, seed=exp.seed)
+        epochs=f.epochs,
+        lr=p.finetune_lr,
+        weight_decay=f.weight_decay,
+        warmup_epochs=f.warmup_epochs,
+        label_smoothing=f.label_smoothing,
+        distill_alpha=f.distill_alpha,
+        distill_temperature=f.distill_temperature,
+        seed=exp.seed,
+    )
 
 
 def _subsample(history: list[dict]) -> list[dict]:
@@ -92,8 +120,9 @@ def _subsample(history: list[dict]) -> list[dict]:
 class Reporter:
     """Builds the result dicts (both objectives, always) and their checkpoint directories."""
 
-    def __init__(self, plan_json: str, summary: dict[str, Any], search_log: list[dict],
-                 widths_csv: str = "") -> None:
+    def __init__(
+        self, plan_json: str, summary: dict[str, Any], search_log: list[dict], widths_csv: str = ""
+    ) -> None:
         self.plan_json, self.summary, self.search_log = plan_json, summary, search_log
         self.widths_csv = widths_csv  # learned vs uniform widths per layer (widths.csv)
 
@@ -117,8 +146,9 @@ class Reporter:
         for name, obj in files.items():
             torch.save(obj, d / name)
         sizes = {name: (d / name).stat().st_size for name in (*written, *files)}
-        (d / META).write_text(json.dumps({"summary": self.summary, "result": result,
-                                          "files": sizes}))
+        (d / META).write_text(
+            json.dumps({"summary": self.summary, "result": result, "files": sizes})
+        )
 
     def report(self, metrics: dict[str, Any], files: dict[str, Any]) -> None:
         from ray import tune
@@ -136,10 +166,12 @@ def _read(directory: Path) -> dict[str, Any]:
         path = directory / name
         if not path.is_file() or path.stat().st_size != size:
             raise ValueError(f"{path}: missing or truncated (checkpoint incomplete)")
-    out: dict[str, Any] = {"plan": (directory / PLAN).read_text(),
-                           "search_log": json.loads((directory / SEARCH_LOG).read_text()),
-                           "widths": (directory / WIDTHS).read_text()
-                           if (directory / WIDTHS).is_file() else "", **meta}
+    out: dict[str, Any] = {
+        "plan": (directory / PLAN).read_text(),
+        "search_log": json.loads((directory / SEARCH_LOG).read_text()),
+        "widths": (directory / WIDTHS).read_text() if (directory / WIDTHS).is_file() else "",
+        **meta,
+    }
     for name in (MODEL, STATE, WEIGHTS):
         if (directory / name).is_file():
             out[name] = torch.load(directory / name, map_location="cpu", weights_only=True)
@@ -178,39 +210,67 @@ def _restore(checkpoint) -> dict[str, Any] | None:
         return {**_read(Path(tmp)), "unreported": False}
 
 
-def _search_phase(exp: Experiment, p: TrialParams, teacher: nn.Module, calib: torch.Tensor,
-                  train_loader, val_loader, full_macs: int) -> tuple[nn.Module, Reporter]:
+def _search_phase(
+    exp: Experiment,
+    p: TrialParams,
+    teacher: nn.Module,
+    calib: torch.Tensor,
+    train_loader,
+    val_loader,
+    full_macs: int,
+) -> tuple[nn.Module, Reporter]:
     """Initialise, search, finalize, prune; report iteration 1 with the pruned model."""
     import prune_core
 
     student = copy.deepcopy(teacher)
-    prune_core.initialize(student, calib, mode=p.init_mode, init_scale=p.init_scale,
-                          theta0=exp.search.theta0, sim_temperature=p.sim_temperature)
+    prune_core.initialize(
+        student,
+        calib,
+        mode=p.init_mode,
+        init_scale=p.init_scale,
+        theta0=exp.search.theta0,
+        sim_temperature=p.sim_temperature,
+    )
     config = _search_config(exp, p)
-    history = prune_core.search(student, train_loader, exp.input_size, config, teacher=teacher,
-                                calib=calib, progress=False)
-    plan = prune_core.finalize(student, exp.input_size, p.mac_target, tolerance=config.tolerance,
-                               round_to=config.round_to, groups=config.groups,
-                               min_width=config.min_width)
+    history = prune_core.search(
+        student, train_loader, exp.input_size, config, teacher=teacher, calib=calib, progress=False
+    )
+    plan = prune_core.finalize(
+        student,
+        exp.input_size,
+        p.mac_target,
+        tolerance=config.tolerance,
+        round_to=config.round_to,
+        groups=config.groups,
+        min_width=config.min_width,
+    )
     from prune_core.widths import full_widths, rows_to_csv, width_rows
 
     uniform = prune_core.magnitude_plan(
-        teacher, prune_core.uniform_keep(teacher, exp.input_size, p.mac_target))
+        teacher, prune_core.uniform_keep(teacher, exp.input_size, p.mac_target)
+    )
     widths = width_rows(plan, full_widths(teacher), reference=uniform)
     prune_core.prune(student)
     macs = prune_core.count_macs(student, exp.input_size)
     top1 = prune_core.accuracy(student, val_loader)
-    summary = {"macs": macs, "macs_ratio": macs / full_macs, "pruned_top1": top1,
-               "search_final_loss": history[-1]["loss"],
-               "search_soft_ratio": history[-1]["soft_ratio"]}
+    summary = {
+        "macs": macs,
+        "macs_ratio": macs / full_macs,
+        "pruned_top1": top1,
+        "search_final_loss": history[-1]["loss"],
+        "search_soft_ratio": history[-1]["soft_ratio"],
+    }
     reporter = Reporter(plan.to_json(), summary, _subsample(history), rows_to_csv(widths))
-    reporter.report({"phase": "search", "epoch": 0, "top1": top1, "fully_trained": 0},
-                    {MODEL: student.state_dict()})
+    reporter.report(
+        {"phase": "search", "epoch": 0, "top1": top1, "fully_trained": 0},
+        {MODEL: student.state_dict()},
+    )
     return student, reporter
 
 
-def run_trial(config: dict[str, Any], *, experiment: Experiment,
-              teacher_state: dict[str, torch.Tensor]) -> None:
+def run_trial(
+    config: dict[str, Any], *, experiment: Experiment, teacher_state: dict[str, torch.Tensor]
+) -> None:
     """The Tune function: ``config`` holds the sampled parameters (plus Optuna constants)."""
     summary: dict[str, Any] = {}
     try:
@@ -221,8 +281,15 @@ def run_trial(config: dict[str, Any], *, experiment: Experiment,
 
 def failure_result(reason: str, summary: dict[str, Any]) -> dict[str, Any]:
     """A terminal result that says why; both objectives present (NaN top-1: Optuna FAIL)."""
-    return {**summary, "phase": "failed", "failed": 1, "error": reason[:500],
-            "top1": float("nan"), "macs": summary.get("macs", float("nan")), "fully_trained": 0}
+    return {
+        **summary,
+        "phase": "failed",
+        "failed": 1,
+        "error": reason[:500],
+        "top1": float("nan"),
+        "macs": summary.get("macs", float("nan")),
+        "fully_trained": 0,
+    }
 
 
 def report_failure(reason: str, summary: dict[str, Any]) -> None:
@@ -237,8 +304,12 @@ def _poison(model: nn.Module) -> None:
         next(p for p in model.parameters() if p.is_floating_point()).fill_(float("nan"))
 
 
-def _run_trial(config: dict[str, Any], experiment: Experiment,
-               teacher_state: dict[str, torch.Tensor], summary_out: dict[str, Any]) -> None:
+def _run_trial(
+    config: dict[str, Any],
+    experiment: Experiment,
+    teacher_state: dict[str, torch.Tensor],
+    summary_out: dict[str, Any],
+) -> None:
     from ray import tune
 
     import prune_core
@@ -255,11 +326,11 @@ def _run_trial(config: dict[str, Any], experiment: Experiment,
     saved = _restore(tune.get_checkpoint())
     resume_state = None
     if saved is None:
-        student, reporter = _search_phase(exp, p, teacher, datasets.calib, train_loader,
-                                          val_loader, full_macs)
+        student, reporter = _search_phase(
+            exp, p, teacher, datasets.calib, train_loader, val_loader, full_macs
+        )
     else:  # a restarted trial: rebuild the pruned model from its plan, skip the search
-        reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"],
-                            saved["widths"])
+        reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"], saved["widths"])
         if WEIGHTS in saved:  # it had finished; Tune may not know it yet: tell it, train nothing
             if saved["unreported"]:
                 reporter.report(saved["result"], {WEIGHTS: saved[WEIGHTS]})
@@ -269,8 +340,11 @@ def _run_trial(config: dict[str, Any], experiment: Experiment,
             files = {STATE: saved[STATE]} if STATE in saved else {MODEL: saved[MODEL]}
             reporter.report(saved["result"], files)
         weights = saved[STATE]["model"] if STATE in saved else saved[MODEL]
-        student = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
-                                         prune_core.Plan.from_json(saved["plan"]), weights)
+        student = prune_core.load_pruned(
+            create_model(exp, load_checkpoint=False),
+            prune_core.Plan.from_json(saved["plan"]),
+            weights,
+        )
         prune_core.set_reweight_trainable(student, exp.search.use_reweight)
         resume_state = saved.get(STATE)
     summary_out.update(reporter.summary)
@@ -288,24 +362,45 @@ def _run_trial(config: dict[str, Any], experiment: Experiment,
 
     def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
         if epoch < epochs - 1:  # the last epoch is reported with the final evaluation
-            reporter.report({"phase": "finetune", "epoch": epoch + 1, "top1": metrics["top1"],
-                             "train_loss": metrics["train_loss"], "lr": metrics["lr"],
-                             "fully_trained": 0}, {STATE: state})
+            reporter.report(
+                {
+                    "phase": "finetune",
+                    "epoch": epoch + 1,
+                    "top1": metrics["top1"],
+                    "train_loss": metrics["train_loss"],
+                    "lr": metrics["lr"],
+                    "fully_trained": 0,
+                },
+                {STATE: state},
+            )
             faults.inject("epoch_end", epoch + 1, trial_id)
 
-    history = prune_core.train(student, train_loader, finetune_config(exp, p), teacher=teacher,
-                               eval_loader=val_loader, on_epoch=on_epoch,
-                               resume_state=resume_state, progress=False)
+    history = prune_core.train(
+        student,
+        train_loader,
+        finetune_config(exp, p),
+        teacher=teacher,
+        eval_loader=val_loader,
+        on_epoch=on_epoch,
+        resume_state=resume_state,
+        progress=False,
+    )
     final = prune_core.evaluate(student, val_loader, exp.input_size)
     report_final(reporter, final, history[-1] if history else {}, student, epochs)
 
 
-def report_final(reporter: Reporter, final: dict, last_epoch: dict, student: nn.Module,
-                 epochs: int) -> None:
+def report_final(
+    reporter: Reporter, final: dict, last_epoch: dict, student: nn.Module, epochs: int
+) -> None:
     """The last report: final metrics and the portable pruned model (plan.json + weights.pt)."""
-    metrics = {"phase": "done", "epoch": epochs, "top1": final["top1"], "macs": final["macs"],
-               "params": final["params"], "throughput": final["throughput"],
-               "train_loss": last_epoch.get("train_loss", float("nan")), "fully_trained": 1}
+    metrics = {
+        "phase": "done",
+        "epoch": epochs,
+        "top1": final["top1"],
+        "macs": final["macs"],
+        "params": final["params"],
+        "throughput": final["throughput"],
+        "train_loss": last_epoch.get("train_loss", float("nan")),
+        "fully_trained": 1,
+    }
     reporter.report(metrics, {WEIGHTS: student.state_dict()})
-
-

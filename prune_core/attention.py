@@ -37,9 +37,20 @@ from prune_core.reweight import Reweight, upgrade_state_dict
 class _QKVAttention(GatedModule):
     """Shared parts of softmax and focused linear attention: projections, gates, reweights."""
 
-    def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int, *, qkv_bias: bool,
-                 proj_bias: bool = True, v_aligned: bool = False, positive_qk_reweight: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qk_dim: int,
+        v_dim: int,
+        *,
+        qkv_bias: bool,
+        proj_bias: bool = True,
+        v_aligned: bool = False,
+        positive_qk_reweight: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
@@ -49,10 +60,12 @@ class _QKVAttention(GatedModule):
         self.proj = nn.Linear(num_heads * v_dim, dim, bias=proj_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.gates = nn.ModuleDict({
-            "qk": ChannelGate(num_heads, qk_dim),
-            "v": ChannelGate(num_heads, v_dim, aligned=v_aligned),
-        })
+        self.gates = nn.ModuleDict(
+            {
+                "qk": ChannelGate(num_heads, qk_dim),
+                "v": ChannelGate(num_heads, v_dim, aligned=v_aligned),
+            }
+        )
         # Reweight modules (idea 3): per-head, per-channel scales on kept channels, learned in
         # search and fine-tune to compensate what removed channels carried; folded at surgery.
         self.qk_reweight = Reweight(num_heads, qk_dim, positive=positive_qk_reweight)
@@ -111,9 +124,9 @@ class _QKVAttention(GatedModule):
         hq = self.num_heads * self.qk_dim
         r = self.v_reweight.take_().reshape(-1)
         with torch.no_grad():
-            self.qkv.weight[2 * hq:] *= r[:, None]
+            self.qkv.weight[2 * hq :] *= r[:, None]
             if self.qkv.bias is not None:
-                self.qkv.bias[2 * hq:] *= r
+                self.qkv.bias[2 * hq :] *= r
 
 
 class SoftmaxAttention(_QKVAttention):
@@ -125,31 +138,53 @@ class SoftmaxAttention(_QKVAttention):
 
     no_weight_decay_names = ("relative_position_bias_table",)
 
-    def __init__(self, dim: int, num_heads: int, *, qk_dim: int | None = None,
-                 v_dim: int | None = None, qkv_bias: bool = True, proj_bias: bool = True,
-                 scale: float | None = None, window_size: tuple[int, int] | None = None,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        qk_dim: int | None = None,
+        v_dim: int | None = None,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
+        scale: float | None = None,
+        window_size: tuple[int, int] | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
         head = dim // num_heads
-        super().__init__(dim, num_heads, qk_dim or head, v_dim or head, qkv_bias=qkv_bias,
-                         proj_bias=proj_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        super().__init__(
+            dim,
+            num_heads,
+            qk_dim or head,
+            v_dim or head,
+            qkv_bias=qkv_bias,
+            proj_bias=proj_bias,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+        )
         # The softmax temperature is a property of the trained model, not of the width: it is
         # kept when channels go (the qk reweight learns any compensation, and can start at
         # sqrt(d / k): ``qk_reweight.width_compensation``).
-        self.scale = scale if scale is not None else self.qk_dim ** -0.5
+        self.scale = scale if scale is not None else self.qk_dim**-0.5
         self.window_size = window_size
         if window_size is not None:
             wh, ww = window_size
             self.relative_position_bias_table = nn.Parameter(
-                torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+                torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads)
+            )
             nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # as Swin
-            self.register_buffer("relative_position_index", _relative_index(wh, ww),
-                                 persistent=False)
+            self.register_buffer(
+                "relative_position_index", _relative_index(wh, ww), persistent=False
+            )
 
     def set_window_size(self, window_size: tuple[int, int]) -> None:
         """timm's Swin ``set_input_size`` calls this; a prunable layer keeps its window."""
         if tuple(window_size) != tuple(self.window_size or ()):
-            raise ValueError("change the input size (set_input_size) before make_prunable: "
-                             f"this prunable window attention is fixed at {self.window_size}")
+            raise ValueError(
+                "change the input size (set_input_size) before make_prunable: "
+                f"this prunable window attention is fixed at {self.window_size}"
+            )
 
     def _attn_bias(self, batch: int, tokens: int, mask: Tensor | None) -> Tensor | None:
         if self.window_size is None:
@@ -179,8 +214,9 @@ class SoftmaxAttention(_QKVAttention):
         if q.is_cuda:  # fused kernels; on CPU the explicit form is as fast and torch's
             # FlopCounterMode does not count CPU SDPA, so explicit keeps MAC counts honest
             drop = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=drop,
-                                                 scale=self.scale)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=drop, scale=self.scale
+            )
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
@@ -193,10 +229,12 @@ class SoftmaxAttention(_QKVAttention):
     def macs(self, widths: dict[str, MacValue], tokens: int, batch: int = 1) -> MacValue:
         H, C, N = self.num_heads, self.dim, tokens
         kq, kv = widths["qk"], widths["v"]
-        per_sequence = (N * C * H * (2 * kq + kv)  # qkv projection
-                        + N * N * H * kq  # q kᵀ
-                        + N * N * H * kv  # attn · v
-                        + N * H * kv * C)  # output projection
+        per_sequence = (
+            N * C * H * (2 * kq + kv)  # qkv projection
+            + N * N * H * kq  # q kᵀ
+            + N * N * H * kv  # attn · v
+            + N * H * kv * C
+        )  # output projection
         return batch * per_sequence
 
     def shrink_(self, kept: dict[str, list[list[int]]]) -> None:
@@ -237,12 +275,31 @@ class FocusedLinearAttention(_QKVAttention):
 
     no_weight_decay_names = ("scale", "positional_encoding")
 
-    def __init__(self, dim: int, num_heads: int, tokens: int, grid: tuple[int, int], *,
-                 qkv_bias: bool = True, focusing_factor: float = 3.0, kernel_size: int = 5,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        tokens: int,
+        grid: tuple[int, int],
+        *,
+        qkv_bias: bool = True,
+        focusing_factor: float = 3.0,
+        kernel_size: int = 5,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
         head = dim // num_heads
-        super().__init__(dim, num_heads, head, head, qkv_bias=qkv_bias, v_aligned=True,
-                         positive_qk_reweight=True, attn_drop=attn_drop, proj_drop=proj_drop)
+        super().__init__(
+            dim,
+            num_heads,
+            head,
+            head,
+            qkv_bias=qkv_bias,
+            v_aligned=True,
+            positive_qk_reweight=True,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+        )
         if grid[0] * grid[1] != tokens:
             raise ValueError(f"grid {grid} does not hold {tokens} tokens")
         self.tokens = tokens
@@ -259,7 +316,7 @@ class FocusedLinearAttention(_QKVAttention):
         Kept channels come out exactly as in the pruned layer; dropped ones keep a value.
         """
         norm = (x if keep is None else x * keep).norm(dim=-1, keepdim=True)
-        xp = x ** self.focusing_factor
+        xp = x**self.focusing_factor
         return xp / (xp if keep is None else xp * keep).norm(dim=-1, keepdim=True) * norm
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -268,8 +325,11 @@ class FocusedLinearAttention(_QKVAttention):
         H, dq, dv = self.num_heads, self.qk_dim, self.v_dim
         q, k, v = self._split(x)
         k = k + self.positional_encoding
-        self._record(q=q.view(B, N, H, dq).transpose(1, 2), k=k.view(B, N, H, dq).transpose(1, 2),
-                     v=v.view(B, N, H, dv).transpose(1, 2))
+        self._record(
+            q=q.view(B, N, H, dq).transpose(1, 2),
+            k=k.view(B, N, H, dq).transpose(1, 2),
+            v=v.view(B, N, H, dv).transpose(1, 2),
+        )
         divisor = F.softplus(self.scale)
         q = (F.relu(q) + 1e-6) / divisor
         k = (F.relu(k) + 1e-6) / divisor
@@ -298,8 +358,9 @@ class FocusedLinearAttention(_QKVAttention):
         out = (out + fmap).transpose(1, 2).reshape(B, N, H * dv)
         return self.proj_drop(self.proj(out))
 
-    def _kv_first(self, tokens: int, dq: MacValue | None = None,
-                  dv: MacValue | None = None) -> bool:
+    def _kv_first(
+        self, tokens: int, dq: MacValue | None = None, dv: MacValue | None = None
+    ) -> bool:
         """Q(KᵀV) costs 2·N·dq·dv, (QKᵀ)V costs N²·(dq + dv): take the cheaper order."""
         dq = self.qk_dim if dq is None else dq
         dv = self.v_dim if dv is None else dv
@@ -311,11 +372,13 @@ class FocusedLinearAttention(_QKVAttention):
         # The order is chosen on the *integer* widths the pruned layer will have.
         kv_first = self._kv_first(N, round(mac_value(kq)), round(mac_value(kv)))
         core = 2 * N * kq * kv if kv_first else N * N * (kq + kv)
-        per_sequence = (N * C * H * (2 * kq + kv)  # qkv projection
-                        + N * H * kq  # normaliser z = q · Σk
-                        + H * core  # attention product
-                        + N * H * kv * self.kernel_size ** 2  # depthwise conv on v
-                        + N * H * kv * C)  # output projection
+        per_sequence = (
+            N * C * H * (2 * kq + kv)  # qkv projection
+            + N * H * kq  # normaliser z = q · Σk
+            + H * core  # attention product
+            + N * H * kv * self.kernel_size**2  # depthwise conv on v
+            + N * H * kv * C
+        )  # output projection
         return batch * per_sequence
 
     def shrink_(self, kept: dict[str, list[list[int]]]) -> None:
@@ -324,9 +387,15 @@ class FocusedLinearAttention(_QKVAttention):
         self._shrink_projections(kept)
         self.scale = nn.Parameter(self.scale.detach()[..., qk_idx].clone())
         self.positional_encoding = nn.Parameter(
-            self.positional_encoding.detach()[..., qk_idx].clone())
-        conv = nn.Conv2d(len(v_pos), len(v_pos), self.kernel_size,
-                         padding=self.kernel_size // 2, groups=len(v_pos))
+            self.positional_encoding.detach()[..., qk_idx].clone()
+        )
+        conv = nn.Conv2d(
+            len(v_pos),
+            len(v_pos),
+            self.kernel_size,
+            padding=self.kernel_size // 2,
+            groups=len(v_pos),
+        )
         conv = conv.to(self.dwc.weight)
         with torch.no_grad():
             conv.weight.copy_(self.dwc.weight[v_pos])

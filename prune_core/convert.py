@@ -38,8 +38,13 @@ class TimmBlockAttention(SoftmaxAttention):
     is the parent's unchanged code.
     """
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, attn_mask: Tensor | None = None,
-                is_causal: bool = False) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
         if mask is not None and (attn_mask is not None or is_causal):
             raise ValueError("pass either mask or attn_mask/is_causal, not both")
         if attn_mask is not None or is_causal:
@@ -143,38 +148,68 @@ def _adopt(new: GatedModule, old: nn.Module, reuse: dict[str, nn.Module]) -> Gat
 
 def _convert_attention(m: Attention) -> GatedModule:
     new = TimmBlockAttention(
-        m.qkv.in_features, m.num_heads, qk_dim=m.head_dim, v_dim=m.head_dim,
-        qkv_bias=m.qkv.bias is not None, proj_bias=m.proj.bias is not None, scale=m.scale,
-        attn_drop=m.attn_drop.p, proj_drop=m.proj_drop.p)
-    return _adopt(new, m, {"qkv": m.qkv, "proj": m.proj, "attn_drop": m.attn_drop,
-                           "proj_drop": m.proj_drop})
+        m.qkv.in_features,
+        m.num_heads,
+        qk_dim=m.head_dim,
+        v_dim=m.head_dim,
+        qkv_bias=m.qkv.bias is not None,
+        proj_bias=m.proj.bias is not None,
+        scale=m.scale,
+        attn_drop=m.attn_drop.p,
+        proj_drop=m.proj_drop.p,
+    )
+    return _adopt(
+        new, m, {"qkv": m.qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
+    )
 
 
 def _convert_window(m: WindowAttention) -> GatedModule:
     head_dim = m.qkv.out_features // (3 * m.num_heads)
     new = SoftmaxAttention(
-        m.qkv.in_features, m.num_heads, qk_dim=head_dim, v_dim=head_dim,
-        qkv_bias=m.qkv.bias is not None, proj_bias=m.proj.bias is not None, scale=m.scale,
-        window_size=tuple(m.window_size), attn_drop=m.attn_drop.p, proj_drop=m.proj_drop.p)
+        m.qkv.in_features,
+        m.num_heads,
+        qk_dim=head_dim,
+        v_dim=head_dim,
+        qkv_bias=m.qkv.bias is not None,
+        proj_bias=m.proj.bias is not None,
+        scale=m.scale,
+        window_size=tuple(m.window_size),
+        attn_drop=m.attn_drop.p,
+        proj_drop=m.proj_drop.p,
+    )
     # Our index is recomputed, not copied: it must be timm's, or the bias table is misread.
     if not torch.equal(new.relative_position_index, m.relative_position_index.cpu()):
         raise RuntimeError("relative_position_index differs from timm's; conversion aborted")
-    return _adopt(new, m, {"qkv": m.qkv, "proj": m.proj, "attn_drop": m.attn_drop,
-                           "proj_drop": m.proj_drop,
-                           "relative_position_bias_table": m.relative_position_bias_table})
+    return _adopt(
+        new,
+        m,
+        {
+            "qkv": m.qkv,
+            "proj": m.proj,
+            "attn_drop": m.attn_drop,
+            "proj_drop": m.proj_drop,
+            "relative_position_bias_table": m.relative_position_bias_table,
+        },
+    )
 
 
 def _convert_mlp(m: Mlp) -> GatedModule:
     # act_layer=Identity, then the original act instance: its arguments (e.g. GELU's
     # approximate='tanh') cannot be recovered from its class alone.
-    new = GatedMlp(m.fc1.in_features, m.fc1.out_features, m.fc2.out_features,
-                   act_layer=nn.Identity, bias=m.fc1.bias is not None, drop=m.drop1.p)
-    return _adopt(new, m, {"fc1": m.fc1, "act": m.act, "drop1": m.drop1, "fc2": m.fc2,
-                           "drop2": m.drop2})
+    new = GatedMlp(
+        m.fc1.in_features,
+        m.fc1.out_features,
+        m.fc2.out_features,
+        act_layer=nn.Identity,
+        bias=m.fc1.bias is not None,
+        drop=m.drop1.p,
+    )
+    return _adopt(
+        new, m, {"fc1": m.fc1, "act": m.act, "drop1": m.drop1, "fc2": m.fc2, "drop2": m.drop2}
+    )
 
 
-_CONVERTERS = {ATTENTION: _convert_attention, WINDOW_ATTENTION: _convert_window,
-               MLP: _convert_mlp}
+_CONVERTERS = {ATTENTION: _convert_attention, WINDOW_ATTENTION: _convert_window, MLP: _convert_mlp}
 
 
 def make_prunable(model: nn.Module, *, verbose: bool = True) -> nn.Module:
@@ -188,9 +223,11 @@ def make_prunable(model: nn.Module, *, verbose: bool = True) -> nn.Module:
     convert, skipped = _survey(model)
     if not attention_modules(model) and not any(k != MLP for k in convert.values()):
         detail = f"; left alone: {skipped}" if skipped else ""
-        raise ValueError(f"make_prunable: {type(model).__name__} has no attention module it can "
-                         "prune (supported: timm Attention, Swin WindowAttention, prune_core "
-                         f"attention){detail}")
+        raise ValueError(
+            f"make_prunable: {type(model).__name__} has no attention module it can "
+            "prune (supported: timm Attention, Swin WindowAttention, prune_core "
+            f"attention){detail}"
+        )
     for path, kind in convert.items():
         old = model.get_submodule(path)
         new = _CONVERTERS[kind](old)
@@ -201,12 +238,19 @@ def make_prunable(model: nn.Module, *, verbose: bool = True) -> nn.Module:
         setattr(model.get_submodule(parent), child, new)
     if skipped:
         listing = "; ".join(f"{path}: {reason}" for path, reason in skipped.items())
-        warnings.warn(f"make_prunable left {len(skipped)} module(s) of {type(model).__name__} "
-                      f"unconverted (not exactly representable): {listing}", stacklevel=2)
+        warnings.warn(
+            f"make_prunable left {len(skipped)} module(s) of {type(model).__name__} "
+            f"unconverted (not exactly representable): {listing}",
+            stacklevel=2,
+        )
     if verbose:
         counts = {kind: list(convert.values()).count(kind) for kind in set(convert.values())}
-        logger.info("make_prunable(%s): converted %s, left alone %d", type(model).__name__,
-                    counts or "nothing new", len(skipped))
+        logger.info(
+            "make_prunable(%s): converted %s, left alone %d",
+            type(model).__name__,
+            counts or "nothing new",
+            len(skipped),
+        )
     return model
 
 

@@ -27,8 +27,13 @@ from prune_core.surgery import prune
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--target", type=float, nargs="+", default=[0.5],
-                   help="MAC ratio(s) to reach, in (0, 1]; several share one teacher")
+    p.add_argument(
+        "--target",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="MAC ratio(s) to reach, in (0, 1]; several share one teacher",
+    )
     p.add_argument("--img-size", type=int, default=16)
     p.add_argument("--teacher-epochs", type=int, default=60)
     p.add_argument("--search-steps", type=int, default=600)
@@ -57,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     teacher = timm.create_model("flatten_vit_micro", num_classes=10, img_size=args.img_size)
-    train(teacher, train_loader, TrainConfig(epochs=args.teacher_epochs, lr=2e-3,
-                                             seed=args.seed))
+    train(teacher, train_loader, TrainConfig(epochs=args.teacher_epochs, lr=2e-3, seed=args.seed))
     before = evaluate(teacher, test_loader, input_size)
 
     calib = next(iter(DataLoader(train_ds, batch_size=128, shuffle=False)))[0]
@@ -66,13 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     for target in args.target:
         student = copy.deepcopy(teacher)
         initialize(student, calib, mode=args.init_mode, sim_temperature=args.sim_temperature)
-        config = SearchConfig(target=target, steps=args.search_steps,
-                              sim_temperature=args.sim_temperature, seed=args.seed)
+        config = SearchConfig(
+            target=target,
+            steps=args.search_steps,
+            sim_temperature=args.sim_temperature,
+            seed=args.seed,
+        )
         search(student, train_loader, input_size, config, teacher=teacher)
         finalize(student, input_size, target, tolerance=config.tolerance)
         prune(student)
-        train(student, train_loader, TrainConfig(epochs=args.finetune_epochs, lr=1e-3,
-                                                 seed=args.seed), teacher=teacher)
+        train(
+            student,
+            train_loader,
+            TrainConfig(epochs=args.finetune_epochs, lr=1e-3, seed=args.seed),
+            teacher=teacher,
+        )
         results[target] = evaluate(student, test_loader, input_size)
 
     table = Table(title="flatten_vit_micro on digits: teacher vs pruned at each MAC target")
@@ -80,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     table.add_column("teacher", justify="right")
     for target in results:
         table.add_column(f"pruned @ {target}", justify="right")
-    rows = [("top-1 (%)", lambda r: f"{r['top1']:.2f}"),
-            ("MACs", lambda r: f"{r['macs']:,}"),
-            ("MAC ratio", lambda r: f"{r['macs'] / before['macs']:.3f}"),
-            ("params", lambda r: f"{r['params']:,}"),
-            ("images/s (batch 64)", lambda r: f"{r['throughput']:,.0f}")]
+    rows = [
+        ("top-1 (%)", lambda r: f"{r['top1']:.2f}"),
+        ("MACs", lambda r: f"{r['macs']:,}"),
+        ("MAC ratio", lambda r: f"{r['macs'] / before['macs']:.3f}"),
+        ("params", lambda r: f"{r['params']:,}"),
+        ("images/s (batch 64)", lambda r: f"{r['throughput']:,.0f}"),
+    ]
     for label, cell in rows:
         table.add_row(label, cell(before), *(cell(r) for r in results.values()))
     console.print(table)

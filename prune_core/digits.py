@@ -32,8 +32,9 @@ class DigitsDataset(Dataset):
         return img, int(self.labels[i])
 
 
-def digits_datasets(img_size: int = 16, seed: int = 0,
-                    test_fraction: float = 0.25) -> tuple[DigitsDataset, DigitsDataset]:
+def digits_datasets(
+    img_size: int = 16, seed: int = 0, test_fraction: float = 0.25
+) -> tuple[DigitsDataset, DigitsDataset]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -44,7 +45,10 @@ def digits_datasets(img_size: int = 16, seed: int = 0,
     x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
     x = ((x - MEAN) / STD).repeat(1, 3, 1, 1)
     y = torch.tensor(data.target, dtype=torch.long)
-    train_idx, test_idx = train_test_split(range(len(y)), test_size=test_fraction,
-                                           random_state=seed, stratify=data.target)
-    return (DigitsDataset(x[train_idx], y[train_idx], augment=True),
-            DigitsDataset(x[test_idx], y[test_idx], augment=False))
+    train_idx, test_idx = train_test_split(
+        range(len(y)), test_size=test_fraction, random_state=seed, stratify=data.target
+    )
+    return (
+        DigitsDataset(x[train_idx], y[train_idx], augment=True),
+        DigitsDataset(x[test_idx], y[test_idx], augment=False),
+    )

@@ -68,9 +68,15 @@ def autocast(device: torch.device):
 
 
 def progress_bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not enabled,
-                    transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=True,
+    )
 
 
 def batches_forever(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
@@ -91,15 +97,29 @@ def all_finite(loss: Tensor) -> bool:
     return bool(finite)
 
 
-def task_loss(logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, alpha: float,
-              temperature: float, label_smoothing: float = 0.0) -> Tensor:
+def task_loss(
+    logits: Tensor,
+    labels: Tensor,
+    teacher_logits: Tensor | None,
+    alpha: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+) -> Tensor:
     """Cross-entropy, blended with soft-label distillation from the unpruned teacher."""
     ce = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     if teacher_logits is None or alpha == 0.0:
         return ce
     t = temperature
-    kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1),
-                  reduction="batchmean", log_target=True) * t * t
+    kd = (
+        F.kl_div(
+            F.log_softmax(logits / t, -1),
+            F.log_softmax(teacher_logits / t, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
     return (1 - alpha) * ce + alpha * kd
 
 
@@ -124,14 +144,22 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], flo
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
     return factor
 
 
-def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
-          teacher: nn.Module | None = None, eval_loader: DataLoader | None = None,
-          device: str | torch.device | None = None,
-          on_epoch: Callable[[int, dict, dict], None] | None = None,
-          resume_state: dict | None = None, progress: bool = True) -> list[dict]:
+def train(
+    model: nn.Module,
+    loader: DataLoader,
+    config: TrainConfig,
+    *,
+    teacher: nn.Module | None = None,
+    eval_loader: DataLoader | None = None,
+    device: str | torch.device | None = None,
+    on_epoch: Callable[[int, dict, dict], None] | None = None,
+    resume_state: dict | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Train or fine-tune (with distillation when ``teacher`` is given); resumable.
 
     Side effects: re-seeds the global generators (``config.seed`` + epoch) so that a resumed
@@ -159,8 +187,12 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
         teacher.to(device).eval()
     history = []
     with progress_bar(progress) as bar:
-        task = bar.add_task("fine-tune" if teacher is not None else "train",
-                            total=config.epochs, completed=start, info="")
+        task = bar.add_task(
+            "fine-tune" if teacher is not None else "train",
+            total=config.epochs,
+            completed=start,
+            info="",
+        )
         for epoch in range(start, config.epochs):
             seed_everything(config.seed + epoch)  # a resumed run sees the same batches
             model.train()
@@ -169,37 +201,57 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *,
                 images, labels = images.to(device), labels.to(device)
                 with autocast(device):
                     out = model(images).float()
-                    loss = task_loss(out, labels, teacher_forward(teacher, images),
-                                     config.distill_alpha, config.distill_temperature,
-                                     config.label_smoothing)
+                    loss = task_loss(
+                        out,
+                        labels,
+                        teacher_forward(teacher, images),
+                        config.distill_alpha,
+                        config.distill_temperature,
+                        config.label_smoothing,
+                    )
                 if not all_finite(loss):
                     where = "" if not torch.isfinite(loss) else " on another data-parallel rank"
-                    raise FloatingPointError(f"loss is not finite{where} at epoch {epoch}"
-                                             f" (here {float(loss)})")
+                    raise FloatingPointError(
+                        f"loss is not finite{where} at epoch {epoch} (here {float(loss)})"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
                 total += loss.item() * len(labels)
                 count += len(labels)
-            metrics = {"epoch": epoch, "train_loss": total / max(1, count),
-                       "lr": scheduler.get_last_lr()[0]}
+            metrics = {
+                "epoch": epoch,
+                "train_loss": total / max(1, count),
+                "lr": scheduler.get_last_lr()[0],
+            }
             if eval_loader is not None:
                 metrics["top1"] = accuracy(model, eval_loader, device)
             history.append(metrics)
             if on_epoch is not None:
-                on_epoch(epoch, metrics, {"epoch": epoch, "model": model.state_dict(),
-                                          "optimizer": optimizer.state_dict(),
-                                          "scheduler": scheduler.state_dict()})
-            bar.update(task, advance=1, info=" ".join(f"{k} {v:.3g}" for k, v in metrics.items()
-                                                       if k != "epoch"))
+                on_epoch(
+                    epoch,
+                    metrics,
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                    },
+                )
+            bar.update(
+                task,
+                advance=1,
+                info=" ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k != "epoch"),
+            )
     fold_reweights(model)
     return history
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, loader: DataLoader,
-             device: str | torch.device | None = None) -> float:
+def accuracy(
+    model: nn.Module, loader: DataLoader, device: str | torch.device | None = None
+) -> float:
     """Top-1 accuracy in percent over ``loader`` (eval mode; the mode is restored)."""
     device = default_device(device)
     was_training = model.training
@@ -215,8 +267,13 @@ def accuracy(model: nn.Module, loader: DataLoader,
 
 
 @torch.no_grad()
-def throughput(model: nn.Module, input_size: tuple[int, int, int], batch_size: int = 64,
-               device: str | torch.device | None = None, min_run_time: float = 0.5) -> float:
+def throughput(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    min_run_time: float = 0.5,
+) -> float:
     """Images per second: median of repeated timed runs after warm-up (torch.utils.benchmark)."""
     from torch.utils import benchmark  # imported here: at module load it warns on CPU machines
 
@@ -233,10 +290,18 @@ def throughput(model: nn.Module, input_size: tuple[int, int, int], batch_size: i
     return batch_size / median
 
 
-def evaluate(model: nn.Module, loader: DataLoader, input_size: tuple[int, int, int], *,
-             device: str | torch.device | None = None, throughput_batch: int = 64) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    input_size: tuple[int, int, int],
+    *,
+    device: str | torch.device | None = None,
+    throughput_batch: int = 64,
+) -> dict:
     """top1 (percent), MACs and params of one image, images/s at ``throughput_batch``."""
-    return {"top1": accuracy(model, loader, device),
-            "macs": count_macs(model, input_size),
-            "params": count_params(model),
-            "throughput": throughput(model, input_size, throughput_batch, device)}
+    return {
+        "top1": accuracy(model, loader, device),
+        "macs": count_macs(model, input_size),
+        "params": count_params(model),
+        "throughput": throughput(model, input_size, throughput_batch, device),
+    }

@@ -24,8 +24,12 @@ from torch.utils.data import Dataset
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package puts it
 ENV_VAR = "FASHION_MNIST_DIR"
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: 0x08 (uint8) << 8 | number of dimensions
 SIDE, NUM_CLASSES = 28, 10
 MEAN, STD = 0.286, 0.353  # of pixels / 255 over the training set, rounded
@@ -57,7 +61,8 @@ def fashion_mnist_dir(root: str | Path | None = None) -> Path:
     raise FileNotFoundError(
         f"Fashion-MNIST not found in {base} (nor in {base / 'FashionMNIST' / 'raw'}): "
         f"`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or set {ENV_VAR} to a folder "
-        f"with {FILES[0]}[.gz] and the other three IDX files")
+        f"with {FILES[0]}[.gz] and the other three IDX files"
+    )
 
 
 def _read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -82,14 +87,17 @@ def _read_idx(path: Path, magic: int, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"{path}: items of shape {tuple(sizes[1:])}, expected {shape}")
     expected = int(np.prod(sizes))
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: {len(raw) - header} bytes of data, the header says "
-                         f"{expected} ({sizes[0]} items): truncated or corrupt")
+        raise ValueError(
+            f"{path}: {len(raw) - header} bytes of data, the header says "
+            f"{expected} ({sizes[0]} items): truncated or corrupt"
+        )
     # a copy: an array over ``raw`` would be read-only (torch.from_numpy warns about those)
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(sizes).copy()
 
 
-def load_fashion_mnist(root: str | Path | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    root: str | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The raw arrays: ``(train_images, train_labels, test_images, test_labels)``.
 
     Images are uint8 ``(n, 28, 28)`` (0 = background, 255 = ink), labels uint8 ``(n,)`` in
@@ -104,8 +112,10 @@ def load_fashion_mnist(root: str | Path | None = None
         images = _read_idx(images_path, IMAGES_MAGIC, (SIDE, SIDE))
         labels = _read_idx(labels_path, LABELS_MAGIC, ())
         if len(images) != len(labels):
-            raise ValueError(f"{labels_path}: {len(labels)} labels for {len(images)} images "
-                             f"in {images_path.name}")
+            raise ValueError(
+                f"{labels_path}: {len(labels)} labels for {len(images)} images "
+                f"in {images_path.name}"
+            )
         if labels.size and labels.max() >= NUM_CLASSES:
             raise ValueError(f"{labels_path}: label {labels.max()} outside 0..{NUM_CLASSES - 1}")
         arrays += [images, labels]
@@ -123,9 +133,11 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarra
     classes, counts = np.unique(labels, return_counts=True)
     quota = counts * size / len(labels)
     take = np.floor(quota).astype(int)
-    take[np.argsort(take - quota, kind="stable")[:size - take.sum()]] += 1
+    take[np.argsort(take - quota, kind="stable")[: size - take.sum()]] += 1
     rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    picked = [
+        rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)
+    ]
     return np.sort(np.concatenate(picked))
 
 
@@ -149,8 +161,9 @@ class FashionMnistDataset(Dataset):
     would move a sleeve or a heel to the other side).
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, augment: bool, shift: int = MAX_SHIFT
-                 ) -> None:
+    def __init__(
+        self, images: Tensor, labels: Tensor, augment: bool, shift: int = MAX_SHIFT
+    ) -> None:
         self.images = images
         self.labels = labels
         self.augment = augment
@@ -169,13 +182,18 @@ class FashionMnistDataset(Dataset):
                 dy, dx = torch.randint(-s, s + 1, (2,)).tolist()
                 h, w = img.shape[-2:]
                 padded = F.pad(img, (s, s, s, s), value=-MEAN / STD)  # a 0 pixel, standardised
-                img = padded[:, s + dy:s + dy + h, s + dx:s + dx + w]
+                img = padded[:, s + dy : s + dy + h, s + dx : s + dx + w]
         return img, int(self.labels[i])
 
 
-def fashion_mnist_datasets(img_size: int = 28, in_chans: int = 1, train_subset: int | None = None,
-                           seed: int = 0, augment: bool = True, root: str | Path | None = None
-                           ) -> tuple[FashionMnistDataset, FashionMnistDataset]:
+def fashion_mnist_datasets(
+    img_size: int = 28,
+    in_chans: int = 1,
+    train_subset: int | None = None,
+    seed: int = 0,
+    augment: bool = True,
+    root: str | Path | None = None,
+) -> tuple[FashionMnistDataset, FashionMnistDataset]:
     """``(train, test)`` datasets of standardised ``(in_chans, img_size, img_size)`` images.
 
     ``train`` is the 60,000 training images, or a stratified subset of ``train_subset`` of them
@@ -195,7 +213,16 @@ def fashion_mnist_datasets(img_size: int = 28, in_chans: int = 1, train_subset: 
         idx = stratified_subset(train_y, train_subset, seed)
         train_x, train_y = train_x[idx], train_y[idx]
     shift = max(1, round(MAX_SHIFT * img_size / SIDE))
-    return (FashionMnistDataset(_to_tensor(train_x, img_size, in_chans),
-                                torch.from_numpy(train_y.astype(np.int64)), augment, shift),
-            FashionMnistDataset(_to_tensor(test_x, img_size, in_chans),
-                                torch.from_numpy(test_y.astype(np.int64)), augment=False))
+    return (
+        FashionMnistDataset(
+            _to_tensor(train_x, img_size, in_chans),
+            torch.from_numpy(train_y.astype(np.int64)),
+            augment,
+            shift,
+        ),
+        FashionMnistDataset(
+            _to_tensor(test_x, img_size, in_chans),
+            torch.from_numpy(test_y.astype(np.int64)),
+            augment=False,
+        ),
+    )

@@ -37,12 +37,20 @@ class ChannelGate(nn.Module):
     path needs it because its depthwise conv has ``head_dim`` channels shared by all heads.
     """
 
-    def __init__(self, num_heads: int, channels: int, *, aligned: bool = False,
-                 min_keep: int = 1, init_logit: float = 3.0) -> None:
+    def __init__(
+        self,
+        num_heads: int,
+        channels: int,
+        *,
+        aligned: bool = False,
+        min_keep: int = 1,
+        init_logit: float = 3.0,
+    ) -> None:
         super().__init__()
         if num_heads < 1 or channels < 1:
-            raise ValueError(f"ChannelGate needs heads >= 1 and channels >= 1, got "
-                             f"{num_heads}x{channels}")
+            raise ValueError(
+                f"ChannelGate needs heads >= 1 and channels >= 1, got {num_heads}x{channels}"
+            )
         self.num_heads = num_heads
         self.channels = channels
         self.aligned = aligned
@@ -104,8 +112,10 @@ class ChannelGate(nn.Module):
     def topk_mask(self, k: int, ranking: Tensor | None = None) -> Tensor:
         """Binary (H, d) mask keeping the k best-ranked units of every head."""
         if not 1 <= k <= self.channels:
-            raise ValueError(f"keep count {k} is outside [1, {self.channels}] (a head would be "
-                             "left empty or over-full)")
+            raise ValueError(
+                f"keep count {k} is outside [1, {self.channels}] (a head would be "
+                "left empty or over-full)"
+            )
         e = self.ranking().detach() if ranking is None else ranking
         idx = e.topk(k, dim=1).indices
         return torch.zeros_like(e).scatter_(1, idx, 1.0)
@@ -114,11 +124,13 @@ class ChannelGate(nn.Module):
         mask = mask.to(self.hard_mask)
         counts = mask.sum(dim=1)
         if mask.shape != self.hard_mask.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not fit gate "
-                             f"{tuple(self.hard_mask.shape)}")
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} does not fit gate {tuple(self.hard_mask.shape)}"
+            )
         if not torch.all(counts == counts[0]) or counts[0] < 1:
-            raise ValueError(f"every head must keep the same, non-zero number of channels; "
-                             f"got {counts.tolist()}")
+            raise ValueError(
+                f"every head must keep the same, non-zero number of channels; got {counts.tolist()}"
+            )
         if self.aligned and not torch.all(mask == mask[0:1]):
             raise ValueError("this group needs the same kept positions in every head")
         self.hard_mask.copy_(mask)
@@ -128,8 +140,11 @@ class ChannelGate(nn.Module):
         """Kept channel positions per head (sorted), under the current mode."""
         if self.mode is GateMode.OFF:
             return [list(range(self.channels)) for _ in range(self.num_heads)]
-        mask = self.hard_mask if self.mode is GateMode.HARD else self.topk_mask(
-            self.count_from_scores())
+        mask = (
+            self.hard_mask
+            if self.mode is GateMode.HARD
+            else self.topk_mask(self.count_from_scores())
+        )
         return [torch.nonzero(row).flatten().tolist() for row in mask]
 
     def forward(self) -> Tensor | None:
@@ -143,8 +158,10 @@ class ChannelGate(nn.Module):
         return m + (s - s.detach())  # exactly m in the forward pass
 
     def extra_repr(self) -> str:
-        return (f"heads={self.num_heads}, channels={self.channels}, aligned={self.aligned}, "
-                f"mode={self.mode.value}")
+        return (
+            f"heads={self.num_heads}, channels={self.channels}, aligned={self.aligned}, "
+            f"mode={self.mode.value}"
+        )
 
 
 def similarity_weights(features: Tensor, temperature: float, kept: Tensor | None = None) -> Tensor:

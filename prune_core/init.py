@@ -71,9 +71,14 @@ def _group_features(tap: dict[str, Tensor], group: str) -> Tensor:
     return _channel_samples(tap[group])
 
 
-def update_similarity(model: nn.Module, images: Tensor, temperature: float,
-                      taps: dict[str, dict[str, Tensor]] | None = None, *,
-                      kept_only: bool = False) -> None:
+def update_similarity(
+    model: nn.Module,
+    images: Tensor,
+    temperature: float,
+    taps: dict[str, dict[str, Tensor]] | None = None,
+    *,
+    kept_only: bool = False,
+) -> None:
     """Recompute every gate's similarity weights w from a calibration batch.
 
     ``kept_only``: redundancy against the channels each gate currently keeps (search mode),
@@ -84,8 +89,11 @@ def update_similarity(model: nn.Module, images: Tensor, temperature: float,
         for group, gate in module.gates.items():
             kept = None
             if kept_only and gate.mode is not GateMode.OFF:
-                kept = gate().detach() if gate.mode is GateMode.HARD else gate.topk_mask(
-                    gate.count_from_scores())
+                kept = (
+                    gate().detach()
+                    if gate.mode is GateMode.HARD
+                    else gate.topk_mask(gate.count_from_scores())
+                )
             w = similarity_weights(_group_features(taps[name], group), temperature, kept)
             gate.similarity.copy_(w.to(gate.similarity))
 
@@ -95,8 +103,9 @@ def _standardise(score: Tensor) -> Tensor:
     return (score - score.mean(dim=1, keepdim=True)) / std.clamp_min(1e-8)
 
 
-def _attention_maps(module: GatedModule, tap: dict[str, Tensor]
-                    ) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+def _attention_maps(
+    module: GatedModule, tap: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor | None, bool]:
     """q-side and k-side features (S, H, n, d), the additive bias (or None), linear or not."""
     bias = None
     if isinstance(module, FocusedLinearAttention):
@@ -132,7 +141,7 @@ def attention_difference(module: GatedModule, tap: dict[str, Tensor], mode: str)
     d = q.shape[-1]
     out = torch.empty(q.shape[1], d, device=q.device)
     for c in range(d):
-        part = q[..., c:c + 1] @ k[..., c:c + 1].transpose(-2, -1)
+        part = q[..., c : c + 1] @ k[..., c : c + 1].transpose(-2, -1)
         other = part if mode == "single" else full_scores - part
         if linear:
             other = other.clamp_min(0.0)  # numerical dust from the subtraction
@@ -143,9 +152,15 @@ def attention_difference(module: GatedModule, tap: dict[str, Tensor], mode: str)
     return out
 
 
-def initialize(model: nn.Module, calib_images: Tensor, *, mode: str = "attn_leave_out",
-               init_scale: float = 1.0, theta0: float = 0.0,
-               sim_temperature: float = 1.0) -> None:
+def initialize(
+    model: nn.Module,
+    calib_images: Tensor,
+    *,
+    mode: str = "attn_leave_out",
+    init_scale: float = 1.0,
+    theta0: float = 0.0,
+    sim_temperature: float = 1.0,
+) -> None:
     """Set every gate's logits θ = θ₀ + init_scale · z and similarity weights from a batch.
 
     Args:

@@ -29,8 +29,11 @@ Widths = dict[str, dict[str, MacValue]]
 def flop_counter() -> FlopCounterMode:
     """torch's counter, also counting CPU SDPA (which it leaves out): timm models use it."""
     aten = torch.ops.aten
-    cpu_sdpa = {aten._scaled_dot_product_flash_attention_for_cpu:
-                flop_registry[aten._scaled_dot_product_flash_attention]}
+    cpu_sdpa = {
+        aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[
+            aten._scaled_dot_product_flash_attention
+        ]
+    }
     return FlopCounterMode(display=False, custom_mapping=cpu_sdpa)
 
 
@@ -51,8 +54,10 @@ class MacModel:
         self.input_size = tuple(input_size)
         self.sites: dict[str, _Site] = {}
         modules = gated_modules(model)
-        handles = [m.register_forward_pre_hook(self._recorder(name), with_kwargs=True)
-                   for name, m in modules.items()]
+        handles = [
+            m.register_forward_pre_hook(self._recorder(name), with_kwargs=True)
+            for name, m in modules.items()
+        ]
         param = next(model.parameters())
         x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
         was_training = model.training
@@ -65,8 +70,9 @@ class MacModel:
                 h.remove()
             model.train(was_training)
         torch_total = counter.get_total_flops() // 2
-        full = self._gated_total({name: site.module.full_widths() for name, site
-                                  in self.sites.items()})
+        full = self._gated_total(
+            {name: site.module.full_widths() for name, site in self.sites.items()}
+        )
         self.fixed = int(torch_total - round(float(full)))
         if self.fixed < 0:
             raise RuntimeError("MAC model exceeds torch's count: a module formula is wrong")
@@ -78,8 +84,10 @@ class MacModel:
             if name in self.sites:
                 self.sites[name].calls += 1
             else:
-                self.sites[name] = _Site(module, tokens=x.shape[-2],
-                                         batch=int(x.numel() // (x.shape[-2] * x.shape[-1])))
+                self.sites[name] = _Site(
+                    module, tokens=x.shape[-2], batch=int(x.numel() // (x.shape[-2] * x.shape[-1]))
+                )
+
         return hook
 
     def _gated_total(self, widths: Widths) -> MacValue:

@@ -19,9 +19,16 @@ from prune_core.prunable import (
 class GatedMlp(GatedModule):
     """timm ``Mlp`` (fc1 → act → fc2) with a mask on the hidden channels (one "head")."""
 
-    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None,
-                 *, act_layer: type[nn.Module] = nn.GELU, bias: bool = True,
-                 drop: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        *,
+        act_layer: type[nn.Module] = nn.GELU,
+        bias: bool = True,
+        drop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.in_features = in_features
         self.hidden_features = hidden_features

@@ -26,17 +26,21 @@ def no_weight_decay_patterns(model: nn.Module) -> set[str]:
     return names
 
 
-def weight_decay_groups(model: nn.Module, weight_decay: float,
-                        exclude: set[int] = frozenset()) -> list[dict]:
+def weight_decay_groups(
+    model: nn.Module, weight_decay: float, exclude: set[int] = frozenset()
+) -> list[dict]:
     """AdamW groups ``[{params, weight_decay}]`` for the trainable weights of ``model``.
 
     Pruning state (gate logits, reweights) is never included; ``exclude``: ids of further
-    parameters handled elsewhere. Groups left empty are dropped. Source: timm.optim.param_groups_weight_decay (timm's training convention).
+    parameters handled elsewhere. Groups left empty are dropped. Source:
+    ``timm.optim.param_groups_weight_decay`` (timm's training convention).
     """
-    exclude = set(exclude) | {id(p) for m in gated_modules(model).values()
-                              for p in m.pruning_parameters()}
-    groups = param_groups_weight_decay(model, weight_decay,
-                                       no_weight_decay_list=no_weight_decay_patterns(model))
+    exclude = set(exclude) | {
+        id(p) for m in gated_modules(model).values() for p in m.pruning_parameters()
+    }
+    groups = param_groups_weight_decay(
+        model, weight_decay, no_weight_decay_list=no_weight_decay_patterns(model)
+    )
     out = []
     for group in groups:
         params = [p for p in group["params"] if id(p) not in exclude]

@@ -83,8 +83,9 @@ def slice_cols(linear: nn.Linear, index: Tensor) -> None:
 
 def flat_index(kept: list[list[int]], width: int, offset: int = 0) -> Tensor:
     """Channel positions per head -> positions in the flattened (H·width) layout."""
-    return torch.tensor([offset + h * width + c for h, row in enumerate(kept) for c in row],
-                        dtype=torch.long)
+    return torch.tensor(
+        [offset + h * width + c for h, row in enumerate(kept) for c in row], dtype=torch.long
+    )
 
 
 def shrink_gate(gate: ChannelGate, kept: list[list[int]]) -> None:
@@ -111,8 +112,10 @@ def check_kept(name: str, kept: list[list[int]], heads: int, width: int, aligned
         raise ValueError(f"{name}: plan has {len(kept)} heads, layer has {heads}")
     sizes = {len(row) for row in kept}
     if len(sizes) != 1 or 0 in sizes:
-        raise ValueError(f"{name}: every head must keep the same non-zero channel count, "
-                         f"got {[len(r) for r in kept]}")
+        raise ValueError(
+            f"{name}: every head must keep the same non-zero channel count, "
+            f"got {[len(r) for r in kept]}"
+        )
     for row in kept:
         if len(set(row)) != len(row) or not all(0 <= c < width for c in row):
             raise ValueError(f"{name}: channel indices must be distinct and in [0, {width})")

@@ -121,11 +121,13 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         check_target(self.target)
-        checks = ((self.penalty, PENALTIES, "penalty"),
-                  (self.logit_optimizer, LOGIT_OPTIMIZERS, "logit_optimizer"),
-                  (self.mac_step, MAC_STEPS, "mac_step"),
-                  (self.similarity_to, ("all", "kept"), "similarity_to"),
-                  (self.qk_reweight_init, QK_REWEIGHT_INITS, "qk_reweight_init"))
+        checks = (
+            (self.penalty, PENALTIES, "penalty"),
+            (self.logit_optimizer, LOGIT_OPTIMIZERS, "logit_optimizer"),
+            (self.mac_step, MAC_STEPS, "mac_step"),
+            (self.similarity_to, ("all", "kept"), "similarity_to"),
+            (self.qk_reweight_init, QK_REWEIGHT_INITS, "qk_reweight_init"),
+        )
         for value, allowed, name in checks:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -161,8 +163,9 @@ def running_target(step: int, config: SearchConfig) -> float:
     return 1.0 - (1.0 - config.target) * min(1.0, step / ramp)
 
 
-def configure_gates(model: nn.Module, groups: Iterable[str], min_width: dict[str, int],
-                    mode: GateMode) -> list[ChannelGate]:
+def configure_gates(
+    model: nn.Module, groups: Iterable[str], min_width: dict[str, int], mode: GateMode
+) -> list[ChannelGate]:
     """Put the gates of ``groups`` in ``mode`` (others OFF, full width); return the active."""
     groups = set(groups)
     active = []
@@ -200,28 +203,36 @@ class MacPressure:
     @torch.no_grad()
     def step(self, loss_mac: Tensor, lr: float) -> None:
         grads = torch.autograd.grad(loss_mac, self.logits, allow_unused=True)
-        for theta, g in zip(self.logits, grads):
+        for theta, g in zip(self.logits, grads, strict=True):
             if g is not None:
                 theta.sub_(lr * g / self.scale)
 
 
-def _optimizer(model: nn.Module, logits: list[nn.Parameter], config: SearchConfig
-               ) -> torch.optim.Optimizer:
+def _optimizer(
+    model: nn.Module, logits: list[nn.Parameter], config: SearchConfig
+) -> torch.optim.Optimizer:
     """Weights (timm decay groups) and reweights in AdamW; logits in their own optimiser."""
     rw = [p for r in reweights(model) for p in r.parameters()]
     for r in reweights(model):
         r.trainable = config.use_reweight
     special = {id(p) for p in logits + rw}
-    groups = [dict(g, lr=config.lr) for g in weight_decay_groups(model, config.weight_decay,
-                                                                 special)]
+    groups = [
+        dict(g, lr=config.lr) for g in weight_decay_groups(model, config.weight_decay, special)
+    ]
     if config.use_reweight and rw:
-        groups.append({"params": rw, "lr": config.reweight_lr or REWEIGHT_LR_FACTOR * config.lr,
-                       "weight_decay": 0.0})
+        groups.append(
+            {
+                "params": rw,
+                "lr": config.reweight_lr or REWEIGHT_LR_FACTOR * config.lr,
+                "weight_decay": 0.0,
+            }
+        )
     if config.logit_optimizer == "adamw":
         groups.append({"params": logits, "lr": config.logit_lr, "weight_decay": 0.0})
         return torch.optim.AdamW(groups)
-    return _Pair(torch.optim.AdamW(groups),
-                 torch.optim.SGD(logits, lr=config.logit_lr, momentum=0.9))
+    return _Pair(
+        torch.optim.AdamW(groups), torch.optim.SGD(logits, lr=config.logit_lr, momentum=0.9)
+    )
 
 
 class _Pair(torch.optim.Optimizer):
@@ -239,11 +250,18 @@ class _Pair(torch.optim.Optimizer):
             opt.step()
 
 
-def search(model: nn.Module, loader: DataLoader, input_size: tuple[int, int, int],
-           config: SearchConfig, *, teacher: nn.Module | None = None,
-           calib: Tensor | None = None, device: str | torch.device | None = None,
-           on_step: Callable[[int, dict], None] | None = None,
-           progress: bool = True) -> list[dict]:
+def search(
+    model: nn.Module,
+    loader: DataLoader,
+    input_size: tuple[int, int, int],
+    config: SearchConfig,
+    *,
+    teacher: nn.Module | None = None,
+    calib: Tensor | None = None,
+    device: str | torch.device | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Learn which channels to keep (and adapt the weights) against the MAC target.
 
     Args:
@@ -288,20 +306,27 @@ def search(model: nn.Module, loader: DataLoader, input_size: tuple[int, int, int
         task = bar.add_task(f"search → {config.target:.2f} MACs", total=config.steps, info="")
         for step in range(config.steps):
             if config.sim_every and step % config.sim_every == 0 and step > 0:
-                update_similarity(model, calib, config.sim_temperature,
-                                  kept_only=config.similarity_to == "kept")
+                update_similarity(
+                    model, calib, config.sim_temperature, kept_only=config.similarity_to == "kept"
+                )
                 model.train()
             images, labels = (t.to(device) for t in next(batches))
             target_now = running_target(step, config)
             hard_ratio = macs.ratio()
             with autocast(device):
                 out = model(images).float()
-                loss_task = task_loss(out, labels, teacher_forward(teacher, images),
-                                      config.distill_alpha, config.distill_temperature)
+                loss_task = task_loss(
+                    out,
+                    labels,
+                    teacher_forward(teacher, images),
+                    config.distill_alpha,
+                    config.distill_temperature,
+                )
             ratio, loss_mac = pressure.loss(target_now, config)
             if not torch.isfinite(loss_task + loss_mac):
-                raise FloatingPointError(f"search loss is {float(loss_task + loss_mac)} at "
-                                         f"step {step}")
+                raise FloatingPointError(
+                    f"search loss is {float(loss_task + loss_mac)} at step {step}"
+                )
             optimizer.zero_grad(set_to_none=True)
             if config.mac_step == "joint":
                 (loss_task + loss_mac * joint_scale).backward()
@@ -310,14 +335,22 @@ def search(model: nn.Module, loader: DataLoader, input_size: tuple[int, int, int
                 loss_task.backward()
                 optimizer.step()
                 pressure.step(loss_mac, config.logit_lr)
-            record = {"step": step, "loss": loss_task.item(), "mac_loss": loss_mac.item(),
-                      "soft_ratio": ratio.item(), "macs_ratio": hard_ratio,
-                      "target_now": target_now}
+            record = {
+                "step": step,
+                "loss": loss_task.item(),
+                "mac_loss": loss_mac.item(),
+                "soft_ratio": ratio.item(),
+                "macs_ratio": hard_ratio,
+                "target_now": target_now,
+            }
             history.append(record)
             if on_step is not None:
                 on_step(step, record)
-            bar.update(task, advance=1, info=f"loss {record['loss']:.3f} "
-                       f"MACs {record['macs_ratio']:.3f}/{target_now:.3f}")
+            bar.update(
+                task,
+                advance=1,
+                info=f"loss {record['loss']:.3f} MACs {record['macs_ratio']:.3f}/{target_now:.3f}",
+            )
     return history
 
 
@@ -340,10 +373,16 @@ def _learned_width(gate: ChannelGate) -> float:
     return float(gate.soft_keep_per_head().detach().clamp(gate.min_keep, gate.channels))
 
 
-def finalize(model: nn.Module, input_size: tuple[int, int, int], target: float, *,
-             tolerance: float = 0.02, round_to: int = 1,
-             groups: Iterable[str] | None = None,
-             min_width: dict[str, int] | None = None) -> Plan:
+def finalize(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    target: float,
+    *,
+    tolerance: float = 0.02,
+    round_to: int = 1,
+    groups: Iterable[str] | None = None,
+    min_width: dict[str, int] | None = None,
+) -> Plan:
     """Hard, head-aligned masks from the learned scores, within [t - tol, t] of full MACs.
 
     Args:
@@ -366,12 +405,17 @@ def finalize(model: nn.Module, input_size: tuple[int, int, int], target: float, 
             gate.min_keep = max(1, min(int((min_width or {}).get(g, 1)), gate.channels))
             if g in groups:
                 gates[(name, g)] = gate
-    legal = {key: _legal_widths(gate.channels, round_to, gate.min_keep)
-             for key, gate in gates.items()}
+    legal = {
+        key: _legal_widths(gate.channels, round_to, gate.min_keep) for key, gate in gates.items()
+    }
     learned = {key: _learned_width(gate) for key, gate in gates.items()}
-    widths = {name: {g: (gate.kept_per_head() if gate.mode is GateMode.HARD else gate.channels)
-                     for g, gate in module.gates.items()}
-              for name, module in gated_modules(model).items()}
+    widths = {
+        name: {
+            g: (gate.kept_per_head() if gate.mode is GateMode.HARD else gate.channels)
+            for g, gate in module.gates.items()
+        }
+        for name, module in gated_modules(model).items()
+    }
     budget = target * macs.full
     slack = tolerance * macs.full
 
@@ -390,20 +434,25 @@ def finalize(model: nn.Module, input_size: tuple[int, int, int], target: float, 
     # 1. one common factor on every learned width, when they are off by more than tolerance
     if macs.total(scaled(0.0)) > budget:
         floor = macs.total(scaled(0.0)) / macs.full
-        raise ValueError(f"MAC target {target} is below what this model can reach "
-                         f"({floor:.3f} of full MACs with every head at its minimum width)")
+        raise ValueError(
+            f"MAC target {target} is below what this model can reach "
+            f"({floor:.3f} of full MACs with every head at its minimum width)"
+        )
     alpha = 1.0
     if macs.total(scaled(1.0)) > budget + slack:
         alpha = largest_alpha(0.0, 1.0, budget + slack)
     elif macs.total(scaled(1.0)) < budget - slack:
-        alpha = largest_alpha(1.0, max(g.channels / max(learned[k], 1e-3)
-                                       for k, g in gates.items()), budget)
+        alpha = largest_alpha(
+            1.0, max(g.channels / max(learned[k], 1e-3) for k, g in gates.items()), budget
+        )
     widths = scaled(alpha)
 
     # 2. single width steps by importance per MAC: drop while over, restore while too far under
     unit_e = {key: gate.unit_ranking().detach() for key, gate in gates.items()}
-    order = {key: gate.ranking().detach().argsort(dim=1, descending=True, stable=True)
-             for key, gate in gates.items()}
+    order = {
+        key: gate.ranking().detach().argsort(dim=1, descending=True, stable=True)
+        for key, gate in gates.items()
+    }
 
     def importance(key: tuple[str, str], lo_w: int, hi_w: int) -> float:
         """Σ e of the units ranked between lo_w and hi_w (each head its own ranking)."""

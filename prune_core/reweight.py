@@ -33,8 +33,9 @@ class Reweight(nn.Module):
         width_compensation: also multiply by sqrt(d / k) for the current kept width k.
     """
 
-    def __init__(self, heads: int, channels: int, *, positive: bool = False,
-                 width_compensation: bool = False) -> None:
+    def __init__(
+        self, heads: int, channels: int, *, positive: bool = False, width_compensation: bool = False
+    ) -> None:
         super().__init__()
         self.positive = positive
         self.width_compensation = width_compensation
@@ -82,14 +83,17 @@ class Reweight(nn.Module):
     def shrink_(self, kept: list[list[int]]) -> None:
         """Keep the scales of the kept channels (per head); trainability is preserved."""
         index = torch.tensor(kept, dtype=torch.long, device=self.param.device)
-        self.param = nn.Parameter(self.param.detach().gather(1, index).clone(),
-                                  requires_grad=self._trainable)
+        self.param = nn.Parameter(
+            self.param.detach().gather(1, index).clone(), requires_grad=self._trainable
+        )
         self.reference_width = index.shape[1]
 
     def extra_repr(self) -> str:
-        return (f"heads={self.param.shape[0]}, channels={self.param.shape[1]}, "
-                f"positive={self.positive}, width_compensation={self.width_compensation}, "
-                f"trainable={self._trainable}")
+        return (
+            f"heads={self.param.shape[0]}, channels={self.param.shape[1]}, "
+            f"positive={self.positive}, width_compensation={self.width_compensation}, "
+            f"trainable={self._trainable}"
+        )
 
 
 def upgrade_state_dict(reweight: Reweight, state_dict: dict, key: str) -> None:

@@ -35,8 +35,10 @@ class Plan:
     layers: dict[str, Kept] = field(default_factory=dict)
 
     def widths(self) -> dict[str, dict[str, int]]:
-        return {name: {g: len(rows[0]) for g, rows in groups.items()}
-                for name, groups in self.layers.items()}
+        return {
+            name: {g: len(rows[0]) for g, rows in groups.items()}
+            for name, groups in self.layers.items()
+        }
 
     def to_json(self) -> str:
         return json.dumps({"version": PLAN_VERSION, "layers": self.layers}, indent=1)
@@ -46,8 +48,12 @@ class Plan:
         try:
             data = json.loads(text)
             layers = data["layers"]
-            plan = cls({name: {g: [[int(c) for c in row] for row in rows]
-                               for g, rows in groups.items()} for name, groups in layers.items()})
+            plan = cls(
+                {
+                    name: {g: [[int(c) for c in row] for row in rows] for g, rows in groups.items()}
+                    for name, groups in layers.items()
+                }
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"not a pruning plan: {err}") from None
         if data.get("version") != PLAN_VERSION:
@@ -84,15 +90,21 @@ def _atomic_write(path: Path, payload: bytes) -> None:
 def _require_prunable(model: nn.Module) -> dict[str, GatedModule]:
     modules = gated_modules(model)
     if not attention_modules(model):
-        raise ValueError(f"{type(model).__name__} has no prunable attention: call "
-                         "prune_core.make_prunable(model) first")
+        raise ValueError(
+            f"{type(model).__name__} has no prunable attention: call "
+            "prune_core.make_prunable(model) first"
+        )
     return modules
 
 
 def current_plan(model: nn.Module) -> Plan:
     """The plan the gates currently encode (all channels for gates that are off)."""
-    return Plan({name: {g: gate.kept_indices() for g, gate in m.gates.items()}
-                 for name, m in _require_prunable(model).items()})
+    return Plan(
+        {
+            name: {g: gate.kept_indices() for g, gate in m.gates.items()}
+            for name, m in _require_prunable(model).items()
+        }
+    )
 
 
 def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
@@ -101,13 +113,15 @@ def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
     missing = sorted(set(modules) - set(plan.layers))
     extra = sorted(set(plan.layers) - set(modules))
     if missing or extra:
-        raise ValueError(f"plan does not fit the model: missing layers {missing[:4]}, "
-                         f"unknown layers {extra[:4]}")
+        raise ValueError(
+            f"plan does not fit the model: missing layers {missing[:4]}, unknown layers {extra[:4]}"
+        )
     for name, module in modules.items():
         groups = plan.layers[name]
         if set(groups) != set(module.gates):
-            raise ValueError(f"plan does not fit layer {name}: groups {sorted(groups)} vs "
-                             f"{sorted(module.gates)}")
+            raise ValueError(
+                f"plan does not fit layer {name}: groups {sorted(groups)} vs {sorted(module.gates)}"
+            )
         for g, gate in module.gates.items():
             rows = groups[g]
             try:
@@ -132,8 +146,9 @@ def _check_keep(keep: float | dict[str, float]) -> dict[str, float]:
 def _keep_count(ratio: float, channels: int, where: str) -> int:
     k = round(ratio * channels)
     if k < 1:
-        raise ValueError(f"keep ratio {ratio} leaves {where} with an empty head "
-                         f"({channels} channels per head)")
+        raise ValueError(
+            f"keep ratio {ratio} leaves {where} with an empty head ({channels} channels per head)"
+        )
     return k
 
 
@@ -184,8 +199,10 @@ def random_plan(model: nn.Module, keep: float | dict[str, float], seed: int = 0)
         plan.layers[name] = {}
         for g, gate in module.gates.items():
             k = _keep_count(float(ratios.get(g, 1.0)), gate.channels, f"{name}.{g}")
-            rows = [torch.randperm(gate.channels, generator=generator)[:k].sort().values.tolist()
-                    for _ in range(gate.num_heads)]
+            rows = [
+                torch.randperm(gate.channels, generator=generator)[:k].sort().values.tolist()
+                for _ in range(gate.num_heads)
+            ]
             if gate.aligned:
                 rows = [rows[0]] * gate.num_heads
             plan.layers[name][g] = rows
@@ -203,8 +220,8 @@ def unit_magnitude(module: GatedModule, group: str) -> torch.Tensor:
         rows = module.qkv.weight.abs().sum(1)
         hq = module.num_heads * module.qk_dim
         if group == "qk":
-            return (rows[:hq] + rows[hq:2 * hq]).reshape(H, d)
-        return (rows[2 * hq:] + module.proj.weight.abs().sum(0)).reshape(H, d)
+            return (rows[:hq] + rows[hq : 2 * hq]).reshape(H, d)
+        return (rows[2 * hq :] + module.proj.weight.abs().sum(0)).reshape(H, d)
 
 
 def prune(model: nn.Module) -> nn.Module:
@@ -232,8 +249,9 @@ def save_pruned(model: nn.Module, plan: Plan, directory: str | Path) -> None:
     os.replace(tmp, directory / "weights.pt")
 
 
-def load_pruned(model: nn.Module, plan: Plan | str | Path,
-                weights: str | Path | dict[str, torch.Tensor]) -> nn.Module:
+def load_pruned(
+    model: nn.Module, plan: Plan | str | Path, weights: str | Path | dict[str, torch.Tensor]
+) -> nn.Module:
     """Rebuild a pruned model: ``model`` is a fresh prunable model of the same architecture.
 
     The plan gives the shapes (shrink), then the state dict fills them; ``torch.load`` runs
@@ -249,6 +267,8 @@ def load_pruned(model: nn.Module, plan: Plan | str | Path,
         weights = torch.load(path, map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ValueError(f"pruned weights do not fit the plan: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
+        raise ValueError(
+            f"pruned weights do not fit the plan: missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}"
+        )
     return model

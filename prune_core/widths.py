@@ -17,8 +17,7 @@ from torch import nn
 from prune_core.prunable import gated_modules
 from prune_core.surgery import Plan
 
-FIELDS = ("layer", "group", "full", "kept", "keep_fraction", "reference_kept",
-          "reference_fraction")
+FIELDS = ("layer", "group", "full", "kept", "keep_fraction", "reference_kept", "reference_fraction")
 
 
 def full_widths(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -26,8 +25,9 @@ def full_widths(model: nn.Module) -> dict[str, dict[str, int]]:
     return {name: m.full_widths() for name, m in gated_modules(model).items()}
 
 
-def width_rows(plan: Plan, full: dict[str, dict[str, int]],
-               reference: Plan | None = None) -> list[dict]:
+def width_rows(
+    plan: Plan, full: dict[str, dict[str, int]], reference: Plan | None = None
+) -> list[dict]:
     """One row per (layer, group): ``kept`` channels per head of ``plan`` and ``reference``.
 
     Raises:
@@ -39,10 +39,17 @@ def width_rows(plan: Plan, full: dict[str, dict[str, int]],
         for group, kept in groups.items():
             d = full[layer][group]
             r = ref.get(layer, {}).get(group)
-            rows.append({"layer": layer, "group": group, "full": d, "kept": kept,
-                         "keep_fraction": round(kept / d, 4),
-                         "reference_kept": r if r is not None else "",
-                         "reference_fraction": round(r / d, 4) if r is not None else ""})
+            rows.append(
+                {
+                    "layer": layer,
+                    "group": group,
+                    "full": d,
+                    "kept": kept,
+                    "keep_fraction": round(kept / d, 4),
+                    "reference_kept": r if r is not None else "",
+                    "reference_fraction": round(r / d, 4) if r is not None else "",
+                }
+            )
     return rows
 
 
@@ -54,8 +61,13 @@ def rows_to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def plot_widths(rows: list[dict], path: str | Path, *, title: str = "learned widths",
-                reference_label: str = "uniform L1, same MACs") -> Path:
+def plot_widths(
+    rows: list[dict],
+    path: str | Path,
+    *,
+    title: str = "learned widths",
+    reference_label: str = "uniform L1, same MACs",
+) -> Path:
     """Bar chart of keep fractions per (layer, group): the plan beside the reference."""
     import matplotlib  # imported here: a second of start-up that only the plot needs
 
@@ -66,11 +78,14 @@ def plot_widths(rows: list[dict], path: str | Path, *, title: str = "learned wid
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows) + 2), 3.6))
     width = 0.4
-    ax.bar([i - width / 2 for i in x], [r["keep_fraction"] for r in rows], width,
-           label="this plan")
+    ax.bar([i - width / 2 for i in x], [r["keep_fraction"] for r in rows], width, label="this plan")
     if any(r["reference_fraction"] != "" for r in rows):
-        ax.bar([i + width / 2 for i in x],
-               [r["reference_fraction"] or 0.0 for r in rows], width, label=reference_label)
+        ax.bar(
+            [i + width / 2 for i in x],
+            [r["reference_fraction"] or 0.0 for r in rows],
+            width,
+            label=reference_label,
+        )
     ax.set_xticks(list(x), labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("kept channels / full width")
     ax.set_ylim(0, 1.05)

@@ -16,8 +16,14 @@ torch.set_num_threads(2)
 def tiny_vit(seed: int = 0, **kwargs) -> torch.nn.Module:
     """flatten_vit_micro shrunk further: one linear and one softmax block, 8x8 input."""
     torch.manual_seed(seed)
-    cfg = {"num_classes": 10, "img_size": 8, "patch_size": 2, "embed_dim": 32, "depth": 2,
-           "num_heads": 4}
+    cfg = {
+        "num_classes": 10,
+        "img_size": 8,
+        "patch_size": 2,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 4,
+    }
     cfg.update(kwargs)
     return timm.create_model("flatten_vit_micro", **cfg)
 
@@ -38,5 +44,7 @@ def random_masks(model: torch.nn.Module, keep: float = 0.5, seed: int = 0) -> No
 @pytest.fixture(scope="session")
 def digits8():
     train_ds, test_ds = digits_datasets(img_size=8, seed=0)
-    return (DataLoader(train_ds, batch_size=64, shuffle=True, drop_last=True),
-            DataLoader(test_ds, batch_size=256))
+    return (
+        DataLoader(train_ds, batch_size=64, shuffle=True, drop_last=True),
+        DataLoader(test_ds, batch_size=256),
+    )

@@ -47,7 +47,7 @@ def test_gpu_workers_and_a_trial_free_head() -> None:
 
 
 def test_mounted_project_is_what_the_setup_installs() -> None:
-    (remote, local), = CONFIG["file_mounts"].items()
+    ((remote, local),) = CONFIG["file_mounts"].items()
     assert (ROOT / local / "pyproject.toml").is_file()
     assert any(f"pip install -q -e {remote}" in c for c in CONFIG["setup_commands"])
 
@@ -63,7 +63,8 @@ def test_mlflow_server_flags_exist() -> None:
     command = next(c for c in CONFIG["head_start_ray_commands"] if "mlflow server" in c)
     flags = set(re.findall(r"(--[a-z-]+)", command))
     mlflow = Path(sys.executable).parent / "mlflow"
-    help_text = subprocess.run([str(mlflow), "server", "--help"], capture_output=True,
-                               text=True, check=True).stdout
+    help_text = subprocess.run(
+        [str(mlflow), "server", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for flag in flags:
         assert flag in help_text, flag

@@ -36,11 +36,14 @@ SMALL_VIT = {"depth": 2, "img_size": 64}
 CASES = {
     "deit_tiny": ("deit_tiny_patch16_224", {}, 224, 2, {"attention": 12, "mlp": 12}),
     "vit_small_depth2": ("vit_small_patch16_224", SMALL_VIT, 64, 2, {"attention": 2, "mlp": 2}),
-    "swin_tiny": ("swin_tiny_patch4_window7_224", {}, 224, 1,
-                  {"mlp": 12, "window_attention": 12}),
-    "vit_nobias_tanh": ("vit_small_patch16_224",
-                        dict(SMALL_VIT, qkv_bias=False, act_layer="gelu_tanh"), 64, 2,
-                        {"attention": 2, "mlp": 2}),
+    "swin_tiny": ("swin_tiny_patch4_window7_224", {}, 224, 1, {"mlp": 12, "window_attention": 12}),
+    "vit_nobias_tanh": (
+        "vit_small_patch16_224",
+        dict(SMALL_VIT, qkv_bias=False, act_layer="gelu_tanh"),
+        64,
+        2,
+        {"attention": 2, "mlp": 2},
+    ),
 }
 
 
@@ -52,8 +55,11 @@ def test_outputs_identical_before_pruning(case: str) -> None:
     with torch.no_grad():
         before = model(x)
     assert _kinds(model) == expected
-    timm_index = {n: b.clone() for n, b in model.named_buffers(remove_duplicate=False)
-                  if n.endswith("relative_position_index")}
+    timm_index = {
+        n: b.clone()
+        for n, b in model.named_buffers(remove_duplicate=False)
+        if n.endswith("relative_position_index")
+    }
     assert _convert_quietly(model) is model
     gated = gated_modules(model)
     assert len(gated) == sum(expected.values())
@@ -69,9 +75,18 @@ def test_outputs_identical_before_pruning(case: str) -> None:
 
 
 def test_attributes_act_dropout_mode_and_dtype_are_kept() -> None:
-    model = _build("vit_small_patch16_224", **SMALL_VIT, qkv_bias=False,
-                   act_layer=partial(nn.GELU, approximate="tanh"), attn_drop_rate=0.1,
-                   proj_drop_rate=0.2).double().train()
+    model = (
+        _build(
+            "vit_small_patch16_224",
+            **SMALL_VIT,
+            qkv_bias=False,
+            act_layer=partial(nn.GELU, approximate="tanh"),
+            attn_drop_rate=0.1,
+            proj_drop_rate=0.2,
+        )
+        .double()
+        .train()
+    )
     qkv_weight = model.blocks[0].attn.qkv.weight
     _convert_quietly(model)
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
@@ -108,15 +123,16 @@ def test_attn_mask_and_causal_calls_match_timm() -> None:
         ours = make_prunable(timm_attn, verbose=False)  # the root itself is converted
         assert isinstance(ours, TimmBlockAttention)
         got = [ours(x, attn_mask=bool_mask), ours(x, is_causal=True), ours(x)]
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         assert (e - g).abs().max().item() <= 1e-5
 
 
 def test_unsupported_variant_is_left_alone_and_named() -> None:
     model = _build("vit_small_patch16_224", **SMALL_VIT)
     torch.manual_seed(1)
-    model.blocks[1].attn = Attention(384, num_heads=6, qkv_bias=True, qk_norm=True,
-                                     norm_layer=nn.LayerNorm).eval()
+    model.blocks[1].attn = Attention(
+        384, num_heads=6, qkv_bias=True, qk_norm=True, norm_layer=nn.LayerNorm
+    ).eval()
     model.blocks[1].mlp = Mlp(384, 96, norm_layer=nn.LayerNorm).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -131,10 +147,13 @@ def test_unsupported_variant_is_left_alone_and_named() -> None:
         assert (before - model(x)).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("model", [
-    pytest.param(lambda: _build("resnet10t"), id="resnet10t"),
-    pytest.param(lambda: nn.Sequential(nn.Linear(8, 8), Mlp(8, 16)), id="sequential"),
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param(lambda: _build("resnet10t"), id="resnet10t"),
+        pytest.param(lambda: nn.Sequential(nn.Linear(8, 8), Mlp(8, 16)), id="sequential"),
+    ],
+)
 def test_model_without_attention_raises_and_is_untouched(model) -> None:
     model = model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -170,13 +189,24 @@ def _random_half_masks(model: nn.Module, seed: int = 0) -> int:
     return count
 
 
-@pytest.mark.parametrize("name,kwargs,size", [
-    ("vit_small_patch16_224", SMALL_VIT, 64),
-    ("swin_tiny_patch4_window7_224", {"embed_dim": 32, "depths": (2, 2), "num_heads": (2, 4),
-                                      "window_size": 4, "img_size": 64}, 64),
-])
-def test_masks_change_outputs_and_gradients_reach_qkv(name: str, kwargs: dict,
-                                                      size: int) -> None:
+@pytest.mark.parametrize(
+    "name,kwargs,size",
+    [
+        ("vit_small_patch16_224", SMALL_VIT, 64),
+        (
+            "swin_tiny_patch4_window7_224",
+            {
+                "embed_dim": 32,
+                "depths": (2, 2),
+                "num_heads": (2, 4),
+                "window_size": 4,
+                "img_size": 64,
+            },
+            64,
+        ),
+    ],
+)
+def test_masks_change_outputs_and_gradients_reach_qkv(name: str, kwargs: dict, size: int) -> None:
     model = _convert_quietly(_build(name, **kwargs))
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():

@@ -6,8 +6,20 @@ from prune_core.demo import main
 
 
 def test_demo_runs_and_reports_the_target(capsys) -> None:
-    code = main(["--target", "0.6", "--img-size", "8", "--teacher-epochs", "1",
-                 "--search-steps", "30", "--finetune-epochs", "1"])
+    code = main(
+        [
+            "--target",
+            "0.6",
+            "--img-size",
+            "8",
+            "--teacher-epochs",
+            "1",
+            "--search-steps",
+            "30",
+            "--finetune-epochs",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "top-1" in out and "images/s" in out

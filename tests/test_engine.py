@@ -94,8 +94,12 @@ def test_bad_inputs_are_named() -> None:
     with pytest.raises(ValueError, match="below what this model can reach"):
         finalize(tiny_vit(), (3, 8, 8), 0.01)
     with pytest.raises(ValueError, match="no prunable modules"):
-        search(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10)), [],
-               (3, 8, 8), SearchConfig(target=0.5))
+        search(
+            torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10)),
+            [],
+            (3, 8, 8),
+            SearchConfig(target=0.5),
+        )
 
 
 def test_finetune_resumes_from_its_state(digits8) -> None:
@@ -103,8 +107,13 @@ def test_finetune_resumes_from_its_state(digits8) -> None:
     config = TrainConfig(epochs=2, lr=1e-3)
     states = {}
     straight = tiny_vit()
-    train(straight, train_loader, config, progress=False,
-          on_epoch=lambda e, m, s: states.setdefault(e, copy.deepcopy(s)))
+    train(
+        straight,
+        train_loader,
+        config,
+        progress=False,
+        on_epoch=lambda e, m, s: states.setdefault(e, copy.deepcopy(s)),
+    )
     resumed = tiny_vit(seed=5)
     history = train(resumed, train_loader, config, resume_state=states[0], progress=False)
     assert [h["epoch"] for h in history] == [1]

@@ -149,11 +149,14 @@ def test_missing_folder_names_the_path_and_the_fix(tmp_path):
         fm.fashion_mnist_dir(tmp_path)
 
 
-@pytest.mark.parametrize(("damage", "expected"), [
-    (lambda b: struct.pack(">I", 2049) + b[4:], "magic number 2049, expected 2051"),
-    (lambda b: b[:-100], "truncated or corrupt"),
-    (lambda b: b[:10], "shorter than an IDX header"),
-])
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda b: struct.pack(">I", 2049) + b[4:], "magic number 2049, expected 2051"),
+        (lambda b: b[:-100], "truncated or corrupt"),
+        (lambda b: b[:10], "shorter than an IDX header"),
+    ],
+)
 def test_corrupt_file_is_a_value_error_naming_it(tmp_path, damage, expected):
     write_small(tmp_path, gz=False)
     bad = tmp_path / "train-images-idx3-ubyte"
@@ -178,11 +181,19 @@ def test_broken_gzip_and_bad_labels_name_the_file(tmp_path):
 
 # ----------------------------------------------------------------------------- orchestrator
 def fashion_config(**data) -> dict:
-    return {"name": "f", "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 28,
-                                   "kwargs": {"patch_size": 7, "in_chans": 1}},
-            "data": {"kind": "fashion_mnist", "calib_images": 16, **data},
-            "teacher": {"epochs": 1}, "finetune": {"epochs": 1},
-            "search_space": {"mac_target": 0.5}}
+    return {
+        "name": "f",
+        "model": {
+            "name": "flatten_vit_micro",
+            "num_classes": 10,
+            "img_size": 28,
+            "kwargs": {"patch_size": 7, "in_chans": 1},
+        },
+        "data": {"kind": "fashion_mnist", "calib_images": 16, **data},
+        "teacher": {"epochs": 1},
+        "finetune": {"epochs": 1},
+        "search_space": {"mac_target": 0.5},
+    }
 
 
 def test_sweep_datasets_have_the_model_input_shape(arrays):
@@ -202,8 +213,9 @@ def test_shipped_fashion_config_and_cross_checks():
     assert exp.data.kind == "fashion_mnist" and exp.input_size == (1, 28, 28)
     assert exp.model.kwargs["patch_size"] == 7 and exp.resources.gpus_per_trial == 0
     with pytest.raises(ConfigError, match="model.num_classes: fashion_mnist has 10 classes"):
-        parse_config({**fashion_config(), "model": {**fashion_config()["model"],
-                                                    "num_classes": 5}}, "x.yaml")
+        parse_config(
+            {**fashion_config(), "model": {**fashion_config()["model"], "num_classes": 5}}, "x.yaml"
+        )
     raw = fashion_config()
     raw["model"]["kwargs"]["in_chans"] = 2
     with pytest.raises(ConfigError, match="model.kwargs.in_chans: must be 1 or 3"):
@@ -214,9 +226,15 @@ def test_shipped_fashion_config_and_cross_checks():
 
 def run_dry(config: Path, cwd: Path, env_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "FASHION_MNIST_DIR": str(env_dir)}
-    return subprocess.run([sys.executable, "-m", "orchestrator.sweep", str(config), "--dry-run"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", str(config), "--dry-run"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_dry_run_missing_data_is_one_line_exit_2(tmp_path, arrays):

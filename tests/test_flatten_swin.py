@@ -29,8 +29,11 @@ def micro(seed: int = 0, **kwargs) -> FlattenSwinTransformer:
 def official_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s weights as the official code saves them: no pruning state, but the
     persistent buffers the official modules register (shift masks, relative position index)."""
-    sd = {k: v.clone() for k, v in model.state_dict().items()
-          if ".gates." not in k and "_reweight." not in k}
+    sd = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if ".gates." not in k and "_reweight." not in k
+    }
     for name, module in model.named_modules():
         if isinstance(module, FlattenSwinBlock) and module.attn_mask is not None:
             sd[f"{name}.attn_mask"] = module.attn_mask.clone()
@@ -138,7 +141,9 @@ def test_head_mismatch_needs_drop_head(tmp_path) -> None:
     path = tmp_path / "ckpt.pth"
     torch.save({"state_dict": official_state_dict(source)}, path)
     target = micro(seed=2, num_classes=5)
-    with pytest.raises(ValueError, match=r"head.weight: checkpoint \(10, 256\) vs model \(5, 256\)"):
+    with pytest.raises(
+        ValueError, match=r"head.weight: checkpoint \(10, 256\) vs model \(5, 256\)"
+    ):
         load_flatten_checkpoint(target, path)
     head = target.head.weight.clone()
     load_flatten_checkpoint(target, path, drop_head=True)

@@ -41,8 +41,15 @@ def _build(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     return make_prunable(timm.create_model(name, pretrained=False)).eval(), (3, 224, 224)
 
 
-@pytest.mark.parametrize("name", ["flatten_vit_micro", "deit_tiny_patch16_224",
-                                  "swin_tiny_patch4_window7_224", "flatten_swin_tiny"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "flatten_vit_micro",
+        "deit_tiny_patch16_224",
+        "swin_tiny_patch4_window7_224",
+        "flatten_swin_tiny",
+    ],
+)
 def test_count_macs_agrees_with_torch_unpruned_and_pruned(name: str) -> None:
     model, size = _build(name)
     full = count_macs(model, size)

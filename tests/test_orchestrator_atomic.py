@@ -18,10 +18,23 @@ from orchestrator import outbox, pareto, trial
 
 
 def _rows(n: int) -> list[dict]:
-    return [{"trial_id": f"t{i}", "status": "TERMINATED", "fully_trained": True,
-             "top1": 90.0 + i, "macs": 1000 * (i + 1), "macs_ratio": 0.2 * (i + 1),
-             "params": 10, "throughput": 1.0, "pruned_top1": 50.0, "iterations": 3,
-             "run_id": f"r{i}", "error": None} for i in range(n)]
+    return [
+        {
+            "trial_id": f"t{i}",
+            "status": "TERMINATED",
+            "fully_trained": True,
+            "top1": 90.0 + i,
+            "macs": 1000 * (i + 1),
+            "macs_ratio": 0.2 * (i + 1),
+            "params": 10,
+            "throughput": 1.0,
+            "pruned_top1": 50.0,
+            "iterations": 3,
+            "run_id": f"r{i}",
+            "error": None,
+        }
+        for i in range(n)
+    ]
 
 
 def test_tables_and_plot_survive_a_crash_mid_write(tmp_path, monkeypatch):
@@ -46,8 +59,11 @@ def test_tables_and_plot_survive_a_crash_mid_write(tmp_path, monkeypatch):
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", torn_png)
     with pytest.raises(OSError):
-        pareto.plot(pareto.trials_table(_rows(3)), pareto.front_table(
-            pareto.trials_table(_rows(3))), tmp_path / "pareto.png")
+        pareto.plot(
+            pareto.trials_table(_rows(3)),
+            pareto.front_table(pareto.trials_table(_rows(3))),
+            tmp_path / "pareto.png",
+        )
     monkeypatch.undo()
     for name, data in before.items():  # the previous versions, byte for byte
         assert (tmp_path / name).read_bytes() == data, name
@@ -77,8 +93,9 @@ def _checkpoint(directory: Path, epoch: int) -> Path:
     d = directory / f"checkpoint_{epoch:06d}"
     d.mkdir(parents=True)
     reporter = trial.Reporter('{"plan": 1}', {"macs": 5}, [{"step": 0, "loss": 1.0}])
-    reporter.write(d, {"epoch": epoch}, {trial.STATE: {"model": {"w": torch.ones(64)},
-                                                       "epoch": epoch}})
+    reporter.write(
+        d, {"epoch": epoch}, {trial.STATE: {"model": {"w": torch.ones(64)}, "epoch": epoch}}
+    )
     return d
 
 

@@ -1,4 +1,5 @@
-"""Experiment YAML: the shipped configs validate; bad ones fail with one line naming file + field."""
+"""Experiment YAML: the shipped configs validate; bad ones fail with one line naming the file
+and the field."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def minimal(**overrides) -> dict:
-    raw = {"name": "t", "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 8},
-           "data": {"kind": "digits"}, "teacher": {"epochs": 1}, "finetune": {"epochs": 1},
-           "search_space": {"mac_target": 0.5}}
+    raw = {
+        "name": "t",
+        "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 8},
+        "data": {"kind": "digits"},
+        "teacher": {"epochs": 1},
+        "finetune": {"epochs": 1},
+        "search_space": {"mac_target": 0.5},
+    }
     for dotted, value in overrides.items():
         *path, last = dotted.split("__")
         node = raw
@@ -40,8 +46,11 @@ def test_shipped_configs_validate(monkeypatch, tmp_path):
     assert digits.sweep.num_samples >= 12 and digits.resources.gpus_per_trial == 0
     assert digits.tracking.uri is None and digits.tracking_uri().startswith("sqlite:///")
     assert len(explored(digits.search_space)) >= 5  # Optuna has a real space to explore
-    with pytest.raises(ConfigError, match="imagenet.yaml: model.checkpoint: environment "
-                       "variable FLATTEN_SWIN_T_CKPT is not set"):
+    with pytest.raises(
+        ConfigError,
+        match="imagenet.yaml: model.checkpoint: environment "
+        "variable FLATTEN_SWIN_T_CKPT is not set",
+    ):
         load_config(ROOT / "experiments" / "imagenet.yaml")
     for var in ("FLATTEN_SWIN_T_CKPT", "IMAGENET", "SHARED"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
@@ -57,24 +66,43 @@ def test_init_modes_match_prune_core():
     assert tuple(INIT_MODES) == tuple(prune_core.INIT_MODES)
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    ({"search_space__mac_target": {"low": 0, "high": 0.5}},
-     "experiments/x.yaml: search_space.mac_target.low: must be in (0, 1], got 0"),
-    ({"search_space__mac_target": 1.5},
-     "experiments/x.yaml: search_space.mac_target: must be in (0, 1], got 1.5"),
-    ({"search_space__mac_target": {"low": 0.8, "high": 0.3}},
-     "experiments/x.yaml: search_space.mac_target: low (0.8) must be below high (0.3)"),
-    ({"search_space__sim_temperature": {"low": 0.1, "high": 10, "log": True, "step": 1}},
-     "experiments/x.yaml: search_space.sim_temperature: step and log cannot be combined"),
-    ({"search_space__init_mode": ["uniform", "bogus"]},
-     "experiments/x.yaml: search_space.init_mode.choices: must be one of"),
-    ({"search_space__mac_targets": 0.5}, "experiments/x.yaml: search_space.mac_targets: unknown key"),
-    ({"model__img_szie": 16}, "experiments/x.yaml: model.img_szie: unknown key"),
-    ({"sweep__sampler": "grid"}, "experiments/x.yaml: sweep.sampler: input should be"),
-    ({"teacher__epochs": 0}, "experiments/x.yaml: teacher.epochs: must be > 0 when neither"),
-    ({"data__kind": "parquet"}, "experiments/x.yaml: data.train: required for kind parquet"),
-    ({"model__num_classes": 100}, "experiments/x.yaml: model.num_classes: digits has 10 classes"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"search_space__mac_target": {"low": 0, "high": 0.5}},
+            "experiments/x.yaml: search_space.mac_target.low: must be in (0, 1], got 0",
+        ),
+        (
+            {"search_space__mac_target": 1.5},
+            "experiments/x.yaml: search_space.mac_target: must be in (0, 1], got 1.5",
+        ),
+        (
+            {"search_space__mac_target": {"low": 0.8, "high": 0.3}},
+            "experiments/x.yaml: search_space.mac_target: low (0.8) must be below high (0.3)",
+        ),
+        (
+            {"search_space__sim_temperature": {"low": 0.1, "high": 10, "log": True, "step": 1}},
+            "experiments/x.yaml: search_space.sim_temperature: step and log cannot be combined",
+        ),
+        (
+            {"search_space__init_mode": ["uniform", "bogus"]},
+            "experiments/x.yaml: search_space.init_mode.choices: must be one of",
+        ),
+        (
+            {"search_space__mac_targets": 0.5},
+            "experiments/x.yaml: search_space.mac_targets: unknown key",
+        ),
+        ({"model__img_szie": 16}, "experiments/x.yaml: model.img_szie: unknown key"),
+        ({"sweep__sampler": "grid"}, "experiments/x.yaml: sweep.sampler: input should be"),
+        ({"teacher__epochs": 0}, "experiments/x.yaml: teacher.epochs: must be > 0 when neither"),
+        ({"data__kind": "parquet"}, "experiments/x.yaml: data.train: required for kind parquet"),
+        (
+            {"model__num_classes": 100},
+            "experiments/x.yaml: model.num_classes: digits has 10 classes",
+        ),
+    ],
+)
 def test_errors_name_file_and_field(overrides, expected):
     message = error_of(minimal(**overrides))
     assert message.startswith(expected), message
@@ -88,26 +116,50 @@ def test_missing_section_is_named():
 
 
 def test_fixed_value_allowed_anywhere_a_range_is():
-    raw = minimal(search_space={"mac_target": 0.4, "sim_temperature": 2.0, "init_mode": "uniform",
-                                "init_scale": 0.0, "mac_loss_weight": 5.0, "search_lr": 1e-3,
-                                "logit_lr": 0.05, "finetune_lr": 2e-3})
+    raw = minimal(
+        search_space={
+            "mac_target": 0.4,
+            "sim_temperature": 2.0,
+            "init_mode": "uniform",
+            "init_scale": 0.0,
+            "mac_loss_weight": 5.0,
+            "search_lr": 1e-3,
+            "logit_lr": 0.05,
+            "finetune_lr": 2e-3,
+        }
+    )
     config = parse_config(raw, "x.yaml")
     assert explored(config.search_space) == []
     assert DefineByRun(config.search_space)(None) == {
-        "mac_target": 0.4, "sim_temperature": 2.0, "init_mode": "uniform", "init_scale": 0.0,
-        "mac_loss_weight": 5.0, "search_lr": 1e-3, "logit_lr": 0.05, "finetune_lr": 2e-3}
+        "mac_target": 0.4,
+        "sim_temperature": 2.0,
+        "init_mode": "uniform",
+        "init_scale": 0.0,
+        "mac_loss_weight": 5.0,
+        "search_lr": 1e-3,
+        "logit_lr": 0.05,
+        "finetune_lr": 2e-3,
+    }
 
 
 def test_define_by_run_samples_inside_the_ranges():
     import optuna
 
-    config = parse_config(minimal(search_space={
-        "mac_target": {"low": 0.3, "high": 0.8}, "sim_temperature": {"low": 0.1, "high": 10,
-                                                                     "log": True},
-        "init_mode": ["uniform", "attn_leave_out"], "finetune_lr": [1e-3, 3e-3]}), "x.yaml")
+    config = parse_config(
+        minimal(
+            search_space={
+                "mac_target": {"low": 0.3, "high": 0.8},
+                "sim_temperature": {"low": 0.1, "high": 10, "log": True},
+                "init_mode": ["uniform", "attn_leave_out"],
+                "finetune_lr": [1e-3, 3e-3],
+            }
+        ),
+        "x.yaml",
+    )
     space = DefineByRun(config.search_space)
-    study = optuna.create_study(directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     for _ in range(20):
         trial = study.ask()
         constants = space(trial)
@@ -144,22 +196,34 @@ def test_paths_expand_env_vars_and_become_absolute(tmp_path, monkeypatch):
     assert config.data.train == tmp_path / "train" and config.data.val == tmp_path / "rel" / "val"
     monkeypatch.delenv("SHARDS")
     raw = minimal(data={"kind": "parquet", "train": "${SHARDS}/train", "val": "v"})
-    assert error_of(raw) == ("experiments/x.yaml: data.train: environment variable SHARDS is "
-                             "not set")
+    assert error_of(raw) == (
+        "experiments/x.yaml: data.train: environment variable SHARDS is not set"
+    )
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.sweep", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize(("edit", "expected"), [
-    ({"search_space__mac_target": {"low": 0, "high": 0.5}},
-     "search_space.mac_target.low: must be in (0, 1]"),
-    ({"model__name": "no_such_vit"}, "model.name: unknown timm model 'no_such_vit'"),
-    ({"model__checkpoint": "missing.pth"}, "model.checkpoint: no such file:"),
-    ({"tracking__uri": "./mlruns"}, "tracking.uri: './mlruns' is MLflow's retired file store"),
-])
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            {"search_space__mac_target": {"low": 0, "high": 0.5}},
+            "search_space.mac_target.low: must be in (0, 1]",
+        ),
+        ({"model__name": "no_such_vit"}, "model.name: unknown timm model 'no_such_vit'"),
+        ({"model__checkpoint": "missing.pth"}, "model.checkpoint: no such file:"),
+        ({"tracking__uri": "./mlruns"}, "tracking.uri: './mlruns' is MLflow's retired file store"),
+    ],
+)
 def test_cli_bad_input_one_line_no_traceback_nothing_written(tmp_path, edit, expected):
     raw = minimal(**edit)
     raw["storage"] = {"path": str(tmp_path / "results")}
@@ -192,19 +256,37 @@ def test_search_settings_reach_prune_core():
     """Every search setting of the YAML arrives in prune_core's SearchConfig unchanged."""
     from orchestrator.trial import TrialParams, _search_config
 
-    exp = parse_config(minimal(search__groups=["qk", "v"], search__min_width={"qk": 2},
-                               search__mac_step="cost_proportional", search__weight_decay=0.01,
-                               search__logit_optimizer="sgd", search__reweight_lr=0.003,
-                               search__qk_reweight_init="sqrt_ratio", search__use_reweight=False,
-                               search__similarity_to="kept"),
-                       "x.yaml")
-    params = TrialParams(mac_target=0.5, sim_temperature=1.0, init_mode="uniform",
-                         init_scale=1.0, mac_loss_weight=10.0, search_lr=5e-4, logit_lr=0.1,
-                         finetune_lr=1e-3)
+    exp = parse_config(
+        minimal(
+            search__groups=["qk", "v"],
+            search__min_width={"qk": 2},
+            search__mac_step="cost_proportional",
+            search__weight_decay=0.01,
+            search__logit_optimizer="sgd",
+            search__reweight_lr=0.003,
+            search__qk_reweight_init="sqrt_ratio",
+            search__use_reweight=False,
+            search__similarity_to="kept",
+        ),
+        "x.yaml",
+    )
+    params = TrialParams(
+        mac_target=0.5,
+        sim_temperature=1.0,
+        init_mode="uniform",
+        init_scale=1.0,
+        mac_loss_weight=10.0,
+        search_lr=5e-4,
+        logit_lr=0.1,
+        finetune_lr=1e-3,
+    )
     config = _search_config(exp, params)
     assert config.groups == ("qk", "v") and config.min_width == {"qk": 2}
     assert (config.mac_step, config.logit_optimizer, config.qk_reweight_init) == (
-        "cost_proportional", "sgd", "sqrt_ratio")
+        "cost_proportional",
+        "sgd",
+        "sqrt_ratio",
+    )
     assert (config.weight_decay, config.reweight_lr, config.use_reweight) == (0.01, 0.003, False)
     assert config.similarity_to == "kept"
     assert "search.min_width" in error_of(minimal(search__min_width={"qk": 0}))

@@ -21,12 +21,26 @@ def shards(tmp_path_factory):
 
 
 def config(shards, **data):
-    return parse_config({
-        "name": "t", "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 16},
-        "data": {"kind": "parquet", "train": str(shards / "train"), "val": str(shards / "val"),
-                 "hflip": 0.0, "auto_augment": None, "re_prob": 0.0, "calib_images": 32, **data},
-        "teacher": {"epochs": 1}, "finetune": {"epochs": 1},
-        "search_space": {"mac_target": 0.5}}, "x.yaml")
+    return parse_config(
+        {
+            "name": "t",
+            "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 16},
+            "data": {
+                "kind": "parquet",
+                "train": str(shards / "train"),
+                "val": str(shards / "val"),
+                "hflip": 0.0,
+                "auto_augment": None,
+                "re_prob": 0.0,
+                "calib_images": 32,
+                **data,
+            },
+            "teacher": {"epochs": 1},
+            "finetune": {"epochs": 1},
+            "search_space": {"mac_target": 0.5},
+        },
+        "x.yaml",
+    )
 
 
 def test_export_layout_matches_sklearn_split(shards):
@@ -74,8 +88,9 @@ def test_equal_split_gives_every_rank_the_same_count(shards, monkeypatch):
     files = sorted((shards / "train").glob("*.parquet"))
     counts, seen = [], set()
     for rank in range(4):
-        ds = ParquetImages(files, "image", "label", lambda im: torch.zeros(1), shuffle=True,
-                           equal_split=True)
+        ds = ParquetImages(
+            files, "image", "label", lambda im: torch.zeros(1), shuffle=True, equal_split=True
+        )
         monkeypatch.setattr(ds, "_world", lambda rank=rank: (rank, 4))
         torch.manual_seed(0)
         items = list(DataLoader(ds, batch_size=None, num_workers=0))
@@ -93,12 +108,23 @@ def test_imagefolder_reads_class_folders(shards, tmp_path):
             folder = tmp_path / split / f"class_{row['label']}"
             folder.mkdir(parents=True, exist_ok=True)
             decode(row["image"]).save(folder / row["image"]["path"])
-    exp = parse_config({
-        "name": "t", "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 16},
-        "data": {"kind": "imagefolder", "train": str(tmp_path / "train"),
-                 "val": str(tmp_path / "val"), "calib_images": 16, "auto_augment": None},
-        "teacher": {"epochs": 1}, "finetune": {"epochs": 1},
-        "search_space": {"mac_target": 0.5}}, "x.yaml")
+    exp = parse_config(
+        {
+            "name": "t",
+            "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 16},
+            "data": {
+                "kind": "imagefolder",
+                "train": str(tmp_path / "train"),
+                "val": str(tmp_path / "val"),
+                "calib_images": 16,
+                "auto_augment": None,
+            },
+            "teacher": {"epochs": 1},
+            "finetune": {"epochs": 1},
+            "search_space": {"mac_target": 0.5},
+        },
+        "x.yaml",
+    )
     datasets = build_datasets(exp)
     assert len(datasets.train) == 1347 and len(datasets.val) == 450
     _, val = loaders(exp, datasets)

@@ -16,13 +16,25 @@ from test_orchestrator_sweep import _results, children, mlflow_client, write_con
 def dp_config(tmp_path, name: str, max_failures: int):
     """One trial, two 2-epoch fine-tune workers sharing the second CPU (gloo)."""
     return write_config(
-        tmp_path, name,
+        tmp_path,
+        name,
         finetune={"epochs": 2, "workers": 2},
         search_space={"mac_target": 0.5},
-        sweep={"num_samples": 1, "max_concurrent_trials": 1, "asha": None,
-               "max_failures": max_failures},
-        resources={"num_cpus": 2, "cpus_per_trial": 1, "cpus_per_worker": 0.5,
-                   "gpus_per_worker": 0, "torch_threads": 1, "teacher_cpus": 1})
+        sweep={
+            "num_samples": 1,
+            "max_concurrent_trials": 1,
+            "asha": None,
+            "max_failures": max_failures,
+        },
+        resources={
+            "num_cpus": 2,
+            "cpus_per_trial": 1,
+            "cpus_per_worker": 0.5,
+            "gpus_per_worker": 0,
+            "torch_threads": 1,
+            "teacher_cpus": 1,
+        },
+    )
 
 
 def test_data_parallel_finetune_reports_through_tune(tmp_path):
@@ -45,8 +57,9 @@ def test_data_parallel_finetune_reports_through_tune(tmp_path):
     local = tmp_path / "artifacts"
     client.download_artifacts(run.info.run_id, "", str(local))
     exp = load_config(config)
-    model = prune_core.load_pruned(create_model(exp, load_checkpoint=False), local / "plan.json",
-                                   local / "weights.pt")
+    model = prune_core.load_pruned(
+        create_model(exp, load_checkpoint=False), local / "plan.json", local / "weights.pt"
+    )
     assert prune_core.count_macs(model, exp.input_size) == trial["macs"]
     assert (sweep_dir / "finetune").is_dir()  # the Train run lives next to the sweep
 

@@ -15,23 +15,42 @@ import shutil
 import pyarrow.parquet as pq
 from test_orchestrator_sweep import write_config
 
-FIXED = {"mac_target": 0.6, "sim_temperature": 1.0, "init_mode": "uniform", "init_scale": 1.0,
-         "mac_loss_weight": 5.0, "search_lr": 5e-4, "logit_lr": 0.05, "finetune_lr": 2e-3}
+FIXED = {
+    "mac_target": 0.6,
+    "sim_temperature": 1.0,
+    "init_mode": "uniform",
+    "init_scale": 1.0,
+    "mac_loss_weight": 5.0,
+    "search_lr": 5e-4,
+    "logit_lr": 0.05,
+    "finetune_lr": 2e-3,
+}
 
 
 def _run(tmp_path, name: str, workers: int, teacher_from: str | None = None) -> dict:
     from orchestrator.sweep import main
 
     if teacher_from:
-        shutil.copytree(tmp_path / "results" / teacher_from / "teacher",
-                        tmp_path / "results" / name / "teacher")
+        shutil.copytree(
+            tmp_path / "results" / teacher_from / "teacher", tmp_path / "results" / name / "teacher"
+        )
 
     config = write_config(
-        tmp_path, name, teacher={"epochs": 8, "lr": 0.003},
-        finetune={"epochs": 3, "workers": workers}, search_space=FIXED,
+        tmp_path,
+        name,
+        teacher={"epochs": 8, "lr": 0.003},
+        finetune={"epochs": 3, "workers": workers},
+        search_space=FIXED,
         sweep={"num_samples": 1, "max_concurrent_trials": 1, "asha": None, "max_failures": 0},
-        resources={"num_cpus": 2, "cpus_per_trial": 1, "cpus_per_worker": 0.5,
-                   "gpus_per_worker": 0, "torch_threads": 1, "teacher_cpus": 1})
+        resources={
+            "num_cpus": 2,
+            "cpus_per_trial": 1,
+            "cpus_per_worker": 0.5,
+            "gpus_per_worker": 0,
+            "torch_threads": 1,
+            "teacher_cpus": 1,
+        },
+    )
     assert main([str(config)]) == 0
     (trial,) = pq.read_table(tmp_path / "results" / name / "trials.parquet").to_pylist()
     assert trial["fully_trained"]

@@ -48,20 +48,37 @@ def faulty(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     rules = tmp / "faults" / "rules.json"
     rules.parent.mkdir()
-    rules.write_text(json.dumps([
-        {"point": "before_finetune", "action": "nan"},
-        {"point": "epoch_end", "epoch": 1, "action": "raise"},
-        {"point": "epoch_end", "epoch": 1, "action": "stall", "seconds": 300},
-    ]))
+    rules.write_text(
+        json.dumps(
+            [
+                {"point": "before_finetune", "action": "nan"},
+                {"point": "epoch_end", "epoch": 1, "action": "raise"},
+                {"point": "epoch_end", "epoch": 1, "action": "stall", "seconds": 300},
+            ]
+        )
+    )
     config = write_config(
-        tmp, "faulty", seed=1, finetune={"epochs": 3},
+        tmp,
+        "faulty",
+        seed=1,
+        finetune={"epochs": 3},
         search_space={"mac_target": {"low": 0.4, "high": 0.8}},
-        sweep={"num_samples": 3, "max_concurrent_trials": 2, "sampler": "random",
-               "asha": None, "max_failures": 1})
+        sweep={
+            "num_samples": 3,
+            "max_concurrent_trials": 2,
+            "sampler": "random",
+            "asha": None,
+            "max_failures": 1,
+        },
+    )
     log = (tmp / "driver.log").open("w")
-    driver = subprocess.Popen(sweep_cmd(config), stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "ORCHESTRATOR_FAULTS": str(rules)},
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        sweep_cmd(config),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ORCHESTRATOR_FAULTS": str(rules)},
+        start_new_session=True,
+    )
     stall = rules.with_name("fired-2.json")
     deadline = time.monotonic() + 400
     killed = None
@@ -80,10 +97,17 @@ def faulty(tmp_path_factory):
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
-    fired = {json.loads(p.read_text())["action"]: json.loads(p.read_text())
-             for p in rules.parent.glob("fired-*.json")}
-    return {"tmp": tmp, "dir": tmp / "results" / "faulty", "code": code, "fired": fired,
-            "log": (tmp / "driver.log").read_text()}
+    fired = {
+        json.loads(p.read_text())["action"]: json.loads(p.read_text())
+        for p in rules.parent.glob("fired-*.json")
+    }
+    return {
+        "tmp": tmp,
+        "dir": tmp / "results" / "faulty",
+        "code": code,
+        "fired": fired,
+        "log": (tmp / "driver.log").read_text(),
+    }
 
 
 def _client(tmp: Path):
@@ -143,8 +167,11 @@ def test_nan_trial_fails_once_with_its_reason_and_is_not_retried(faulty):
     assert run.info.status == "FAILED"
     assert run.data.tags["trial_status"] == "ERROR"
     assert "non-finite loss" in run.data.tags["error"]
-    (row,) = [t for t in pq.read_table(faulty["dir"] / "trials.parquet").to_pylist()
-              if t["trial_id"] == trial_id]
+    (row,) = [
+        t
+        for t in pq.read_table(faulty["dir"] / "trials.parquet").to_pylist()
+        if t["trial_id"] == trial_id
+    ]
     assert row["status"] == "ERROR" and "non-finite loss" in row["error"]
     assert not row["fully_trained"]
     front = pq.read_table(faulty["dir"] / "pareto.parquet").to_pylist()
@@ -160,13 +187,19 @@ def test_unreachable_tracking_server_at_start_fails_fast_with_one_line(tmp_path)
     config = write_config(tmp_path, "nomlflow", search_space={"mac_target": 0.5})
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    proc = subprocess.run(sweep_cmd(config, "--tracking-uri", uri), capture_output=True,
-                          text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        sweep_cmd(config, "--tracking-uri", uri),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     elapsed = time.monotonic() - started
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last == f"orchestrator.sweep: cannot reach the MLflow server at {uri}: " \
-                   "connection refused"
+    assert (
+        last == f"orchestrator.sweep: cannot reach the MLflow server at {uri}: connection refused"
+    )
     assert not (tmp_path / "results").exists()  # no teacher, no trial, no sweep directory
     print(f"unreachable MLflow reported in {elapsed:.1f} s")
 
@@ -179,13 +212,26 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
-               "--artifacts-destination", str(self.root / "artifacts")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'server.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+        ]
         self.log = (self.root / "server.log").open("a")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_up(self, timeout: float = 180) -> None:
         import urllib.request
@@ -212,17 +258,29 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
     server = MlflowServer(tmp_path)
     server.start()
     config = write_config(
-        tmp_path, "outage", finetune={"epochs": 2},
+        tmp_path,
+        "outage",
+        finetune={"epochs": 2},
         search_space={"mac_target": {"low": 0.4, "high": 0.8}},
-        sweep={"num_samples": 3, "max_concurrent_trials": 2, "sampler": "random",
-               "asha": None, "max_failures": 0})
+        sweep={
+            "num_samples": 3,
+            "max_concurrent_trials": 2,
+            "sampler": "random",
+            "asha": None,
+            "max_failures": 0,
+        },
+    )
     sweep_dir = tmp_path / "results" / "outage"
     outbox = sweep_dir / "tracking-outbox.jsonl"
     try:
         server.wait_up()
         log = (tmp_path / "driver.log").open("w")
-        driver = subprocess.Popen(sweep_cmd(config, "--tracking-uri", server.uri), stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        driver = subprocess.Popen(
+            sweep_cmd(config, "--tracking-uri", server.uri),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 400
         while not (sweep_dir / "sweep.json").is_file():  # parent run created: cut the server
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
@@ -245,8 +303,13 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
         assert code == 0, text[-4000:]
         assert f"tracking: MLflow at {server.uri} failed" in text
         if outbox.exists():  # the sweep ended before the server was back: --resume replays
-            proc = subprocess.run(sweep_cmd(config, "--tracking-uri", server.uri, "--resume"),
-                                  capture_output=True, text=True, timeout=400, check=False)
+            proc = subprocess.run(
+                sweep_cmd(config, "--tracking-uri", server.uri, "--resume"),
+                capture_output=True,
+                text=True,
+                timeout=400,
+                check=False,
+            )
             assert proc.returncode == 0, proc.stderr[-3000:]
         assert not outbox.exists()
 
@@ -258,7 +321,8 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
         trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
         assert len(runs) == len(trials) == 3
         assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(
-            p.name.removeprefix("trial_") for p in sweep_dir.glob("trial_*"))
+            p.name.removeprefix("trial_") for p in sweep_dir.glob("trial_*")
+        )
         for run in runs:  # every epoch of every trial, once, and the pruned model
             assert run.info.status == "FINISHED", run.data.tags
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "top1")]

@@ -13,9 +13,13 @@ from orchestrator import pareto
 def brute_force(top1: list[float], macs: list[float]) -> list[bool]:
     """O(n²) definition: dominated iff another point is >= on top-1, <= on MACs, one strictly."""
     n = len(top1)
-    return [not any(top1[j] >= top1[i] and macs[j] <= macs[i]
-                    and (top1[j] > top1[i] or macs[j] < macs[i]) for j in range(n))
-            for i in range(n)]
+    return [
+        not any(
+            top1[j] >= top1[i] and macs[j] <= macs[i] and (top1[j] > top1[i] or macs[j] < macs[i])
+            for j in range(n)
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -47,8 +51,7 @@ def test_hypervolume_exact_values_and_grid():
     rng = random.Random(0)
     top1 = [rng.uniform(20, 100) for _ in range(12)]
     ratio = [rng.uniform(0.05, 1.0) for _ in range(12)]
-    assert pareto.hypervolume(top1, ratio) == pytest.approx(grid_hypervolume(top1, ratio),
-                                                            abs=5e-3)
+    assert pareto.hypervolume(top1, ratio) == pytest.approx(grid_hypervolume(top1, ratio), abs=5e-3)
 
 
 def rows(n: int = 10, seed: int = 0) -> list[dict]:
@@ -56,24 +59,48 @@ def rows(n: int = 10, seed: int = 0) -> list[dict]:
     out = []
     for i in range(n):
         ratio = rng.uniform(0.2, 0.9)
-        out.append({"trial_id": f"t{i:02d}", "status": "TERMINATED",
-                    "fully_trained": i % 3 != 0, "top1": rng.uniform(50, 95),
-                    "macs": int(ratio * 1e6), "macs_ratio": ratio, "params": 1000 + i,
-                    "throughput": 100.0, "pruned_top1": 10.0, "iterations": 5, "run_id": f"r{i}",
-                    "param_init_mode": "uniform", "param_mac_target": ratio})
+        out.append(
+            {
+                "trial_id": f"t{i:02d}",
+                "status": "TERMINATED",
+                "fully_trained": i % 3 != 0,
+                "top1": rng.uniform(50, 95),
+                "macs": int(ratio * 1e6),
+                "macs_ratio": ratio,
+                "params": 1000 + i,
+                "throughput": 100.0,
+                "pruned_top1": 10.0,
+                "iterations": 5,
+                "run_id": f"r{i}",
+                "param_init_mode": "uniform",
+                "param_mac_target": ratio,
+            }
+        )
     return out
 
 
 def test_front_only_fully_trained_and_matches_brute_force(tmp_path):
     data = rows(30)
     # an ASHA-stopped trial that would dominate everything must not enter the front
-    data.append({**data[0], "trial_id": "stopped", "fully_trained": False, "top1": 99.9,
-                 "macs": 1, "macs_ratio": 1e-6})
+    data.append(
+        {
+            **data[0],
+            "trial_id": "stopped",
+            "fully_trained": False,
+            "top1": 99.9,
+            "macs": 1,
+            "macs_ratio": 1e-6,
+        }
+    )
     table = pareto.trials_table(data)
-    paths = pareto.write_tables(table, tmp_path, teacher={"top1": 97.0, "macs": 10**6,
-                                                          "params": 2000, "throughput": 50.0})
-    assert {p.name for p in tmp_path.iterdir()} == {"trials.parquet", "pareto.parquet",
-                                                    "pareto.png"}
+    paths = pareto.write_tables(
+        table, tmp_path, teacher={"top1": 97.0, "macs": 10**6, "params": 2000, "throughput": 50.0}
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "trials.parquet",
+        "pareto.parquet",
+        "pareto.png",
+    }
     assert paths["plot"].stat().st_size > 10_000  # a real PNG, not an empty figure
     trials = pq.read_table(paths["trials"]).to_pylist()
     done = [r for r in trials if r["fully_trained"]]

@@ -14,8 +14,9 @@ from test_orchestrator_config import ROOT, error_of, minimal
 from orchestrator.config import parse_config
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/sweeps", "gs://bucket/team/sweeps/",
-                                 "gcs://bucket/sweeps"])
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket/sweeps", "gs://bucket/team/sweeps/", "gcs://bucket/sweeps"]
+)
 def test_cloud_storage_goes_to_tune_driver_files_stay_local(uri, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = parse_config(minimal(storage={"path": uri, "local_dir": "state"}), "x.yaml")
@@ -37,21 +38,32 @@ def test_local_storage_is_absolute_and_shared_by_tune_and_driver(tmp_path, monke
 ALLOWED = "use a local/NFS path, s3://bucket/prefix or gs://bucket/prefix"
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("hdfs://namenode/x",
-     f"experiments/x.yaml: storage.path: hdfs://namenode/x: unsupported scheme 'hdfs'; {ALLOWED}"),
-    ("http://host/x",
-     f"experiments/x.yaml: storage.path: http://host/x: unsupported scheme 'http'; {ALLOWED}"),
-    ("s3://", "experiments/x.yaml: storage.path: s3://: no bucket"),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (
+            "hdfs://namenode/x",
+            "experiments/x.yaml: storage.path: hdfs://namenode/x: unsupported scheme 'hdfs'; "
+            + ALLOWED,
+        ),
+        (
+            "http://host/x",
+            "experiments/x.yaml: storage.path: http://host/x: unsupported scheme 'http'; "
+            + ALLOWED,
+        ),
+        ("s3://", "experiments/x.yaml: storage.path: s3://: no bucket"),
+    ],
+)
 def test_unsupported_storage_is_refused_with_one_line(path, expected):
     assert error_of(minimal(storage={"path": path})) == expected
 
 
 def test_inputs_must_still_be_local(tmp_path):
     raw = minimal(data={"kind": "parquet", "train": "s3://b/train", "val": str(tmp_path)})
-    assert error_of(raw) == ("experiments/x.yaml: data.train: s3://b/train: unsupported scheme "
-                             "'s3'; use only local or mounted (NFS) paths")
+    assert error_of(raw) == (
+        "experiments/x.yaml: data.train: s3://b/train: unsupported scheme "
+        "'s3'; use only local or mounted (NFS) paths"
+    )
 
 
 def test_dry_run_shows_the_cloud_storage(tmp_path):
@@ -59,16 +71,26 @@ def test_dry_run_shows_the_cloud_storage(tmp_path):
     raw["storage"] = {"path": "s3://my-bucket/sweeps", "local_dir": str(tmp_path / "state")}
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", str(path), "--dry-run"],
-                          capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", str(path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "s3://my-bucket/sweeps/digits" in proc.stdout
     assert not Path(tmp_path / "state").exists()  # a dry run writes nothing
 
 
 def test_storage_uri_options_stay_after_the_sweep_name():
-    config = parse_config(minimal(storage={
-        "path": "s3://bucket/sweeps/?endpoint_override=127.0.0.1:9000&scheme=http"}), "x.yaml")
+    config = parse_config(
+        minimal(
+            storage={"path": "s3://bucket/sweeps/?endpoint_override=127.0.0.1:9000&scheme=http"}
+        ),
+        "x.yaml",
+    )
     assert config.tune_dir == "s3://bucket/sweeps/t?endpoint_override=127.0.0.1:9000&scheme=http"
 
 
@@ -87,56 +109,93 @@ def test_sweep_on_s3_compatible_storage(tmp_path):
     try:
         host, port = server.get_host_and_port()
         query = f"endpoint_override={host}:{port}&scheme=http&allow_bucket_creation=true"
-        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
             os.environ.setdefault(key, env[key])
-        s3 = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http",
-                               allow_bucket_creation=True, access_key="testing",
-                               secret_key="testing", region="us-east-1")
+        s3 = pafs.S3FileSystem(
+            endpoint_override=f"{host}:{port}",
+            scheme="http",
+            allow_bucket_creation=True,
+            access_key="testing",
+            secret_key="testing",
+            region="us-east-1",
+        )
         s3.create_dir("sweeps")
         config = write_config(
-            tmp_path, "ons3", finetune={"epochs": 1},
+            tmp_path,
+            "ons3",
+            finetune={"epochs": 1},
             search_space={"mac_target": 0.5},
-            storage={"path": f"s3://sweeps/results?{query}",
-                     "local_dir": str(tmp_path / "results")},
-            sweep={"num_samples": 2, "max_concurrent_trials": 2, "asha": None,
-                   "max_failures": 0})
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", str(config)],
-                              capture_output=True, text=True, timeout=600, check=False, env=env)
+            storage={
+                "path": f"s3://sweeps/results?{query}",
+                "local_dir": str(tmp_path / "results"),
+            },
+            sweep={"num_samples": 2, "max_concurrent_trials": 2, "asha": None, "max_failures": 0},
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator.sweep", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         local = tmp_path / "results" / "ons3"
         trials = pq.read_table(local / "trials.parquet").to_pylist()
         assert len(trials) == 2 and all(t["fully_trained"] for t in trials)
-        stored = [f.path for f in s3.get_file_info(pafs.FileSelector("sweeps/results/ons3",
-                                                                     recursive=True))]
+        stored = [
+            f.path
+            for f in s3.get_file_info(pafs.FileSelector("sweeps/results/ons3", recursive=True))
+        ]
         for t in trials:  # Tune's results and every checkpoint live in the bucket
             assert f"sweeps/results/ons3/trial_{t['trial_id']}/result.json" in stored
-            assert any(p.startswith(f"sweeps/results/ons3/trial_{t['trial_id']}/checkpoint_")
-                       and p.endswith("weights.pt") for p in stored)
+            assert any(
+                p.startswith(f"sweeps/results/ons3/trial_{t['trial_id']}/checkpoint_")
+                and p.endswith("weights.pt")
+                for p in stored
+            )
         assert not list(local.glob("trial_*"))  # nothing of Tune's on the local disk
         from mlflow import MlflowClient
 
         client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
         parent = json.loads((local / "sweep.json").read_text())["parent_run_id"]
-        for run in client.search_runs([client.get_run(parent).info.experiment_id],
-                                      f"tags.`mlflow.parentRunId` = '{parent}'"):
+        for run in client.search_runs(
+            [client.get_run(parent).info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'"
+        ):
             names = {a.path for a in client.list_artifacts(run.info.run_id)}
             assert {"plan.json", "weights.pt"} <= names  # fetched back from the bucket
 
         # The head dies with its disk: a new head resumes from the bucket alone (the driver's
         # files come back from the mirror; the teacher is not retrained, the parent run stays).
-        mirrored = {f.path for f in s3.get_file_info(
-            pafs.FileSelector("sweeps/results/ons3.driver", recursive=True))}
-        assert {"sweeps/results/ons3.driver/sweep.json",
-                "sweeps/results/ons3.driver/trials.parquet"} <= mirrored
+        mirrored = {
+            f.path
+            for f in s3.get_file_info(
+                pafs.FileSelector("sweeps/results/ons3.driver", recursive=True)
+            )
+        }
+        assert {
+            "sweeps/results/ons3.driver/sweep.json",
+            "sweeps/results/ons3.driver/trials.parquet",
+        } <= mirrored
         assert any(p.startswith("sweeps/results/ons3.driver/teacher/") for p in mirrored)
         import shutil
 
         shutil.rmtree(local)
-        proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep", str(config),
-                               "--resume"], capture_output=True, text=True, timeout=600,
-                              check=False, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator.sweep", str(config), "--resume"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=env,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "driver files from s3://sweeps/results/ons3.driver" in proc.stdout
         assert "teacher epoch" not in proc.stdout + proc.stderr

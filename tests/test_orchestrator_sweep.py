@@ -20,8 +20,12 @@ from test_orchestrator_pareto import brute_force
 
 TINY = {
     "seed": 0,
-    "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 8,
-              "kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 4}},
+    "model": {
+        "name": "flatten_vit_micro",
+        "num_classes": 10,
+        "img_size": 8,
+        "kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 4},
+    },
     "data": {"kind": "digits", "calib_images": 64},
     "teacher": {"epochs": 2, "lr": 0.003},
     "search": {"steps": 6, "sim_every": 3},
@@ -31,8 +35,12 @@ TINY = {
 
 
 def write_config(tmp: Path, name: str, **sections) -> Path:
-    raw = {**json.loads(json.dumps(TINY)), "name": name,
-           "storage": {"path": str(tmp / "results")}, **sections}
+    raw = {
+        **json.loads(json.dumps(TINY)),
+        "name": name,
+        "storage": {"path": str(tmp / "results")},
+        **sections,
+    }
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -51,12 +59,22 @@ def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     # seed 4: Optuna's RandomSampler draws mac_target 0.7, 0.02, 0.5, 0.5 (one failing trial)
     config = write_config(
-        tmp, "e2e", seed=4,
-        search_space={"mac_target": [0.02, 0.5, 0.7], "init_mode": ["uniform", "attn_leave_out"],
-                      "finetune_lr": {"low": 1e-3, "high": 3e-3, "log": True}},
-        sweep={"num_samples": 20, "max_concurrent_trials": 2, "sampler": "random",
-               "asha": {"metric": "top1", "grace_period": 1, "reduction_factor": 2},
-               "max_failures": 1})
+        tmp,
+        "e2e",
+        seed=4,
+        search_space={
+            "mac_target": [0.02, 0.5, 0.7],
+            "init_mode": ["uniform", "attn_leave_out"],
+            "finetune_lr": {"low": 1e-3, "high": 3e-3, "log": True},
+        },
+        sweep={
+            "num_samples": 20,
+            "max_concurrent_trials": 2,
+            "sampler": "random",
+            "asha": {"metric": "top1", "grace_period": 1, "reduction_factor": 2},
+            "max_failures": 1,
+        },
+    )
     code = main([str(config), "--num-samples", "4"])
     return {"tmp": tmp, "dir": tmp / "results" / "e2e", "code": code}
 
@@ -99,9 +117,16 @@ def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
     assert all(float(r.data.params["mac_target"]) == 0.02 for r in failed)
     exp = load_config(sweep["tmp"] / "e2e.yaml")
     for run in finished:
-        assert set(run.data.params) == {"mac_target", "sim_temperature", "init_mode",
-                                        "init_scale", "mac_loss_weight", "search_lr",
-                                        "logit_lr", "finetune_lr"}
+        assert set(run.data.params) == {
+            "mac_target",
+            "sim_temperature",
+            "init_mode",
+            "init_scale",
+            "mac_loss_weight",
+            "search_lr",
+            "logit_lr",
+            "finetune_lr",
+        }
         m = run.data.metrics
         steps = [x.step for x in client.get_metric_history(run.info.run_id, "top1")]
         assert steps == list(range(1, int(m["training_iteration"]) + 1))  # per epoch, no repeats
@@ -110,10 +135,12 @@ def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
         if m["fully_trained"] == 1.0:
             assert {"top1", "macs", "params", "throughput"} <= set(m)
             assert m["macs_ratio"] <= float(run.data.params["mac_target"]) + 1e-9
-            local = Path(client.download_artifacts(run.info.run_id, "", str(sweep["tmp"] /
-                                                                             run.info.run_id)))
-            model = prune_core.load_pruned(create_model(exp, load_checkpoint=False),
-                                           local / "plan.json", local / "weights.pt")
+            local = Path(
+                client.download_artifacts(run.info.run_id, "", str(sweep["tmp"] / run.info.run_id))
+            )
+            model = prune_core.load_pruned(
+                create_model(exp, load_checkpoint=False), local / "plan.json", local / "weights.pt"
+            )
             assert prune_core.count_macs(model, exp.input_size) == int(m["macs"])
 
 
@@ -141,8 +168,13 @@ def test_optuna_study_has_no_orphan_running_trials(sweep):
 
 def test_report_cli_prints_the_front_and_writes_the_plot(sweep, tmp_path):
     out = tmp_path / "front.png"
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.report", str(sweep["dir"]),
-                           "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.report", str(sweep["dir"]), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     front = pq.read_table(sweep["dir"] / "pareto.parquet").to_pylist()
     assert "teacher" in proc.stdout and "hypervolume" in proc.stdout
@@ -150,18 +182,34 @@ def test_report_cli_prints_the_front_and_writes_the_plot(sweep, tmp_path):
         assert row["trial_id"] in proc.stdout
     assert out.stat().st_size > 10_000
     state = json.loads((sweep["dir"] / "sweep.json").read_text())
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.report", state["parent_run_id"],
-                           "--tracking-uri", f"sqlite:///{sweep['tmp'] / 'results' / 'mlflow.db'}",
-                           "--out", str(tmp_path / "from_run.png")],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.report",
+            state["parent_run_id"],
+            "--tracking-uri",
+            f"sqlite:///{sweep['tmp'] / 'results' / 'mlflow.db'}",
+            "--out",
+            str(tmp_path / "from_run.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert all(row["trial_id"] in proc.stdout for row in front)
 
 
 def test_existing_sweep_is_not_overwritten_without_resume(sweep):
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.sweep",
-                           str(sweep["tmp"] / "e2e.yaml")], capture_output=True, text=True, check=False,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", str(sweep["tmp"] / "e2e.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "already holds sweep 'e2e': pass --resume" in proc.stderr.strip().splitlines()[-1]
 
@@ -179,9 +227,12 @@ def _finished_trials(sweep_dir: Path) -> list[str]:
 
 def _results(sweep_dir: Path) -> dict[str, list[dict]]:
     """Tune's per-trial result.json (one line per report)."""
-    return {p.parent.name.removeprefix("trial_"): [json.loads(x) for x in p.read_text().split("\n")
-                                                   if x.strip()]
-            for p in sweep_dir.glob("trial_*/result.json")}
+    return {
+        p.parent.name.removeprefix("trial_"): [
+            json.loads(x) for x in p.read_text().split("\n") if x.strip()
+        ]
+        for p in sweep_dir.glob("trial_*/result.json")
+    }
 
 
 def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
@@ -192,10 +243,18 @@ def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
     import optuna
 
     config = write_config(
-        tmp_path, "resume",
+        tmp_path,
+        "resume",
         search_space={"mac_target": {"low": 0.4, "high": 0.8}},
-        sweep={"num_samples": 4, "max_concurrent_trials": 2, "sampler": "nsga2",
-               "population_size": 2, "asha": None, "max_failures": 0})
+        sweep={
+            "num_samples": 4,
+            "max_concurrent_trials": 2,
+            "sampler": "nsga2",
+            "population_size": 2,
+            "asha": None,
+            "max_failures": 0,
+        },
+    )
     sweep_dir = tmp_path / "results" / "resume"
     cmd = [sys.executable, "-m", "orchestrator.sweep", str(config)]
     log = (tmp_path / "first.log").open("w")
@@ -213,14 +272,17 @@ def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
     before = set(_finished_trials(sweep_dir))
     client = mlflow_client(tmp_path)
     state = json.loads((sweep_dir / "sweep.json").read_text())
-    final_before = {r.data.tags["trial_id"]: r.data.metrics["top1"]
-                    for r in children(client, state["parent_run_id"])
-                    if r.data.tags["trial_id"] in before}
+    final_before = {
+        r.data.tags["trial_id"]: r.data.metrics["top1"]
+        for r in children(client, state["parent_run_id"])
+        if r.data.tags["trial_id"] in before
+    }
     teacher_mtime = (sweep_dir / "teacher" / "teacher.pt").stat().st_mtime
     assert 2 <= len(before) < 4
 
-    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600,
-                          check=False)
+    proc = subprocess.run(
+        cmd + ["--resume"], capture_output=True, text=True, timeout=600, check=False
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
     trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()

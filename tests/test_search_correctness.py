@@ -44,10 +44,15 @@ def _search_mode_with_one_dropped_column(module: torch.nn.Module) -> None:
         gate.mode = GateMode.SEARCH
 
 
-@pytest.mark.parametrize("make", [lambda: SoftmaxAttention(64, 4),
-                                  lambda: FocusedLinearAttention(64, 4, 64, (8, 8)),
-                                  lambda: GatedMlp(64, 64)],
-                         ids=["softmax", "focused_linear", "mlp"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SoftmaxAttention(64, 4),
+        lambda: FocusedLinearAttention(64, 4, 64, (8, 8)),
+        lambda: GatedMlp(64, 64),
+    ],
+    ids=["softmax", "focused_linear", "mlp"],
+)
 def test_dropped_units_get_a_task_gradient(make) -> None:
     """A dropped unit must earn its way back: ∂L/∂θ ≠ 0 at m = 0 for every group, qk included
     (masking q and k both made the loss go as m² or m³: exactly 0 gradient)."""
@@ -63,9 +68,14 @@ def test_dropped_units_get_a_task_gradient(make) -> None:
         assert dropped > 1e-3 * kept, f"{name}: dropped units get {float(dropped):.2e}"
 
 
-@pytest.mark.parametrize("make", [lambda: SoftmaxAttention(32, 4, window_size=(4, 4)),
-                                  lambda: FocusedLinearAttention(32, 4, 16, (4, 4))],
-                         ids=["window", "focused_linear"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SoftmaxAttention(32, 4, window_size=(4, 4)),
+        lambda: FocusedLinearAttention(32, 4, 16, (4, 4)),
+    ],
+    ids=["window", "focused_linear"],
+)
 def test_one_sided_qk_mask_is_exact(make) -> None:
     """Masking q only (and, for FLatten, norms over the kept channels) equals surgery."""
     torch.manual_seed(0)
@@ -98,8 +108,12 @@ def test_finalize_with_neutral_scores_gives_balanced_widths() -> None:
     """Equal scores everywhere: no group is emptied while an aligned one stays full."""
     model = _neutral_micro()
     plan = finalize(model, (3, 16, 16), 0.5)
-    fractions = [w / gate.channels for name, m in gated_modules(model).items()
-                 for g, gate in m.gates.items() for w in [plan.widths()[name][g]]]
+    fractions = [
+        w / gate.channels
+        for name, m in gated_modules(model).items()
+        for g, gate in m.gates.items()
+        for w in [plan.widths()[name][g]]
+    ]
     assert max(fractions) - min(fractions) <= 0.2, plan.widths()
     ratio = MacModel(model, (3, 16, 16)).ratio()
     assert 0.48 <= ratio <= 0.5
@@ -127,8 +141,9 @@ def test_finalize_weighs_importance_against_the_macs_it_saves() -> None:
 def test_search_starts_at_the_full_model(digits8) -> None:
     model = tiny_vit()
     initialize(model, next(iter(digits8[0]))[0], mode="attn_leave_out", theta0=3.0)
-    history = search(model, digits8[0], (3, 8, 8), SearchConfig(target=0.5, steps=1),
-                     progress=False)
+    history = search(
+        model, digits8[0], (3, 8, 8), SearchConfig(target=0.5, steps=1), progress=False
+    )
     assert history[0]["macs_ratio"] == 1.0
     assert history[0]["soft_ratio"] == pytest.approx(1.0, abs=1e-6)
     assert history[0]["target_now"] == 1.0
@@ -202,8 +217,14 @@ def test_use_reweight_false_survives_prune_and_finetune(digits8) -> None:
     teacher = copy.deepcopy(model)
     calib = next(iter(digits8[0]))[0]
     initialize(model, calib)
-    search(model, digits8[0], (3, 8, 8), SearchConfig(target=0.6, steps=3, use_reweight=False),
-           teacher=teacher, progress=False)
+    search(
+        model,
+        digits8[0],
+        (3, 8, 8),
+        SearchConfig(target=0.6, steps=3, use_reweight=False),
+        teacher=teacher,
+        progress=False,
+    )
     finalize(model, (3, 8, 8), 0.6, tolerance=0.1)
     prune(model)
     assert all(not r.trainable and not r.param.requires_grad for r in reweights(model))
@@ -227,16 +248,21 @@ def test_flatten_qk_reweight_always_folds() -> None:
 def test_sqrt_ratio_reweight_compensates_the_width_and_folds(digits8) -> None:
     model = tiny_vit()
     initialize(model, next(iter(digits8[0]))[0])
-    search(model, digits8[0], (3, 8, 8), SearchConfig(target=0.5, steps=20, sim_every=0,
-                                                      qk_reweight_init="sqrt_ratio"),
-           progress=False)
+    search(
+        model,
+        digits8[0],
+        (3, 8, 8),
+        SearchConfig(target=0.5, steps=20, sim_every=0, qk_reweight_init="sqrt_ratio"),
+        progress=False,
+    )
     finalize(model, (3, 8, 8), 0.5, tolerance=0.05)
     attn = model.blocks[1].attn  # softmax
     k = attn.gates["qk"].kept_per_head()
     assert k < attn.qk_dim
     factor = attn._qk_multiplier().detach() / attn.qk_reweight.scale().detach()
-    assert torch.allclose(factor[attn.gates["qk"].hard_mask.bool()],
-                          torch.tensor(math.sqrt(attn.qk_dim / k)))
+    assert torch.allclose(
+        factor[attn.gates["qk"].hard_mask.bool()], torch.tensor(math.sqrt(attn.qk_dim / k))
+    )
     x = torch.randn(3, 3, 8, 8)
     masked = model.eval()(x)
     prune(model)
@@ -251,13 +277,17 @@ def test_weight_decay_follows_timms_convention() -> None:
     exempt = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     for n in decayed:
         assert n.endswith(".weight") and "norm" not in n, n
-    for part in ("relative_position_bias_table", ".scale", "positional_encoding", "norm",
-                 ".bias"):
+    for part in ("relative_position_bias_table", ".scale", "positional_encoding", "norm", ".bias"):
         assert any(part in n for n in exempt), part
     vit = timm.create_model("flatten_vit_micro", num_classes=10)
-    exempt = {n for n, p in vit.named_parameters()
-              for g in weight_decay_groups(vit, 0.05) if g["weight_decay"] == 0
-              for q in g["params"] if q is p}
+    exempt = {
+        n
+        for n, p in vit.named_parameters()
+        for g in weight_decay_groups(vit, 0.05)
+        if g["weight_decay"] == 0
+        for q in g["params"]
+        if q is p
+    }
     assert "pos_embed" in exempt
 
 
@@ -277,12 +307,21 @@ def test_reweights_learn_at_a_multiple_of_the_weights_lr() -> None:
 
 def test_similarity_refresh_uses_the_calibration_batch(digits8, monkeypatch) -> None:
     seen = []
-    monkeypatch.setattr(search_module, "update_similarity",
-                        lambda model, images, tau, taps=None, **kw: seen.append(images))
+    monkeypatch.setattr(
+        search_module,
+        "update_similarity",
+        lambda model, images, tau, taps=None, **kw: seen.append(images),
+    )
     model = tiny_vit()
     calib = torch.randn(16, 3, 8, 8)
-    search(model, digits8[0], (3, 8, 8), SearchConfig(target=0.7, steps=5, sim_every=2),
-           calib=calib, progress=False)
+    search(
+        model,
+        digits8[0],
+        (3, 8, 8),
+        SearchConfig(target=0.7, steps=5, sim_every=2),
+        calib=calib,
+        progress=False,
+    )
     assert len(seen) == 2 and all(torch.equal(s, calib) for s in seen)
 
 
@@ -292,13 +331,26 @@ def test_same_seed_same_plan(digits8) -> None:
         model = tiny_vit()
         calib = digits8[0].dataset.images[:32]
         initialize(model, calib)
-        search(model, digits8[0], (3, 8, 8), SearchConfig(target=0.5, steps=15, sim_every=5),
-               calib=calib, progress=False)
-        plans.append((finalize(model, (3, 8, 8), 0.5).to_json(),
-                      [g.logits.detach().clone() for m in gated_modules(model).values()
-                       for g in m.gates.values()]))
+        search(
+            model,
+            digits8[0],
+            (3, 8, 8),
+            SearchConfig(target=0.5, steps=15, sim_every=5),
+            calib=calib,
+            progress=False,
+        )
+        plans.append(
+            (
+                finalize(model, (3, 8, 8), 0.5).to_json(),
+                [
+                    g.logits.detach().clone()
+                    for m in gated_modules(model).values()
+                    for g in m.gates.values()
+                ],
+            )
+        )
     assert plans[0][0] == plans[1][0]
-    assert all(torch.equal(a, b) for a, b in zip(plans[0][1], plans[1][1]))
+    assert all(torch.equal(a, b) for a, b in zip(plans[0][1], plans[1][1], strict=True))
 
 
 def test_groups_and_min_width_are_respected(digits8) -> None:
@@ -307,8 +359,9 @@ def test_groups_and_min_width_are_respected(digits8) -> None:
     initialize(model, calib)
     config = SearchConfig(target=0.6, steps=10, groups=("qk", "v"), min_width={"qk": 3})
     search(model, digits8[0], (3, 8, 8), config, calib=calib, progress=False)
-    plan = finalize(model, (3, 8, 8), 0.6, tolerance=0.1, groups=config.groups,
-                    min_width=config.min_width)
+    plan = finalize(
+        model, (3, 8, 8), 0.6, tolerance=0.1, groups=config.groups, min_width=config.min_width
+    )
     for widths in plan.widths().values():
         if "mlp" in widths:
             assert widths["mlp"] == 64
@@ -324,9 +377,14 @@ def test_sgd_logits_meet_the_target(digits8) -> None:
     model = tiny_vit()
     calib = next(iter(digits8[0]))[0]
     initialize(model, calib)
-    history = search(model, digits8[0], (3, 8, 8),
-                     SearchConfig(target=0.5, steps=60, logit_optimizer="sgd"), calib=calib,
-                     progress=False)
+    history = search(
+        model,
+        digits8[0],
+        (3, 8, 8),
+        SearchConfig(target=0.5, steps=60, logit_optimizer="sgd"),
+        calib=calib,
+        progress=False,
+    )
     assert abs(history[-1]["soft_ratio"] - 0.5) <= 0.05
     plan = finalize(model, (3, 8, 8), 0.5)
     assert 0.48 <= MacModel(model, (3, 8, 8)).ratio() <= 0.5

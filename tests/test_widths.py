@@ -17,8 +17,10 @@ def test_width_rows_and_plot(tmp_path) -> None:
     uniform = pc.magnitude_plan(model, 0.5)
     rows = width_rows(plan, full_widths(model), reference=uniform)
     by_key = {(r["layer"], r["group"]): r for r in rows}
-    assert by_key[("blocks.0.attn", "v")]["kept"] == 6 and by_key[("blocks.0.attn", "v")][
-        "keep_fraction"] == 0.75
+    assert (
+        by_key[("blocks.0.attn", "v")]["kept"] == 6
+        and by_key[("blocks.0.attn", "v")]["keep_fraction"] == 0.75
+    )
     assert by_key[("blocks.1.mlp", "mlp")]["kept"] == 16
     assert by_key[("blocks.1.mlp", "mlp")]["reference_kept"] == 32
     assert len(rows) == sum(len(g) for g in plan.widths().values())

@@ -50,6 +50,7 @@ def _from_windows(windows: Tensor, window: int, height: int, width: int) -> Tens
 def shift_mask(resolution: tuple[int, int], window: int, shift: int) -> Tensor:
     """Swin's (nW, window², window²) mask: -100 between tokens that the cyclic shift made
     neighbours without being neighbours in the image, 0 elsewhere."""
+
     def bands(size: int) -> Tensor:  # 0: untouched, 1: last window, 2: wrapped-around strip
         idx = torch.arange(size)
         return (idx >= size - window).long() + (idx >= size - shift).long()
@@ -101,9 +102,22 @@ class FlattenSwinBlock(nn.Module):
     ignores the shift mask; only softmax blocks get one.
     """
 
-    def __init__(self, dim: int, resolution: tuple[int, int], num_heads: int, window: int,
-                 shift: int, attn_type: str, *, mlp_ratio: float, qkv_bias: bool, drop: float,
-                 drop_path: float, focusing_factor: float, kernel_size: int) -> None:
+    def __init__(
+        self,
+        dim: int,
+        resolution: tuple[int, int],
+        num_heads: int,
+        window: int,
+        shift: int,
+        attn_type: str,
+        *,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop: float,
+        drop_path: float,
+        focusing_factor: float,
+        kernel_size: int,
+    ) -> None:
         super().__init__()
         if min(resolution) <= window:
             window, shift = min(resolution), 0
@@ -116,15 +130,26 @@ class FlattenSwinBlock(nn.Module):
         self.attn: nn.Module
         if attn_type == "L":
             self.attn = FocusedLinearAttention(
-                dim, num_heads, window * window, (window, window), qkv_bias=qkv_bias,
-                focusing_factor=focusing_factor, kernel_size=kernel_size, proj_drop=drop)
+                dim,
+                num_heads,
+                window * window,
+                (window, window),
+                qkv_bias=qkv_bias,
+                focusing_factor=focusing_factor,
+                kernel_size=kernel_size,
+                proj_drop=drop,
+            )
         else:
-            self.attn = SoftmaxAttention(dim, num_heads, qkv_bias=qkv_bias,
-                                         window_size=(window, window), proj_drop=drop)
+            self.attn = SoftmaxAttention(
+                dim, num_heads, qkv_bias=qkv_bias, window_size=(window, window), proj_drop=drop
+            )
             nn.init.trunc_normal_(self.attn.relative_position_bias_table, std=0.02)
         use_mask = attn_type == "S" and shift > 0
-        self.register_buffer("attn_mask", shift_mask(resolution, window, shift)
-                             if use_mask else None, persistent=False)
+        self.register_buffer(
+            "attn_mask",
+            shift_mask(resolution, window, shift) if use_mask else None,
+            persistent=False,
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = GatedMlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -146,8 +171,7 @@ class FlattenSwinBlock(nn.Module):
 class FlattenSwinStage(nn.Module):
     """One resolution: ``blocks`` (shift on every second one), then optional merging."""
 
-    def __init__(self, blocks: Sequence[FlattenSwinBlock],
-                 downsample: PatchMerging | None) -> None:
+    def __init__(self, blocks: Sequence[FlattenSwinBlock], downsample: PatchMerging | None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
@@ -166,22 +190,38 @@ class FlattenSwinTransformer(nn.Module):
     ``img_size``: the shift masks and the positional encodings depend on it.
     """
 
-    def __init__(self, img_size: int = 224, patch_size: int = 4, in_chans: int = 3,
-                 num_classes: int = 1000, embed_dim: int = 96,
-                 depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
-                 window_size: int = 7, la_window_size: int = 56, attn_type: str = "LLSS",
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.1, focusing_factor: float = 3.0,
-                 kernel_size: int = 5) -> None:
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        num_heads: Sequence[int] = (3, 6, 12, 24),
+        window_size: int = 7,
+        la_window_size: int = 56,
+        attn_type: str = "LLSS",
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        focusing_factor: float = 3.0,
+        kernel_size: int = 5,
+    ) -> None:
         super().__init__()
         stages = len(depths)
         if len(num_heads) != stages or len(attn_type) != stages or set(attn_type) - {"L", "S"}:
-            raise ValueError(f"need one head count and one L/S letter per stage ({stages}); got "
-                             f"num_heads={tuple(num_heads)}, attn_type={attn_type!r}")
+            raise ValueError(
+                f"need one head count and one L/S letter per stage ({stages}); got "
+                f"num_heads={tuple(num_heads)}, attn_type={attn_type!r}"
+            )
         side = img_size // patch_size
         if img_size % patch_size or side % 2 ** (stages - 1):
-            raise ValueError(f"img_size {img_size} / patch {patch_size} must give a map "
-                             f"divisible by {2 ** (stages - 1)}")
+            raise ValueError(
+                f"img_size {img_size} / patch {patch_size} must give a map "
+                f"divisible by {2 ** (stages - 1)}"
+            )
         self.img_size = img_size
         self.num_classes = num_classes
         self.embed_dim = embed_dim
@@ -190,25 +230,42 @@ class FlattenSwinTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.layers = nn.ModuleList()
-        for i, (depth, heads, kind) in enumerate(zip(depths, num_heads, attn_type)):
-            dim, res = embed_dim * 2 ** i, (side // 2 ** i, side // 2 ** i)
+        for i, (depth, heads, kind) in enumerate(zip(depths, num_heads, attn_type, strict=True)):
+            dim, res = embed_dim * 2**i, (side // 2**i, side // 2**i)
             window = la_window_size if kind == "L" else window_size
             first = sum(depths[:i])
-            blocks = [FlattenSwinBlock(dim, res, heads, window, j % 2 * (window // 2), kind,
-                                       mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate,
-                                       drop_path=rates[first + j],
-                                       focusing_factor=focusing_factor, kernel_size=kernel_size)
-                      for j in range(depth)]
+            blocks = [
+                FlattenSwinBlock(
+                    dim,
+                    res,
+                    heads,
+                    window,
+                    j % 2 * (window // 2),
+                    kind,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop=drop_rate,
+                    drop_path=rates[first + j],
+                    focusing_factor=focusing_factor,
+                    kernel_size=kernel_size,
+                )
+                for j in range(depth)
+            ]
             merge = PatchMerging(res, dim) if i < stages - 1 else None
             self.layers.append(FlattenSwinStage(blocks, merge))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.apply(self._init_weights)
         self.pretrained_cfg = self.default_cfg = {
-            "architecture": "flatten_swin", "num_classes": num_classes,
-            "input_size": (in_chans, img_size, img_size), "interpolation": "bicubic",
-            "crop_pct": 0.9, "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-            "first_conv": "patch_embed.proj", "classifier": "head",
+            "architecture": "flatten_swin",
+            "num_classes": num_classes,
+            "input_size": (in_chans, img_size, img_size),
+            "interpolation": "bicubic",
+            "crop_pct": 0.9,
+            "mean": IMAGENET_DEFAULT_MEAN,
+            "std": IMAGENET_DEFAULT_STD,
+            "first_conv": "patch_embed.proj",
+            "classifier": "head",
         }
 
     @staticmethod
@@ -225,8 +282,10 @@ class FlattenSwinTransformer(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> normalised tokens (B, L, num_features) of the last stage."""
         if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"this model was built for {self.img_size}x{self.img_size} "
-                             f"inputs, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"this model was built for {self.img_size}x{self.img_size} "
+                f"inputs, got {tuple(x.shape[-2:])}"
+            )
         x = self.pos_drop(self.patch_embed(x))
         for layer in self.layers:
             x = layer(x)
@@ -251,9 +310,11 @@ class FlattenSwinTransformer(nn.Module):
 
 def _create(name: str, pretrained: bool, defaults: dict, kwargs: dict) -> FlattenSwinTransformer:
     if pretrained:
-        raise ValueError(f"{name}: no weights are downloaded; build it with pretrained=False and "
-                         "call prune_core.models.load_flatten_checkpoint(model, path) with the "
-                         "official checkpoint file")
+        raise ValueError(
+            f"{name}: no weights are downloaded; build it with pretrained=False and "
+            "call prune_core.models.load_flatten_checkpoint(model, path) with the "
+            "official checkpoint file"
+        )
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
     return FlattenSwinTransformer(**{**defaults, **kwargs})
@@ -271,8 +332,15 @@ def flatten_swin_micro(pretrained: bool = False, **kwargs) -> FlattenSwinTransfo
 
     Window 2 keeps one shifted, masked softmax block (stage 3 runs on a 4x4 map).
     """
-    defaults = {"img_size": 32, "patch_size": 2, "embed_dim": 32, "depths": (1, 1, 2, 1),
-                "num_heads": (1, 2, 4, 8), "window_size": 2, "drop_path_rate": 0.0}
+    defaults = {
+        "img_size": 32,
+        "patch_size": 2,
+        "embed_dim": 32,
+        "depths": (1, 1, 2, 1),
+        "num_heads": (1, 2, 4, 8),
+        "window_size": 2,
+        "drop_path_rate": 0.0,
+    }
     return _create("flatten_swin_micro", pretrained, defaults, kwargs)
 
 
@@ -281,8 +349,12 @@ def _pruning_state_keys(model: nn.Module) -> set[str]:
     keys: set[str] = set()
     for name, module in gated_modules(model).items():
         keys |= {f"{name}.gates.{k}" for k in module.gates.state_dict()}
-        keys |= {f"{name}.{child}.{k}" for child, m in module.named_children()
-                 if isinstance(m, Reweight) for k in m.state_dict()}
+        keys |= {
+            f"{name}.{child}.{k}"
+            for child, m in module.named_children()
+            if isinstance(m, Reweight)
+            for k in m.state_dict()
+        }
     return keys
 
 
@@ -302,19 +374,22 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
             f"{path}: refused by torch.load(weights_only=True), it holds more than tensors "
             f"(e.g. a training config object). If you trust the file, re-save only its weights: "
             f"torch.save({{'model': torch.load(p, weights_only=False)['model']}}, new_path). "
-            f"Detail: {str(err).splitlines()[0]}") from err
+            f"Detail: {str(err).splitlines()[0]}"
+        ) from err
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
         raw = raw["model"]
     elif isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
         raw = raw["state_dict"]
     if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
-        raise ValueError(f"{path}: expected a state dict (bare, or under 'model' / "
-                         "'state_dict') of tensors")
+        raise ValueError(
+            f"{path}: expected a state dict (bare, or under 'model' / 'state_dict') of tensors"
+        )
     return {k.removeprefix("module."): v for k, v in raw.items()}
 
 
-def load_flatten_checkpoint(model: nn.Module, path: str | Path, *,
-                            drop_head: bool = False) -> nn.Module:
+def load_flatten_checkpoint(
+    model: nn.Module, path: str | Path, *, drop_head: bool = False
+) -> nn.Module:
     """Load an official FLatten-Swin checkpoint into ``model``, strictly; returns ``model``.
 
     Every trained tensor must be present with the right shape, and nothing else may be there:
@@ -336,17 +411,30 @@ def load_flatten_checkpoint(model: nn.Module, path: str | Path, *,
     missing = trained - set(ckpt)
     unexpected = set(ckpt) - trained - ignored - pruning
     if missing or unexpected:
-        raise ValueError(f"{path} does not match {type(model).__name__}: missing keys "
-                         f"{_some(missing)}; unexpected keys {_some(unexpected)}")
-    wrong = [f"{k}: checkpoint {tuple(ckpt[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(trained) if ckpt[k].shape != own[k].shape]
+        raise ValueError(
+            f"{path} does not match {type(model).__name__}: missing keys "
+            f"{_some(missing)}; unexpected keys {_some(unexpected)}"
+        )
+    wrong = [
+        f"{k}: checkpoint {tuple(ckpt[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(trained)
+        if ckpt[k].shape != own[k].shape
+    ]
     if wrong:
-        hint = (" (a different number of classes? pass drop_head=True)"
-                if any(w.startswith("head.") for w in wrong) else "")
+        hint = (
+            " (a different number of classes? pass drop_head=True)"
+            if any(w.startswith("head.") for w in wrong)
+            else ""
+        )
         raise ValueError(f"{path}: {len(wrong)} shape mismatches{hint}: " + "; ".join(wrong[:5]))
     model.load_state_dict({**own, **{k: ckpt[k] for k in trained}}, strict=True)
     return model
 
 
-__all__ = ["FlattenSwinTransformer", "flatten_swin_micro", "flatten_swin_tiny",
-           "load_flatten_checkpoint", "shift_mask"]
+__all__ = [
+    "FlattenSwinTransformer",
+    "flatten_swin_micro",
+    "flatten_swin_tiny",
+    "load_flatten_checkpoint",
+    "shift_mask",
+]

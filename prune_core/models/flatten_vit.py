@@ -34,11 +34,23 @@ class Block(nn.Module):
 class FlattenViT(nn.Module):
     """Isotropic ViT; ``attn_types`` is a string of 'L' (focused linear) / 'S' (softmax)."""
 
-    def __init__(self, img_size: int = 16, patch_size: int = 2, in_chans: int = 3,
-                 num_classes: int = 10, embed_dim: int = 64, depth: int = 4, num_heads: int = 4,
-                 mlp_ratio: float = 2.0, attn_types: str | None = None, qkv_bias: bool = True,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 focusing_factor: float = 3.0, kernel_size: int = 5) -> None:
+    def __init__(
+        self,
+        img_size: int = 16,
+        patch_size: int = 2,
+        in_chans: int = 3,
+        num_classes: int = 10,
+        embed_dim: int = 64,
+        depth: int = 4,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        attn_types: str | None = None,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        focusing_factor: float = 3.0,
+        kernel_size: int = 5,
+    ) -> None:
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
@@ -56,10 +68,19 @@ class FlattenViT(nn.Module):
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         blocks = []
         for i, kind in enumerate(attn_types):
-            attn = (FocusedLinearAttention(embed_dim, num_heads, tokens, grid, qkv_bias=qkv_bias,
-                                           focusing_factor=focusing_factor,
-                                           kernel_size=kernel_size)
-                    if kind == "L" else SoftmaxAttention(embed_dim, num_heads, qkv_bias=qkv_bias))
+            attn = (
+                FocusedLinearAttention(
+                    embed_dim,
+                    num_heads,
+                    tokens,
+                    grid,
+                    qkv_bias=qkv_bias,
+                    focusing_factor=focusing_factor,
+                    kernel_size=kernel_size,
+                )
+                if kind == "L"
+                else SoftmaxAttention(embed_dim, num_heads, qkv_bias=qkv_bias)
+            )
             blocks.append(Block(embed_dim, attn, mlp_ratio, rates[i]))
         self.blocks = nn.Sequential(*blocks)
         self.norm = nn.LayerNorm(embed_dim)
