@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check prune_core orchestrator tests benchmarks
+	$(PY) -m ruff format --check prune_core orchestrator tests benchmarks
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db results .pytest_cache
