@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             trials, teacher = _from_run(args.source, args.tracking_uri or DEFAULT_URI)
             out = Path(args.out or f"pareto-{args.source}.png")
-    except Exception as err:  # noqa: BLE001  (a CLI: one line, whatever went wrong)
+    except Exception as err:  # any error: a CLI: one line, whatever went wrong
         print(f"orchestrator.report: {args.source}: {err}".splitlines()[0], file=sys.stderr)
         return 1
     front = pareto.front_table(trials)

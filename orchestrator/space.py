@@ -60,8 +60,9 @@ class FloatSpace(Strict):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
-        if isinstance(data, bool):  # pydantic reports ValueError (not TypeError) with the field
-            raise ValueError(f"expected a number, a range or choices, got {data!r}")  # noqa: TRY004
+        # A ValueError, not a TypeError: pydantic reports ValueErrors with the field's name.
+        if isinstance(data, bool):
+            raise ValueError(f"expected a number, a range or choices, got {data!r}")
         if isinstance(data, (int, float)):
             cls._check(float(data))
             return {"value": data}

@@ -74,7 +74,7 @@ def ping(uri: str) -> None:
         return
     try:
         client(uri).search_experiments(max_results=1)
-    except Exception as err:  # noqa: BLE001  (connection refused, timeout, 5xx, auth, ...)
+    except Exception as err:  # any error: connection refused, timeout, 5xx, auth, ...
         text = str(err)
         why = (
             "connection refused"
@@ -275,7 +275,7 @@ def _error_reason(trial) -> str:
     """The trial's exception, one line (the cause, not Ray's wrapper), for the run's tags."""
     try:
         err = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001
+    except Exception:  # any error, on purpose
         err = None
     if err is not None:
         return _first_line(getattr(err, "cause", None) or err)
@@ -342,7 +342,7 @@ class TrialLogger(Callback):
             return
         try:
             self._apply(op)
-        except Exception as err:  # noqa: BLE001  (whatever MLflow raised: keep it for later)
+        except Exception as err:  # any error: whatever MLflow raised: keep it for later
             box.append(op)
             self._next_try = time.monotonic() + self.RETRY_S
             _warn(
@@ -365,7 +365,7 @@ class TrialLogger(Callback):
                 if op["op"] != "refresh" or i == last_refresh:  # one rebuild is enough
                     self._apply(op)
                 done = i + 1
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # any error, on purpose
             box.replace(ops[done:])
             self._next_try = time.monotonic() + self.RETRY_S
             if force:
@@ -493,7 +493,7 @@ class TrialLogger(Callback):
             if Outbox(self.sweep_dir).pending():
                 raise ConnectionError("tracking operations still buffered")
             return self.refresh()
-        except Exception:  # noqa: BLE001
+        except Exception:  # any error, on purpose
             path = Path(self.sweep_dir) / "trials.parquet"
             if not path.is_file():
                 return {"hypervolume": float("nan"), "finished": 0, "front": None}
