@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from orchestrator.space import INIT_MODES, SearchSpace, Strict
+from orchestrator.space import INIT_MODES, SearchSpace, Strict, check_point
 
 __all__ = ["INIT_MODES", "ConfigError", "Experiment", "check_inputs", "load_config", "parse_config"]
 
@@ -145,6 +145,9 @@ class SweepConfig(Strict):
     # Python, torch and prune_core imports: seconds per trial on a small node). Off by default:
     # with it on, the kill/restart fault tests lost a reported epoch or ran an extra trial.
     reuse_actors: bool = False
+    # Settings tried first, in order (Optuna's enqueue_trial): a baseline to compare against,
+    # or a known-good point. Each maps explored parameters to values; the rest are sampled.
+    points_to_evaluate: list[dict[str, float | str]] = []
 
 
 class ResourcesConfig(Strict):
@@ -387,6 +390,11 @@ def _cross_checks(config: Experiment, source: str) -> None:
             "sweep.asha.grace_period",
             f"must be <= finetune.epochs + 1 ({config.finetune.epochs + 1})",
         )
+    for i, point in enumerate(config.sweep.points_to_evaluate):
+        try:
+            check_point(config.search_space, point)
+        except ValueError as err:
+            raise ConfigError(source, f"sweep.points_to_evaluate[{i}]", str(err)) from None
     if config.resources.gpus_per_trial > 1 and config.resources.gpus_per_trial % 1:
         raise ConfigError(source, "resources.gpus_per_trial", "above 1 it must be a whole number")
 

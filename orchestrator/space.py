@@ -209,6 +209,28 @@ class DefineByRun:
         return constants
 
 
+def check_point(space: SearchSpace, point: dict[str, Any]) -> None:
+    """Raises ValueError unless ``point`` sets explored parameters to values they can take.
+
+    A point of ``sweep.points_to_evaluate`` is enqueued in the Optuna study as is (Ray's
+    ``OptunaSearch(points_to_evaluate=...)``); parameters it leaves out are sampled.
+    """
+    names = explored(space)
+    for name, value in point.items():
+        if name not in names:
+            raise ValueError(
+                f"{name!r} is not an explored parameter (explored: {', '.join(names) or 'none'})"
+            )
+        spec = getattr(space, name)
+        if spec.choices is not None:
+            if value not in spec.choices:
+                raise ValueError(f"{name}: {value!r} is not one of the choices {spec.choices}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        elif not spec.low <= value <= spec.high:
+            raise ValueError(f"{name}: {value:g} is outside [{spec.low:g}, {spec.high:g}]")
+
+
 def describe(space: SearchSpace) -> list[tuple[str, str]]:
     """(parameter, human description) rows, for ``--dry-run`` and the parent run."""
     rows = []

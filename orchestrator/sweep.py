@@ -96,6 +96,7 @@ def make_searcher(exp: Experiment):
         mode=["max", "min"],
         sampler=sampler,
         study_name=exp.name,
+        points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
     )
 
 

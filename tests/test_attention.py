@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_masks, tiny_vit
+from helpers import random_masks, tiny_vit
 
 from prune_core import (
     FocusedLinearAttention,

@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 import ray.autoscaler
 import yaml
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((ROOT / "cluster.yaml").read_text())
 TEXT = (ROOT / "cluster.yaml").read_text()
 

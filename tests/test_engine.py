@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_vit
+from helpers import tiny_vit
 
 from prune_core import (
     INIT_MODES,

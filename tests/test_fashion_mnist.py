@@ -20,12 +20,12 @@ import pytest
 import timm
 import torch
 import yaml
+from helpers import ROOT
 
 import prune_core.fashion_mnist as fm
 from orchestrator.config import ConfigError, load_config, parse_config
 from orchestrator.data import build_datasets
 
-ROOT = Path(__file__).resolve().parents[1]
 INSTALL = "apt-get install dataset-fashion-mnist"
 
 

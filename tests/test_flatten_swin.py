@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import timm
 import torch
-from conftest import random_masks
+from helpers import random_masks
 from timm.models.swin_transformer import SwinTransformerBlock
 from torch.utils.flop_counter import FlopCounterMode
 

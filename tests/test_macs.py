@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import random_masks, tiny_vit
+from helpers import random_masks, tiny_vit
 from torch.utils.flop_counter import FlopCounterMode
 
 from prune_core import MacModel, count_macs, gated_modules, make_prunable, prune

@@ -9,35 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, error_of, minimal
 
 from orchestrator.config import INIT_MODES, ConfigError, load_config, parse_config
 from orchestrator.space import DefineByRun, describe, explored
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def minimal(**overrides) -> dict:
-    raw = {
-        "name": "t",
-        "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 8},
-        "data": {"kind": "digits"},
-        "teacher": {"epochs": 1},
-        "finetune": {"epochs": 1},
-        "search_space": {"mac_target": 0.5},
-    }
-    for dotted, value in overrides.items():
-        *path, last = dotted.split("__")
-        node = raw
-        for key in path:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return raw
-
-
-def error_of(raw: dict) -> str:
-    with pytest.raises(ConfigError) as info:
-        parse_config(raw, "experiments/x.yaml")
-    return str(info.value)
 
 
 def test_shipped_configs_validate(monkeypatch, tmp_path):
@@ -291,3 +266,26 @@ def test_search_settings_reach_prune_core():
     assert config.similarity_to == "kept"
     assert "search.min_width" in error_of(minimal(search__min_width={"qk": 0}))
     assert "search.groups" in error_of(minimal(search__groups=["attn"]))
+
+
+def test_points_to_evaluate_are_checked_against_the_space() -> None:
+    space = {"mac_target": [0.3, 0.5], "finetune_lr": {"low": 1e-4, "high": 1e-2, "log": True}}
+    ok = parse_config(
+        minimal(
+            search_space=space,
+            sweep__points_to_evaluate=[{"mac_target": 0.3, "finetune_lr": 1e-3}, {}],
+        ),
+        "experiments/x.yaml",
+    )
+    assert ok.sweep.points_to_evaluate[0] == {"mac_target": 0.3, "finetune_lr": 1e-3}
+    cases = {
+        "'search_lr' is not an explored parameter (explored: mac_target, finetune_lr)": {
+            "search_lr": 1e-3
+        },
+        "mac_target: 0.4 is not one of the choices [0.3, 0.5]": {"mac_target": 0.4},
+        "finetune_lr: 0.1 is outside [0.0001, 0.01]": {"finetune_lr": 0.1},
+        "finetune_lr: expected a number, got 'fast'": {"finetune_lr": "fast"},
+    }
+    for message, point in cases.items():
+        error = error_of(minimal(search_space=space, sweep__points_to_evaluate=[{}, point]))
+        assert error == f"experiments/x.yaml: sweep.points_to_evaluate[1]: {message}", error

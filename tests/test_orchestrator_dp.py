@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
-from test_orchestrator_sweep import _results, children, mlflow_client, write_config
+import pytest
+from helpers import children, mlflow_client, tune_results, write_config
+
+pytestmark = pytest.mark.sweep
 
 
 def dp_config(tmp_path, name: str, max_failures: int):
@@ -79,7 +82,7 @@ def test_data_parallel_nan_fails_the_trial_once_with_its_reason(tmp_path, monkey
     config = dp_config(tmp_path, "dpnan", max_failures=1)
     assert main([str(config)]) == 1  # every trial failed
     sweep_dir = tmp_path / "results" / "dpnan"
-    (rows,) = _results(sweep_dir).values()
+    (rows,) = tune_results(sweep_dir).values()
     assert [r["phase"] for r in rows] == ["search", "failed"]  # nothing retried
     assert "non-finite loss" in rows[-1]["error"]
     (trial,) = pq.read_table(sweep_dir / "trials.parquet").to_pylist()

@@ -13,7 +13,10 @@ from __future__ import annotations
 import shutil
 
 import pyarrow.parquet as pq
-from test_orchestrator_sweep import write_config
+import pytest
+from helpers import write_config
+
+pytestmark = pytest.mark.sweep
 
 FIXED = {
     "mac_target": 0.6,

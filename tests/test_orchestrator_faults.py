@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_orchestrator_sweep import _results, children, write_config
+from helpers import children, tune_results, write_config
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.sweep, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 def free_port() -> int:
@@ -123,7 +123,7 @@ def _runs_by_trial(tmp: Path, sweep_dir: Path) -> dict:
 
 def _assert_resumed_from_checkpoint(faulty, trial_id: str) -> None:
     """One search, epochs 0..3 each reported once, one final result: nothing redone or lost."""
-    rows = _results(faulty["dir"])[trial_id]
+    rows = tune_results(faulty["dir"])[trial_id]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3], rows
     assert [r["training_iteration"] for r in rows] == [1, 2, 3, 4]
     assert [r["phase"] for r in rows].count("search") == 1
@@ -160,7 +160,7 @@ def test_nan_trial_fails_once_with_its_reason_and_is_not_retried(faulty):
     import optuna
 
     trial_id = faulty["fired"]["nan"]["trial_id"]
-    rows = _results(faulty["dir"])[trial_id]
+    rows = tune_results(faulty["dir"])[trial_id]
     assert [r["phase"] for r in rows] == ["search", "failed"]  # no retry, no second search
     assert "non-finite loss" in rows[-1]["error"]
     run = _runs_by_trial(faulty["tmp"], faulty["dir"])[trial_id]

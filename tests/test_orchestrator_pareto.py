@@ -6,20 +6,9 @@ import random
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import brute_force
 
 from orchestrator import pareto
-
-
-def brute_force(top1: list[float], macs: list[float]) -> list[bool]:
-    """O(n²) definition: dominated iff another point is >= on top-1, <= on MACs, one strictly."""
-    n = len(top1)
-    return [
-        not any(
-            top1[j] >= top1[i] and macs[j] <= macs[i] and (top1[j] > top1[i] or macs[j] < macs[i])
-            for j in range(n)
-        )
-        for i in range(n)
-    ]
 
 
 @pytest.mark.parametrize("seed", range(30))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_orchestrator_config import ROOT, error_of, minimal
+from helpers import ROOT, error_of, minimal
 
 from orchestrator.config import parse_config
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import timm
 import torch
-from conftest import tiny_vit
+from helpers import tiny_vit
 
 import prune_core.pruning_search as search_module
 from prune_core import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from conftest import tiny_vit
+from helpers import tiny_vit
 
 import prune_core as pc
 from prune_core.widths import full_widths, plot_widths, rows_to_csv, width_rows

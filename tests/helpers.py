@@ -1,0 +1,133 @@
+"""Helpers shared by the tests (plain functions and constants; fixtures live in conftest.py).
+
+One module, so that no test file imports another: tiny models and masks for prune_core, a tiny
+experiment and its readers (MLflow, Tune's result files) for the orchestrator.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+
+import prune_core
+from orchestrator.config import ConfigError, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_vit(seed: int = 0, **kwargs) -> torch.nn.Module:
+    """flatten_vit_micro shrunk further: one linear and one softmax block, 8x8 input."""
+    torch.manual_seed(seed)
+    cfg = {
+        "num_classes": 10,
+        "img_size": 8,
+        "patch_size": 2,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 4,
+    }
+    cfg.update(kwargs)
+    return timm.create_model("flatten_vit_micro", **cfg)
+
+
+def random_masks(model: torch.nn.Module, keep: float = 0.5, seed: int = 0) -> None:
+    """Hard masks with the same count per head at random positions (aligned where needed)."""
+    g = torch.Generator().manual_seed(seed)
+    for module in prune_core.gated_modules(model).values():
+        for gate in module.gates.values():
+            k = max(1, round(keep * gate.channels))
+            mask = torch.zeros(gate.num_heads, gate.channels)
+            rows = [torch.randperm(gate.channels, generator=g)[:k] for _ in range(gate.num_heads)]
+            for h in range(gate.num_heads):
+                mask[h, rows[0] if gate.aligned else rows[h]] = 1.0
+            gate.set_hard(mask)
+
+
+def brute_force(top1: list[float], macs: list[float]) -> list[bool]:
+    """O(n²) definition: dominated iff another point is >= on top-1, <= on MACs, one strictly."""
+    n = len(top1)
+    return [
+        not any(
+            top1[j] >= top1[i] and macs[j] <= macs[i] and (top1[j] > top1[i] or macs[j] < macs[i])
+            for j in range(n)
+        )
+        for i in range(n)
+    ]
+
+
+def minimal(**overrides) -> dict:
+    raw = {
+        "name": "t",
+        "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 8},
+        "data": {"kind": "digits"},
+        "teacher": {"epochs": 1},
+        "finetune": {"epochs": 1},
+        "search_space": {"mac_target": 0.5},
+    }
+    for dotted, value in overrides.items():
+        *path, last = dotted.split("__")
+        node = raw
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return raw
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, "experiments/x.yaml")
+    return str(info.value)
+
+
+TINY = {
+    "seed": 0,
+    "model": {
+        "name": "flatten_vit_micro",
+        "num_classes": 10,
+        "img_size": 8,
+        "kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 4},
+    },
+    "data": {"kind": "digits", "calib_images": 64},
+    "teacher": {"epochs": 2, "lr": 0.003},
+    "search": {"steps": 6, "sim_every": 3},
+    "finetune": {"epochs": 2},
+    "resources": {"num_cpus": 2, "cpus_per_trial": 1, "teacher_cpus": 1},
+}
+
+
+def write_config(tmp: Path, name: str, **sections) -> Path:
+    raw = {
+        **json.loads(json.dumps(TINY)),
+        "name": name,
+        "storage": {"path": str(tmp / "results")},
+        **sections,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def mlflow_client(tmp: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp / 'results' / 'mlflow.db'}")
+
+
+def children(client, parent_id: str) -> list:
+    exp_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def tune_results(sweep_dir: Path) -> dict[str, list[dict]]:
+    """Tune's per-trial result.json (one line per report)."""
+    return {
+        p.parent.name.removeprefix("trial_"): [
+            json.loads(x) for x in p.read_text().split("\n") if x.strip()
+        ]
+        for p in sweep_dir.glob("trial_*/result.json")
+    }
