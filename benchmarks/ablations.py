@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prune_core import ChannelGate, GateMode, MacModel, gated_modules
+from prune_core import ChannelGate, GateMode, MacModel, prunable_modules
 
 
 class FreeGate(ChannelGate):
@@ -60,7 +60,7 @@ class FreeGate(ChannelGate):
 
 def make_unaligned(model: nn.Module) -> nn.Module:
     """Turn every gate into a :class:`FreeGate`, in place (state and parameters are kept)."""
-    for module in gated_modules(model).values():
+    for module in prunable_modules(model).values():
         for gate in module.gates.values():
             gate.__class__ = FreeGate
             gate.aligned = False
@@ -70,7 +70,7 @@ def make_unaligned(model: nn.Module) -> nn.Module:
 def mean_widths(model: nn.Module) -> dict[str, dict[str, float]]:
     return {
         name: {g: gate.kept_per_head() for g, gate in m.gates.items()}
-        for name, m in gated_modules(model).items()
+        for name, m in prunable_modules(model).items()
     }
 
 
@@ -90,7 +90,7 @@ def finalize_unaligned(
     lowest-ranked unit while over budget, restore the best dropped one while too far under.
     """
     macs = MacModel(model, input_size)
-    gates = [g for m in gated_modules(model).values() for g in m.gates.values()]
+    gates = [g for m in prunable_modules(model).values() for g in m.gates.values()]
     for gate in gates:
         gate.hard_mask.copy_(gate._free_mask(round(gate.soft_total().item()), gate.ranking()))
         gate.mode = GateMode.HARD

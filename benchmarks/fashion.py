@@ -72,7 +72,7 @@ from torch.utils.data import DataLoader
 
 import prune_core as pc
 from benchmarks import ablations, digits_setup, tp_peer
-from prune_core.engine import batches_forever
+from prune_core.training import batches_forever
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -306,7 +306,9 @@ def search_steps(data: Data, args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------- the plans
 def _widths(model: nn.Module, per_group: dict[str, int]) -> dict[str, dict[str, int]]:
-    return {name: {g: per_group[g] for g in m.gates} for name, m in pc.gated_modules(model).items()}
+    return {
+        name: {g: per_group[g] for g in m.gates} for name, m in pc.prunable_modules(model).items()
+    }
 
 
 def uniform_keeps(
@@ -318,7 +320,7 @@ def uniform_keeps(
     most pruned group that still fits under t, one channel per head at a time, until none fits.
     """
     channels: dict[str, int] = {}
-    for m in pc.gated_modules(model).values():
+    for m in pc.prunable_modules(model).values():
         for g, gate in m.gates.items():
             if channels.setdefault(g, gate.channels) != gate.channels:
                 raise ValueError(f"group {g} has different widths across layers")
@@ -362,7 +364,7 @@ def _search(
     pc.initialize(student, data.calib, mode=mode, sim_temperature=tau, theta0=0.0)
     if method == "uniform_init_qk":  # uniform on the qk groups only (v, mlp keep their init)
         with torch.no_grad():
-            for module in pc.gated_modules(student).values():
+            for module in pc.prunable_modules(student).values():
                 if "qk" in module.gates:
                     module.gates["qk"].logits.fill_(0.0)
                     module.gates["qk"].anchor_()
@@ -403,8 +405,8 @@ def on_teacher_weights(teacher_model: nn.Module, plan: pc.Plan, data: Data) -> f
 def unaligned_on_teacher_weights(teacher_model: nn.Module, student: nn.Module, data: Data) -> float:
     """Top-1 of the teacher masked with the student's unaligned masks (no training)."""
     model = ablations.make_unaligned(copy.deepcopy(teacher_model))
-    source = pc.gated_modules(student)
-    for name, module in pc.gated_modules(model).items():
+    source = pc.prunable_modules(student)
+    for name, module in pc.prunable_modules(model).items():
         for g, gate in module.gates.items():
             gate.hard_mask.copy_(source[name].gates[g].hard_mask)
             gate.mode = pc.GateMode.HARD

@@ -79,7 +79,7 @@ def profiled_sweep(config: str, report: str) -> int:
     """
     import functools
 
-    from orchestrator import sweep, tracking
+    from orchestrator import sweep, trial_logger
 
     spent = {name: [0.0, 0] for name in CALLBACKS}
 
@@ -96,7 +96,8 @@ def profiled_sweep(config: str, report: str) -> int:
         return wrapper
 
     for name in CALLBACKS:
-        setattr(tracking.TrialLogger, name, timed(name, getattr(tracking.TrialLogger, name)))
+        logger = trial_logger.TrialLogger
+        setattr(logger, name, timed(name, getattr(logger, name)))
     try:
         return sweep.main([config])
     finally:

@@ -55,7 +55,7 @@ def _tp():
 
 def _ignored_params(model: nn.Module) -> list[nn.Parameter]:
     """Pruning state Torch-Pruning must leave alone (gate logits, reweights)."""
-    return [p for m in pc.gated_modules(model).values() for p in m.pruning_parameters()]
+    return [p for m in pc.prunable_modules(model).values() for p in m.pruning_parameters()]
 
 
 def _stand_ins(model: nn.Module) -> dict[str, nn.Module]:
@@ -119,7 +119,7 @@ def plan_from_tp(
         for n, p in work.named_parameters():
             if n in grads:
                 p.grad = grads[n].clone()
-    original = {n: m for n, m in pc.gated_modules(model).items()}
+    original = {n: m for n, m in pc.prunable_modules(model).items()}
     stand_ins = _stand_ins(work)
     num_heads = {a.qkv: original[n].num_heads for n, a in stand_ins.items()}
     ignored: list = [m for m in work.modules() if isinstance(m, (nn.Conv2d,))]

@@ -15,7 +15,6 @@ so the Parquet path can be exercised on real images anywhere.
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import os
 import random
@@ -23,14 +22,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from timm.data import create_transform
 from torch import Tensor
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torchvision.datasets import ImageFolder
 
-from orchestrator.config import DataConfig, Experiment
+from orchestrator.schema import Experiment, resolve_split
+from prune_core.digits import DigitsDataset, digits_datasets
+from prune_core.fashion_mnist import FashionMnistDataset, fashion_mnist_datasets
 
 
 @dataclass
@@ -41,26 +47,11 @@ class Datasets:
 
 
 # ----------------------------------------------------------------------------- file lookup
-def resolve_split(data: DataConfig, split: str) -> list[Path]:
-    """The files (parquet) or the directory (imagefolder) of a split; FileNotFoundError if none."""
-    where = getattr(data, split)
-    if data.kind == "imagefolder":
-        if not Path(where).is_dir():
-            raise FileNotFoundError(f"no such directory: {where}")
-        return [Path(where)]
-    if Path(where).is_dir():
-        files = sorted(Path(where).glob("*.parquet"))
-    else:
-        files = sorted(Path(p) for p in glob.glob(str(where)))
-    if not files:
-        raise FileNotFoundError(f"no parquet files at {where}")
-    return files
 
 
 # ----------------------------------------------------------------------------- transforms
 def transforms(config: Experiment, training: bool):
     """timm's standard transforms at the model's input size (ImageNet mean/std)."""
-    from timm.data import create_transform
 
     d = config.data
     size = config.input_size
@@ -205,16 +196,12 @@ def build_datasets(config: Experiment, *, distributed: bool = False) -> Datasets
     """Train/val datasets and the calibration batch that every trial of a sweep shares."""
     d = config.data
     if d.kind == "digits":
-        from prune_core.digits import DigitsDataset, digits_datasets
-
         train, val = digits_datasets(
             config.model.img_size, seed=config.seed, test_fraction=d.test_fraction
         )
         plain = DigitsDataset(train.images, train.labels, augment=False)
         return Datasets(train, val, _calibration(plain, d.calib_images, config.seed))
     if d.kind == "fashion_mnist":
-        from prune_core.fashion_mnist import FashionMnistDataset, fashion_mnist_datasets
-
         train, val = fashion_mnist_datasets(
             config.model.img_size,
             in_chans=config.input_size[0],
@@ -226,8 +213,6 @@ def build_datasets(config: Experiment, *, distributed: bool = False) -> Datasets
         return Datasets(train, val, _calibration(plain, d.calib_images, config.seed))
     train_tf, eval_tf = transforms(config, training=True), transforms(config, training=False)
     if d.kind == "imagefolder":
-        from torchvision.datasets import ImageFolder
-
         train_dir, val_dir = resolve_split(d, "train")[0], resolve_split(d, "val")[0]
         train = ImageFolder(str(train_dir), transform=train_tf)
         val = ImageFolder(str(val_dir), transform=eval_tf)
@@ -255,7 +240,6 @@ def build_datasets(config: Experiment, *, distributed: bool = False) -> Datasets
 
 def loaders(config: Experiment, datasets: Datasets):
     """(train, eval) DataLoaders with the config's batch sizes."""
-    from torch.utils.data import DataLoader
 
     d = config.data
     shuffle = not isinstance(datasets.train, IterableDataset)
@@ -285,9 +269,6 @@ def export_digits(
     The split is the same stratified split as ``prune_core.digits_datasets`` (same seed), and
     the layout is the Hugging Face one: ``image: struct<bytes, path>``, ``label: int64``.
     """
-    import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     data = load_digits()
     pixels = np.clip(data.images * 16, 0, 255).astype(np.uint8)

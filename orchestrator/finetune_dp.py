@@ -21,17 +21,27 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
+import ray.train
+import ray.train.torch
 import torch
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator.config import Experiment
-from orchestrator.trial import (
+import prune_core
+from orchestrator.checkpoint import (
     STATE,
     WEIGHTS,
     Reporter,
-    TrialParams,
+    epoch_metrics,
     failure_result,
-    finetune_config,
+    final_metrics,
 )
+from orchestrator.data import build_datasets, loaders
+from orchestrator.schema import Experiment
+from orchestrator.teacher import create_model, load_teacher
+from orchestrator.trial_settings import TrialParams, finetune_config
 
 
 def finetune_data_parallel(
@@ -42,11 +52,6 @@ def finetune_data_parallel(
     teacher_state: dict,
 ) -> None:
     """Run the fine-tune on ``exp.finetune.workers`` Ray Train workers; blocks until done."""
-    import ray
-    import ray.train
-    from ray import tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     r = exp.resources
     trial_id = tune.get_context().get_trial_id()
@@ -79,13 +84,6 @@ def finetune_data_parallel(
 
 def _worker_loop(cfg: dict[str, Any]) -> None:
     """One data-parallel worker: rebuild the pruned model, fine-tune, rank 0 reports + saves."""
-    import ray
-    import ray.train
-    import ray.train.torch
-
-    import prune_core
-    from orchestrator.data import build_datasets, loaders
-    from orchestrator.teacher import create_model, load_teacher
 
     exp: Experiment = cfg["experiment"]
     p: TrialParams = cfg["params"]
@@ -103,7 +101,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     train_loader, val_loader = loaders(exp, datasets)
     if not isinstance(datasets.train, torch.utils.data.IterableDataset):
         train_loader = ray.train.torch.prepare_data_loader(train_loader)  # DistributedSampler
-    for module in prune_core.gated_modules(student).values():
+    for module in prune_core.prunable_modules(student).values():
         module.gates.requires_grad_(False)  # pruned: unused, and DDP rejects unused parameters
     model = ray.train.torch.prepare_model(student)
     plain = model.module if hasattr(model, "module") else model
@@ -134,17 +132,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         if epoch == epochs - 1:
             return  # reported with the final evaluation
         top1 = prune_core.accuracy(plain, val_loader, device) if rank == 0 else float("nan")
-        report(
-            {
-                "phase": "finetune",
-                "epoch": epoch + 1,
-                "top1": top1,
-                "train_loss": metrics["train_loss"],
-                "lr": metrics["lr"],
-                "fully_trained": 0,
-            },
-            {STATE: state},
-        )
+        report(epoch_metrics(epoch, metrics, top1), {STATE: state})
 
     try:
         history = prune_core.train(
@@ -165,18 +153,6 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     if rank == 0:
         final = prune_core.evaluate(plain, val_loader, exp.input_size, device=device)
         last = history[-1] if history else {}
-        report(
-            {
-                "phase": "done",
-                "epoch": epochs,
-                "top1": final["top1"],
-                "macs": final["macs"],
-                "params": final["params"],
-                "throughput": final["throughput"],
-                "train_loss": last.get("train_loss", float("nan")),
-                "fully_trained": 1,
-            },
-            {WEIGHTS: plain.state_dict()},
-        )
+        report(final_metrics(final, last, epochs), {WEIGHTS: plain.state_dict()})
     else:
         report({"phase": "done", "epoch": epochs, "fully_trained": 1}, None)

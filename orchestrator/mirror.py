@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.fs as pafs
 from ray.tune import Callback
 
-from orchestrator.config import Experiment
+from orchestrator.schema import Experiment
 
 SUFFIX = ".driver"
 WRITE_ONCE = ("teacher",)  # top-level folders whose files never change once written
@@ -33,7 +34,6 @@ def mirror_uri(exp: Experiment) -> str | None:
 
 
 def _remote(uri: str):
-    import pyarrow.fs as pafs
 
     return pafs.FileSystem.from_uri(uri)
 
@@ -51,7 +51,6 @@ def push(exp: Experiment) -> int:
     uri = mirror_uri(exp)
     if uri is None or not exp.sweep_dir.is_dir():
         return 0
-    import pyarrow.fs as pafs
 
     fs, root = _remote(uri)
     local = pafs.LocalFileSystem()
@@ -73,7 +72,6 @@ def pull(exp: Experiment) -> int:
     uri = mirror_uri(exp)
     if uri is None:
         return 0
-    import pyarrow.fs as pafs
 
     fs, root = _remote(uri)
     root = root.rstrip("/")

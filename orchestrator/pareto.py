@@ -1,4 +1,4 @@
-"""The accuracy-vs-MACs Pareto front: non-dominated set, hypervolume, Parquet tables, plot.
+"""The accuracy-vs-MACs Pareto front: non-dominated set, hypervolume, Parquet, plot, console.
 
 Objectives: maximise top-1, minimise MACs. Only trials that finished the whole fine-tune
 (``fully_trained``) may enter the front: ASHA-stopped trials report partially trained top-1,
@@ -14,11 +14,14 @@ sweeps of the same model and independent of the MAC scale.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
 
 TRIAL_COLUMNS = (
     "trial_id",
@@ -129,7 +132,7 @@ def plot(
     title: str = "",
 ) -> Path:
     """top-1 vs MAC ratio: every trial, ASHA-stopped ones hollow, the front as a step line."""
-    import matplotlib
+    import matplotlib  # here: a second of start-up that only the plot needs
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,3 +224,50 @@ def write_tables(
             tmp.unlink(missing_ok=True)
     plot(trials, front, paths["plot"], teacher=teacher, title=title)
     return paths
+
+
+def print_front(
+    front: pa.Table,
+    *,
+    teacher: dict | None = None,
+    title: str = "Pareto front",
+    console: Console | None = None,
+) -> None:
+    """The front as a rich table, cheapest first, with the teacher as the reference row."""
+    table = Table(title=title, title_justify="left")
+    for column in (
+        "trial",
+        "top-1 %",
+        "MACs",
+        "MAC ratio",
+        "params",
+        "img/s",
+        "mac_target",
+        "init_mode",
+    ):
+        table.add_column(column, justify="left" if column in ("trial", "init_mode") else "right")
+    if teacher is not None:
+        table.add_row(
+            "teacher",
+            f"{teacher['top1']:.2f}",
+            f"{int(teacher['macs']):,}",
+            "1.000",
+            f"{int(teacher['params']):,}",
+            f"{teacher.get('throughput', 0):,.0f}",
+            "",
+            "",
+            style="dim",
+        )
+    for r in front.to_pylist():
+        target = r.get("param_mac_target")
+        table.add_row(
+            str(r["trial_id"]),
+            f"{r['top1']:.2f}",
+            f"{r['macs']:,}",
+            f"{r['macs_ratio']:.3f}",
+            f"{r['params'] or 0:,}",
+            f"{r['throughput'] or 0:,.0f}",
+            f"{target:.3f}" if isinstance(target, float) else "",
+            str(r.get("param_init_mode") or ""),
+        )
+    (console or Console(width=None if sys.stdout.isatty() else 120)).print(table)

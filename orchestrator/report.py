@@ -15,59 +15,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.console import Console
-from rich.table import Table
 
 from orchestrator import pareto
+from orchestrator.tracking import client
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
-
-
-def print_front(
-    front: pa.Table,
-    *,
-    teacher: dict | None = None,
-    title: str = "Pareto front",
-    console: Console | None = None,
-) -> None:
-    """The front as a rich table, cheapest first, with the teacher as the reference row."""
-    table = Table(title=title, title_justify="left")
-    for column in (
-        "trial",
-        "top-1 %",
-        "MACs",
-        "MAC ratio",
-        "params",
-        "img/s",
-        "mac_target",
-        "init_mode",
-    ):
-        table.add_column(column, justify="left" if column in ("trial", "init_mode") else "right")
-    if teacher is not None:
-        table.add_row(
-            "teacher",
-            f"{teacher['top1']:.2f}",
-            f"{int(teacher['macs']):,}",
-            "1.000",
-            f"{int(teacher['params']):,}",
-            f"{teacher.get('throughput', 0):,.0f}",
-            "",
-            "",
-            style="dim",
-        )
-    for r in front.to_pylist():
-        target = r.get("param_mac_target")
-        table.add_row(
-            str(r["trial_id"]),
-            f"{r['top1']:.2f}",
-            f"{r['macs']:,}",
-            f"{r['macs_ratio']:.3f}",
-            f"{r['params'] or 0:,}",
-            f"{r['throughput'] or 0:,.0f}",
-            f"{target:.3f}" if isinstance(target, float) else "",
-            str(r.get("param_init_mode") or ""),
-        )
-    (console or Console(width=None if sys.stdout.isatty() else 120)).print(table)
 
 
 def _from_dir(directory: Path) -> tuple[pa.Table, dict | None]:
@@ -77,7 +29,6 @@ def _from_dir(directory: Path) -> tuple[pa.Table, dict | None]:
 
 
 def _from_run(run_id: str, uri: str) -> tuple[pa.Table, dict | None]:
-    from orchestrator.tracking import client
 
     c = client(uri)
     run = c.get_run(run_id)
@@ -126,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     front = pareto.front_table(trials)
     done = sum(1 for f in trials.column("fully_trained").to_pylist() if f)
     hv = pareto.front_hypervolume(front)
-    print_front(
+    pareto.print_front(
         front,
         teacher=teacher,
         title=f"Pareto front: {front.num_rows} of {done} fully "

@@ -26,8 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import space as space_mod
-from orchestrator.config import ConfigError, Experiment, check_inputs, load_config
+from orchestrator.config import ConfigError, check_inputs, load_config
+from orchestrator.schema import Experiment
 from orchestrator.tracking import TrackingError, check_uri, ping
+
+# Ray, Optuna, torch and the trial code are imported inside the functions that use them, so
+# `--dry-run` and a bad config answer in about a second without them (tests check that
+# importing this module loads none of torch, ray, mlflow).
 
 # MLflow's defaults (7 retries with exponential backoff, 120 s timeouts) turn a dead server
 # into minutes of silence per call; a sweep wants to know in seconds (the user may override).
@@ -282,7 +287,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
     import ray
     from ray import tune
 
-    from orchestrator import mirror, tracking
+    from orchestrator import mirror, tracking, trial_logger
     from orchestrator.teacher import prepare_teacher
 
     started = time.perf_counter()
@@ -309,7 +314,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         teacher_state, teacher = prepare_teacher(exp)
         console.print(f"teacher top-1 {teacher['top1']:.2f} %, {teacher['macs']:,} MACs")
         parent = _parent_run(exp, uri, teacher, resume)
-        logger = tracking.TrialLogger(
+        logger = trial_logger.TrialLogger(
             uri,
             parent,
             str(exp.sweep_dir.resolve()),

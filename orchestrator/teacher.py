@@ -14,19 +14,22 @@ import json
 import os
 from pathlib import Path
 
+import ray
+import timm
 import torch
+from timm.models import load_checkpoint
 from torch import nn
 
-from orchestrator.config import Experiment
+import prune_core
+from orchestrator.data import build_datasets, loaders
+from orchestrator.schema import Experiment
+from prune_core.models.flatten_swin import load_flatten_checkpoint
 
 TEACHER_WEIGHTS, TEACHER_METRICS = "teacher.pt", "teacher.json"
 
 
 def create_model(config: Experiment, *, load_checkpoint: bool = True) -> nn.Module:
     """The timm model of the config, made prunable; weights from the model's checkpoint."""
-    import timm
-
-    import prune_core
 
     m = config.model
     model = timm.create_model(
@@ -41,11 +44,8 @@ def create_model(config: Experiment, *, load_checkpoint: bool = True) -> nn.Modu
 def _load_weights(model: nn.Module, path: Path) -> None:
     """Strict loading: a silently partial load would prune a half-random model."""
     if type(model).__module__.startswith("prune_core"):  # FLatten models: official keys
-        from prune_core.models.flatten_swin import load_flatten_checkpoint
-
         load_flatten_checkpoint(model, path)
         return
-    from timm.models import load_checkpoint
 
     load_checkpoint(model, str(path), strict=True, weights_only=True)
 
@@ -56,8 +56,6 @@ def teacher_dir(config: Experiment) -> Path:
 
 def _train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
     """Runs inside a Ray task: build/load, train if asked, evaluate. Returns CPU tensors."""
-    import prune_core
-    from orchestrator.data import build_datasets, loaders
 
     torch.set_num_threads(
         config.resources.torch_threads or max(1, int(config.resources.teacher_cpus))
@@ -100,7 +98,6 @@ def prepare_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
     if weights.is_file() and meta.is_file():
         state = torch.load(weights, map_location="cpu", weights_only=True)
         return state, json.loads(meta.read_text())
-    import ray
 
     task = ray.remote(_train_teacher).options(
         num_cpus=config.resources.teacher_cpus, num_gpus=config.resources.teacher_gpus

@@ -23,191 +23,30 @@ FAILED with the reason. Any other exception propagates and is retried from the c
 from __future__ import annotations
 
 import copy
-import json
-import tempfile
-from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
+from ray import tune
 from torch import nn
 
+import prune_core
 from orchestrator import faults
-from orchestrator.config import Experiment
-
-PLAN, WEIGHTS, STATE, MODEL, META, SEARCH_LOG, WIDTHS = (
-    "plan.json",
-    "weights.pt",
-    "train_state.pt",
-    "model.pt",
-    "trial.json",
-    "search.json",
-    "widths.csv",
+from orchestrator.checkpoint import (
+    MODEL,
+    STATE,
+    WEIGHTS,
+    Reporter,
+    epoch_metrics,
+    final_metrics,
+    report_failure,
+    restore,
+    subsample_search_log,
 )
-SEARCH_LOG_POINTS = 50  # the search curve is subsampled to this many steps
-
-
-@dataclass(frozen=True)
-class TrialParams:
-    """The sampled (or fixed) values of one trial; names are the search-space fields."""
-
-    mac_target: float
-    sim_temperature: float
-    init_mode: str
-    init_scale: float
-    mac_loss_weight: float
-    search_lr: float
-    logit_lr: float
-    finetune_lr: float
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TrialParams:
-        return cls(**{f.name: config[f.name] for f in fields(cls)})
-
-
-def _search_config(exp: Experiment, p: TrialParams):
-    import prune_core
-
-    s = exp.search
-    return prune_core.SearchConfig(
-        target=p.mac_target,
-        steps=s.steps,
-        lr=p.search_lr,
-        logit_lr=p.logit_lr,
-        mac_loss_weight=p.mac_loss_weight,
-        penalty=s.penalty,
-        ramp_fraction=s.ramp_fraction,
-        sim_temperature=p.sim_temperature,
-        sim_every=s.sim_every,
-        distill_alpha=s.distill_alpha,
-        distill_temperature=s.distill_temperature,
-        use_reweight=s.use_reweight,
-        tolerance=s.tolerance,
-        round_to=s.round_to,
-        seed=exp.seed,
-        weight_decay=s.weight_decay,
-        logit_optimizer=s.logit_optimizer,
-        mac_step=s.mac_step,
-        reweight_lr=s.reweight_lr,
-        similarity_to=s.similarity_to,
-        qk_reweight_init=s.qk_reweight_init,
-        groups=tuple(s.groups),
-        min_width=dict(s.min_width),
-    )
-
-
-def finetune_config(exp: Experiment, p: TrialParams):
-    import prune_core
-
-    f = exp.finetune
-    return prune_core.TrainConfig(
-        epochs=f.epochs,
-        lr=p.finetune_lr,
-        weight_decay=f.weight_decay,
-        warmup_epochs=f.warmup_epochs,
-        label_smoothing=f.label_smoothing,
-        distill_alpha=f.distill_alpha,
-        distill_temperature=f.distill_temperature,
-        seed=exp.seed,
-    )
-
-
-def _subsample(history: list[dict]) -> list[dict]:
-    stride = max(1, len(history) // SEARCH_LOG_POINTS)
-    return history[::stride] + ([history[-1]] if (len(history) - 1) % stride else [])
-
-
-class Reporter:
-    """Builds the result dicts (both objectives, always) and their checkpoint directories."""
-
-    def __init__(
-        self, plan_json: str, summary: dict[str, Any], search_log: list[dict], widths_csv: str = ""
-    ) -> None:
-        self.plan_json, self.summary, self.search_log = plan_json, summary, search_log
-        self.widths_csv = widths_csv  # learned vs uniform widths per layer (widths.csv)
-
-    def result(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {**self.summary, **metrics}
-
-    def write(self, directory: str | Path, result: dict[str, Any], files: dict[str, Any]) -> None:
-        """A checkpoint: the plan, the search curve, the result, and the given state dicts.
-
-        ``trial.json`` is written last and lists every other file with its size: Tune copies
-        the directory into storage file by file (in parallel), so a worker killed mid-copy
-        leaves a directory that :func:`_read` must recognise as incomplete.
-        """
-        d = Path(directory)
-        (d / PLAN).write_text(self.plan_json)
-        (d / SEARCH_LOG).write_text(json.dumps(self.search_log))
-        written = [PLAN, SEARCH_LOG]
-        if self.widths_csv:
-            (d / WIDTHS).write_text(self.widths_csv)
-            written.append(WIDTHS)
-        for name, obj in files.items():
-            torch.save(obj, d / name)
-        sizes = {name: (d / name).stat().st_size for name in (*written, *files)}
-        (d / META).write_text(
-            json.dumps({"summary": self.summary, "result": result, "files": sizes})
-        )
-
-    def report(self, metrics: dict[str, Any], files: dict[str, Any]) -> None:
-        from ray import tune
-
-        result = self.result(metrics)
-        with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as tmp:
-            self.write(tmp, result, files)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-def _read(directory: Path) -> dict[str, Any]:
-    """A checkpoint's contents; ValueError when it is incomplete (a copy cut short)."""
-    meta = json.loads((directory / META).read_text())
-    for name, size in meta.get("files", {}).items():
-        path = directory / name
-        if not path.is_file() or path.stat().st_size != size:
-            raise ValueError(f"{path}: missing or truncated (checkpoint incomplete)")
-    out: dict[str, Any] = {
-        "plan": (directory / PLAN).read_text(),
-        "search_log": json.loads((directory / SEARCH_LOG).read_text()),
-        "widths": (directory / WIDTHS).read_text() if (directory / WIDTHS).is_file() else "",
-        **meta,
-    }
-    for name in (MODEL, STATE, WEIGHTS):
-        if (directory / name).is_file():
-            out[name] = torch.load(directory / name, map_location="cpu", weights_only=True)
-    return out
-
-
-def _newer_on_disk(checkpoint) -> list[Path]:
-    """Checkpoints this trial persisted after the one Tune restored, newest first.
-
-    Tune snapshots its experiment state every few seconds, so a driver killed just after a
-    trial's last reports restores the trial at an older checkpoint although newer ones (even
-    the final one) are already in storage. Resuming from those avoids repeating finished work.
-    Local and mounted storage only; elsewhere Tune's choice stands.
-    """
-    if checkpoint is None or getattr(checkpoint.filesystem, "type_name", "") != "local":
-        return []
-    current = Path(checkpoint.path)
-    try:
-        index = int(current.name.rsplit("_", 1)[1])
-        found = [(int(p.name.rsplit("_", 1)[1]), p) for p in current.parent.glob("checkpoint_*")]
-    except (IndexError, ValueError):
-        return []
-    return [p for i, p in sorted(found, reverse=True) if i > index]
-
-
-def _restore(checkpoint) -> dict[str, Any] | None:
-    """Everything a restarted trial needs, read into memory from its latest checkpoint."""
-    if checkpoint is None:
-        return None
-    for directory in _newer_on_disk(checkpoint):
-        try:
-            return {**_read(directory), "unreported": True}
-        except (OSError, ValueError, RuntimeError, KeyError):  # cut short by the kill
-            continue
-    with checkpoint.as_directory() as tmp:
-        return {**_read(Path(tmp)), "unreported": False}
+from orchestrator.data import build_datasets, loaders
+from orchestrator.schema import Experiment
+from orchestrator.teacher import create_model, load_teacher
+from orchestrator.trial_settings import TrialParams, finetune_config, search_config
+from prune_core.widths import full_widths, rows_to_csv, width_rows
 
 
 def _search_phase(
@@ -220,7 +59,6 @@ def _search_phase(
     full_macs: int,
 ) -> tuple[nn.Module, Reporter]:
     """Initialise, search, finalize, prune; report iteration 1 with the pruned model."""
-    import prune_core
 
     student = copy.deepcopy(teacher)
     prune_core.initialize(
@@ -231,7 +69,7 @@ def _search_phase(
         theta0=exp.search.theta0,
         sim_temperature=p.sim_temperature,
     )
-    config = _search_config(exp, p)
+    config = search_config(exp, p)
     history = prune_core.search(
         student, train_loader, exp.input_size, config, teacher=teacher, calib=calib, progress=False
     )
@@ -244,7 +82,6 @@ def _search_phase(
         groups=config.groups,
         min_width=config.min_width,
     )
-    from prune_core.widths import full_widths, rows_to_csv, width_rows
 
     uniform = prune_core.magnitude_plan(
         teacher, prune_core.uniform_keep(teacher, exp.input_size, p.mac_target)
@@ -260,7 +97,7 @@ def _search_phase(
         "search_final_loss": history[-1]["loss"],
         "search_soft_ratio": history[-1]["soft_ratio"],
     }
-    reporter = Reporter(plan.to_json(), summary, _subsample(history), rows_to_csv(widths))
+    reporter = Reporter(plan.to_json(), summary, subsample_search_log(history), rows_to_csv(widths))
     reporter.report(
         {"phase": "search", "epoch": 0, "top1": top1, "fully_trained": 0},
         {MODEL: student.state_dict()},
@@ -279,25 +116,6 @@ def run_trial(
         report_failure(f"non-finite loss: {err}", summary)
 
 
-def failure_result(reason: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """A terminal result that says why; both objectives present (NaN top-1: Optuna FAIL)."""
-    return {
-        **summary,
-        "phase": "failed",
-        "failed": 1,
-        "error": reason[:500],
-        "top1": float("nan"),
-        "macs": summary.get("macs", float("nan")),
-        "fully_trained": 0,
-    }
-
-
-def report_failure(reason: str, summary: dict[str, Any]) -> None:
-    from ray import tune
-
-    tune.report(failure_result(reason, summary))
-
-
 def _poison(model: nn.Module) -> None:
     """Fault injection (``nan``): a NaN weight makes the next loss NaN, as divergence would."""
     with torch.no_grad():
@@ -310,11 +128,6 @@ def _run_trial(
     teacher_state: dict[str, torch.Tensor],
     summary_out: dict[str, Any],
 ) -> None:
-    from ray import tune
-
-    import prune_core
-    from orchestrator.data import build_datasets, loaders
-    from orchestrator.teacher import create_model, load_teacher
 
     exp, p = experiment, TrialParams.from_config(config)
     torch.set_num_threads(exp.resources.threads())
@@ -323,7 +136,7 @@ def _run_trial(
     teacher = load_teacher(exp, teacher_state).eval()
     full_macs = prune_core.count_macs(teacher, exp.input_size)
 
-    saved = _restore(tune.get_checkpoint())
+    saved = restore(tune.get_checkpoint())
     resume_state = None
     if saved is None:
         student, reporter = _search_phase(
@@ -353,6 +166,7 @@ def _run_trial(
         _poison(student)
 
     if exp.finetune.workers > 1:
+        # here: only data-parallel trials pay for importing Ray Train (~1 s per trial start)
         from orchestrator.finetune_dp import finetune_data_parallel
 
         finetune_data_parallel(exp, p, reporter, student, teacher_state)
@@ -362,17 +176,7 @@ def _run_trial(
 
     def on_epoch(epoch: int, metrics: dict, state: dict) -> None:
         if epoch < epochs - 1:  # the last epoch is reported with the final evaluation
-            reporter.report(
-                {
-                    "phase": "finetune",
-                    "epoch": epoch + 1,
-                    "top1": metrics["top1"],
-                    "train_loss": metrics["train_loss"],
-                    "lr": metrics["lr"],
-                    "fully_trained": 0,
-                },
-                {STATE: state},
-            )
+            reporter.report(epoch_metrics(epoch, metrics, metrics["top1"]), {STATE: state})
             faults.inject("epoch_end", epoch + 1, trial_id)
 
     history = prune_core.train(
@@ -386,21 +190,5 @@ def _run_trial(
         progress=False,
     )
     final = prune_core.evaluate(student, val_loader, exp.input_size)
-    report_final(reporter, final, history[-1] if history else {}, student, epochs)
-
-
-def report_final(
-    reporter: Reporter, final: dict, last_epoch: dict, student: nn.Module, epochs: int
-) -> None:
-    """The last report: final metrics and the portable pruned model (plan.json + weights.pt)."""
-    metrics = {
-        "phase": "done",
-        "epoch": epochs,
-        "top1": final["top1"],
-        "macs": final["macs"],
-        "params": final["params"],
-        "throughput": final["throughput"],
-        "train_loss": last_epoch.get("train_loss", float("nan")),
-        "fully_trained": 1,
-    }
-    reporter.report(metrics, {WEIGHTS: student.state_dict()})
+    last_epoch = history[-1] if history else {}
+    reporter.report(final_metrics(final, last_epoch, epochs), {WEIGHTS: student.state_dict()})

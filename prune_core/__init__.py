@@ -9,17 +9,18 @@ from prune_core import (
     models,  # noqa: F401  (registers timm models)
     widths,  # noqa: F401  (pc.widths: learned widths per layer, table + PNG)
 )
-from prune_core.attention import FocusedLinearAttention, SoftmaxAttention
+from prune_core.attention import SoftmaxAttention
+from prune_core.calibration import INIT_MODES, initialize, update_similarity
 from prune_core.convert import make_prunable
 from prune_core.digits import digits_datasets
-from prune_core.engine import TrainConfig, accuracy, evaluate, throughput, train
 from prune_core.fashion_mnist import fashion_mnist_datasets
+from prune_core.finalize import finalize
+from prune_core.focused_linear_attention import FocusedLinearAttention
 from prune_core.indicator import ChannelGate, GateMode
-from prune_core.init import INIT_MODES, initialize, update_similarity
 from prune_core.macs import MacModel, count_macs, count_params
-from prune_core.mlp import GatedMlp
-from prune_core.prunable import GatedModule, gated_modules
-from prune_core.pruning_search import SearchConfig, finalize, search
+from prune_core.mlp import PrunableMlp
+from prune_core.prunable import PrunableModule, prunable_modules
+from prune_core.pruning_search import SearchConfig, search
 from prune_core.reweight import Reweight, set_reweight_trainable
 from prune_core.surgery import (
     Plan,
@@ -32,14 +33,15 @@ from prune_core.surgery import (
     save_pruned,
     uniform_keep,
 )
+from prune_core.training import TrainConfig, accuracy, evaluate, throughput, train
 
 __all__ = [
     "INIT_MODES",
     "ChannelGate",
     "FocusedLinearAttention",
     "GateMode",
-    "GatedMlp",
-    "GatedModule",
+    "PrunableMlp",
+    "PrunableModule",
     "MacModel",
     "Plan",
     "Reweight",
@@ -55,7 +57,7 @@ __all__ = [
     "evaluate",
     "fashion_mnist_datasets",
     "finalize",
-    "gated_modules",
+    "prunable_modules",
     "initialize",
     "load_pruned",
     "magnitude_plan",

@@ -1,7 +1,7 @@
 """timm ViT/DeiT/Swin -> prunable modules, weights kept, outputs unchanged.
 
 ``make_prunable`` swaps each module our prunable classes represent *exactly* — timm
-``Attention``, Swin ``WindowAttention``, a plain ``Mlp`` — for its gated twin, reusing the
+``Attention``, Swin ``WindowAttention``, a plain ``Mlp`` — for its prunable twin, reusing the
 original ``Linear`` modules, bias table, activation and dropouts. Reusing (rather than copying)
 keeps parameter identity, device, dtype and ``requires_grad``, so an optimizer or EMA built
 before conversion still points at the live weights. Anything it cannot represent exactly
@@ -21,8 +21,8 @@ from timm.models.swin_transformer import WindowAttention
 from torch import Tensor, nn
 
 from prune_core.attention import SoftmaxAttention, attention_modules
-from prune_core.mlp import GatedMlp
-from prune_core.prunable import GatedModule
+from prune_core.mlp import PrunableMlp
+from prune_core.prunable import PrunableModule
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _survey(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
         if any(path == p or path.startswith(p + ".") for p in done):
             continue
         name = type(m).__name__
-        if isinstance(m, GatedModule):
+        if isinstance(m, PrunableModule):
             done.append(path)
             continue
         kind, issue = None, None
@@ -133,7 +133,7 @@ def supported_modules(model: nn.Module) -> dict[str, str]:
     return _survey(model)[0]
 
 
-def _adopt(new: GatedModule, old: nn.Module, reuse: dict[str, nn.Module]) -> GatedModule:
+def _adopt(new: PrunableModule, old: nn.Module, reuse: dict[str, nn.Module]) -> PrunableModule:
     """Give ``new`` the original's device, dtype and mode, then move the original parts in.
 
     Parts are assigned *after* ``.to``/``.train`` so each keeps its own device, dtype and mode.
@@ -146,7 +146,7 @@ def _adopt(new: GatedModule, old: nn.Module, reuse: dict[str, nn.Module]) -> Gat
     return new
 
 
-def _convert_attention(m: Attention) -> GatedModule:
+def _convert_attention(m: Attention) -> PrunableModule:
     new = TimmBlockAttention(
         m.qkv.in_features,
         m.num_heads,
@@ -163,7 +163,7 @@ def _convert_attention(m: Attention) -> GatedModule:
     )
 
 
-def _convert_window(m: WindowAttention) -> GatedModule:
+def _convert_window(m: WindowAttention) -> PrunableModule:
     head_dim = m.qkv.out_features // (3 * m.num_heads)
     new = SoftmaxAttention(
         m.qkv.in_features,
@@ -193,10 +193,10 @@ def _convert_window(m: WindowAttention) -> GatedModule:
     )
 
 
-def _convert_mlp(m: Mlp) -> GatedModule:
+def _convert_mlp(m: Mlp) -> PrunableModule:
     # act_layer=Identity, then the original act instance: its arguments (e.g. GELU's
     # approximate='tanh') cannot be recovered from its class alone.
-    new = GatedMlp(
+    new = PrunableMlp(
         m.fc1.in_features,
         m.fc1.out_features,
         m.fc2.out_features,

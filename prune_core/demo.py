@@ -18,11 +18,12 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
+from prune_core.calibration import INIT_MODES, initialize
 from prune_core.digits import digits_datasets
-from prune_core.engine import TrainConfig, evaluate, train
-from prune_core.init import INIT_MODES, initialize
-from prune_core.pruning_search import SearchConfig, finalize, search
+from prune_core.finalize import finalize
+from prune_core.pruning_search import SearchConfig, search
 from prune_core.surgery import prune
+from prune_core.training import TrainConfig, evaluate, train
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -35,6 +35,7 @@ class DigitsDataset(Dataset):
 def digits_datasets(
     img_size: int = 16, seed: int = 0, test_fraction: float = 0.25
 ) -> tuple[DigitsDataset, DigitsDataset]:
+    # here, not at the top: `import prune_core` should not pay for scikit-learn (~0.5 s)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

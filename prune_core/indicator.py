@@ -162,27 +162,3 @@ class ChannelGate(nn.Module):
             f"heads={self.num_heads}, channels={self.channels}, aligned={self.aligned}, "
             f"mode={self.mode.value}"
         )
-
-
-def similarity_weights(features: Tensor, temperature: float, kept: Tensor | None = None) -> Tensor:
-    """Channel-similarity weights w (docs/method.md §2) from per-head channel activations.
-
-    ``features``: (H, d, M) — each channel's activation vector over M token samples. A channel
-    whose activations look like its head-mates' (high mean |cosine|) is redundant and gets a
-    lower weight; w has mean 1 over each head, and τ → ∞ makes it uniform. ``kept`` (H, d,
-    binary): measure redundancy against the kept head-mates only, so once one of two twins is
-    dropped the other is no longer redundant (None: against every head-mate).
-    """
-    if temperature <= 0:
-        raise ValueError(f"sim_temperature must be > 0, got {temperature}")
-    heads, d, _ = features.shape
-    if d == 1 or temperature == float("inf"):
-        return torch.ones(heads, d, device=features.device)
-    f = torch.nn.functional.normalize(features.float(), dim=-1)
-    sim = (f @ f.transpose(1, 2)).abs()
-    eye = torch.eye(d, device=sim.device, dtype=torch.bool)
-    others = (~eye).float().expand(heads, d, d)
-    if kept is not None:
-        others = others * kept.to(sim).reshape(heads, 1, d)
-    redundancy = (sim * others).sum(-1) / others.sum(-1).clamp_min(1.0)
-    return d * torch.softmax(-redundancy / temperature, dim=-1)

@@ -2,7 +2,7 @@
 
 A model's multiply-accumulates split into a *fixed* part (patch embedding, classifier, patch
 merging, anything we do not prune) and the prunable modules, whose cost is a closed formula of
-their kept widths per head (``GatedModule.macs``). One traced forward pass records each prunable
+their kept widths per head (``PrunableModule.macs``). One traced forward pass records each prunable
 module's token count and sequence count (windows × images); the fixed part is what torch's own
 counter (``FlopCounterMode``, total / 2) sees beyond the prunable modules at full width.
 
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from prune_core.prunable import GatedModule, MacValue, gated_modules
+from prune_core.prunable import MacValue, PrunableModule, prunable_modules
 
 Widths = dict[str, dict[str, MacValue]]
 
@@ -39,7 +39,7 @@ def flop_counter() -> FlopCounterMode:
 
 @dataclass
 class _Site:
-    module: GatedModule
+    module: PrunableModule
     tokens: int
     batch: int  # sequences per image (windows for Swin, 1 for a ViT)
     calls: int = 1
@@ -53,7 +53,7 @@ class MacModel:
             raise ValueError(f"input_size must be (channels, height, width), got {input_size}")
         self.input_size = tuple(input_size)
         self.sites: dict[str, _Site] = {}
-        modules = gated_modules(model)
+        modules = prunable_modules(model)
         handles = [
             m.register_forward_pre_hook(self._recorder(name), with_kwargs=True)
             for name, m in modules.items()
@@ -70,7 +70,7 @@ class MacModel:
                 h.remove()
             model.train(was_training)
         torch_total = counter.get_total_flops() // 2
-        full = self._gated_total(
+        full = self._prunable_total(
             {name: site.module.full_widths() for name, site in self.sites.items()}
         )
         self.fixed = int(torch_total - round(float(full)))
@@ -90,7 +90,7 @@ class MacModel:
 
         return hook
 
-    def _gated_total(self, widths: Widths) -> MacValue:
+    def _prunable_total(self, widths: Widths) -> MacValue:
         total: MacValue = 0
         for name, site in self.sites.items():
             total = total + site.calls * site.module.macs(widths[name], site.tokens, site.batch)
@@ -106,12 +106,12 @@ class MacModel:
 
     def total(self, widths: Widths | None = None) -> int:
         widths = self.current_widths() if widths is None else widths
-        return self.fixed + round(float(self._gated_total(widths)))
+        return self.fixed + round(float(self._prunable_total(widths)))
 
     def soft_total(self) -> Tensor:
         """Differentiable MACs from the soft keep counts Σ sigmoid(θ) / H of every gate."""
         soft = {name: site.module.soft_widths() for name, site in self.sites.items()}
-        return self.fixed + self._gated_total(soft)
+        return self.fixed + self._prunable_total(soft)
 
     def ratio(self, widths: Widths | None = None) -> float:
         return self.total(widths) / self.full
@@ -123,7 +123,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     For a masked model this is the cost after ``prune``; for a plain one it equals torch's
     ``FlopCounterMode`` total / 2.
     """
-    if not gated_modules(model):
+    if not prunable_modules(model):
         with torch.no_grad(), flop_counter() as counter:
             param = next(model.parameters())
             model(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
@@ -133,5 +133,5 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
 
 def count_params(model: nn.Module) -> int:
     """Trainable weights a deployed model carries (pruning state — gates — excluded)."""
-    skip = {id(p) for m in gated_modules(model).values() for p in m.pruning_parameters()}
+    skip = {id(p) for m in prunable_modules(model).values() for p in m.pruning_parameters()}
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 
 from prune_core.indicator import ChannelGate
 from prune_core.prunable import (
-    GatedModule,
     MacValue,
+    PrunableModule,
     check_kept,
     shrink_gate,
     slice_cols,
@@ -16,7 +16,7 @@ from prune_core.prunable import (
 )
 
 
-class GatedMlp(GatedModule):
+class PrunableMlp(PrunableModule):
     """timm ``Mlp`` (fc1 → act → fc2) with a mask on the hidden channels (one "head")."""
 
     def __init__(

@@ -4,7 +4,7 @@ Weight decay pulls a weight towards 0. That is right for matrices, wrong for wha
 or a position: norms, biases, positional encodings and bias tables, FLatten's per-channel
 ``scale``. timm's ``param_groups_weight_decay`` exempts 1-D parameters and biases, plus the names
 a model lists in ``no_weight_decay()``; the prunable modules add theirs
-(``GatedModule.no_weight_decay_names``). Pruning state — gate logits and reweights — is left
+(``PrunableModule.no_weight_decay_names``). Pruning state — gate logits and reweights — is left
 out here: search and fine-tune give it its own groups (or none).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from prune_core.prunable import gated_modules
+from prune_core.prunable import prunable_modules
 
 
 def no_weight_decay_patterns(model: nn.Module) -> set[str]:
@@ -21,7 +21,7 @@ def no_weight_decay_patterns(model: nn.Module) -> set[str]:
     names: set[str] = set()
     if hasattr(model, "no_weight_decay"):
         names |= set(model.no_weight_decay())
-    for prefix, module in gated_modules(model).items():
+    for prefix, module in prunable_modules(model).items():
         names |= {f"{prefix}.{n}" for n in module.no_weight_decay_names}
     return names
 
@@ -36,7 +36,7 @@ def weight_decay_groups(
     ``timm.optim.param_groups_weight_decay`` (timm's training convention).
     """
     exclude = set(exclude) | {
-        id(p) for m in gated_modules(model).values() for p in m.pruning_parameters()
+        id(p) for m in prunable_modules(model).values() for p in m.pruning_parameters()
     }
     groups = param_groups_weight_decay(
         model, weight_decay, no_weight_decay_list=no_weight_decay_patterns(model)

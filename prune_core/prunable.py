@@ -11,6 +11,7 @@ shapes — it runs with no patched forward. The slicing helpers below are shared
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +26,7 @@ def mac_value(x: MacValue) -> float:
     return float(x.detach()) if isinstance(x, Tensor) else float(x)
 
 
-class GatedModule(nn.Module, ABC):
+class PrunableModule(nn.Module, ABC):
     """Common interface of every prunable module."""
 
     gates: nn.ModuleDict
@@ -123,6 +124,20 @@ def check_kept(name: str, kept: list[list[int]], heads: int, width: int, aligned
         raise ValueError(f"{name}: kept positions must be the same in every head")
 
 
-def gated_modules(model: nn.Module) -> dict[str, GatedModule]:
+def prunable_modules(model: nn.Module) -> dict[str, PrunableModule]:
     """Every prunable module of a model by qualified name, in forward order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, GatedModule)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, PrunableModule)}
+
+
+GROUPS = ("qk", "v", "mlp")  # the channel groups a prunable module may gate
+
+
+def check_groups(groups: Iterable[str], min_width: dict[str, int] | None = None) -> None:
+    """Raises ValueError naming the valid group names when one is unknown or a width < 1."""
+    groups = tuple(groups)
+    unknown = sorted(set(groups) - set(GROUPS)) + sorted(set(min_width or {}) - set(GROUPS))
+    if unknown or not groups:
+        raise ValueError(f"groups must be a non-empty subset of {GROUPS}, got {unknown or groups}")
+    for g, w in (min_width or {}).items():
+        if int(w) < 1:
+            raise ValueError(f"min_width[{g!r}] must be >= 1, got {w}")

@@ -1,4 +1,4 @@
-"""The search for which channels to keep, and finalize (docs/method.md, "Search" and "Finalize").
+"""The search for which channels to keep (docs/method.md §4); ``finalize`` is in finalize.py.
 
 ``search`` trains the pruning indicator (and the weights) against a MAC target with
 L = L_task(+distillation) + λ·penalty(MACs/MACs_full, t_s), where the running target t_s
@@ -12,14 +12,6 @@ therefore take two steps per iteration: the task gradient through ``logit_optimi
 SGD), and the MAC gradient as a plain gradient step, normalised once by the mean cost
 sensitivity at the start (so ``logit_lr`` means the same on every model size). A unit whose
 removal saves twice the MACs feels twice the pressure.
-
-``finalize`` turns the learned widths into hard, head-aligned masks that meet the target. When
-the learned widths miss the target by more than the tolerance (few search steps), it first
-scales every group's learned width by one common factor, so neutral scores give balanced
-widths; then it takes single width steps by importance per MAC — drop the least while over
-budget, restore the most while under by more than the tolerance. A step's importance is the
-sum of e = w·s over the units it moves (one per head, so aligned and per-head groups are on one
-scale), divided by the MACs it changes.
 """
 
 from __future__ import annotations
@@ -33,7 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from prune_core.engine import (
+from prune_core.calibration import update_similarity
+from prune_core.indicator import ChannelGate, GateMode
+from prune_core.macs import MacModel
+from prune_core.optim import weight_decay_groups
+from prune_core.prunable import GROUPS, check_groups, prunable_modules
+from prune_core.reweight import reweights
+from prune_core.training import (
     autocast,
     batches_forever,
     check_target,
@@ -43,19 +41,11 @@ from prune_core.engine import (
     task_loss,
     teacher_forward,
 )
-from prune_core.indicator import ChannelGate, GateMode
-from prune_core.init import update_similarity
-from prune_core.macs import MacModel
-from prune_core.optim import weight_decay_groups
-from prune_core.prunable import gated_modules
-from prune_core.reweight import reweights
-from prune_core.surgery import Plan, current_plan
 
 PENALTIES = ("squared", "one_sided", "log")
 LOGIT_OPTIMIZERS = ("adamw", "sgd")
 MAC_STEPS = ("joint", "cost_proportional")
 QK_REWEIGHT_INITS = ("one", "sqrt_ratio")
-GROUPS = ("qk", "v", "mlp")
 # Default reweight lr = this × the weights' lr. It was logit_lr / 5 (0.02, 40× the weights):
 # on Fashion-MNIST (short budget, 3 seeds) 4× gives 85.19 / 87.89 % top-1 right after pruning
 # at 0.3 / 0.5 MACs against 84.71 / 87.31 %, and a higher top-1 after the fine-tune in all
@@ -137,17 +127,6 @@ class SearchConfig:
         check_groups(self.groups, self.min_width)
 
 
-def check_groups(groups: Iterable[str], min_width: dict[str, int] | None = None) -> None:
-    """Raises ValueError naming the valid group names when one is unknown or a width < 1."""
-    groups = tuple(groups)
-    unknown = sorted(set(groups) - set(GROUPS)) + sorted(set(min_width or {}) - set(GROUPS))
-    if unknown or not groups:
-        raise ValueError(f"groups must be a non-empty subset of {GROUPS}, got {unknown or groups}")
-    for g, w in (min_width or {}).items():
-        if int(w) < 1:
-            raise ValueError(f"min_width[{g!r}] must be >= 1, got {w}")
-
-
 def mac_penalty(ratio: Tensor, target: float, kind: str) -> Tensor:
     """Penalty of the soft MAC ratio against the running target (dimensionless)."""
     if kind == "squared":  # pulls from both sides: neither over- nor under-shoots
@@ -169,7 +148,7 @@ def configure_gates(
     """Put the gates of ``groups`` in ``mode`` (others OFF, full width); return the active."""
     groups = set(groups)
     active = []
-    for module in gated_modules(model).values():
+    for module in prunable_modules(model).values():
         for name, gate in module.gates.items():
             gate.min_keep = max(1, min(int(min_width.get(name, 1)), gate.channels))
             if name in groups:
@@ -280,10 +259,10 @@ def search(
     seed_everything(config.seed)
     device = default_device(device)
     model.to(device)
-    if not gated_modules(model):
+    if not prunable_modules(model):
         raise ValueError(f"{type(model).__name__} has no prunable modules: call make_prunable")
     gates = configure_gates(model, config.groups, config.min_width, GateMode.SEARCH)
-    for module in gated_modules(model).values():
+    for module in prunable_modules(model).values():
         for gate in module.gates.values():
             gate.anchor_()  # the search starts at the full model (module doc)
         if hasattr(module, "qk_reweight") and not module.qk_reweight.positive:
@@ -352,152 +331,3 @@ def search(
                 info=f"loss {record['loss']:.3f} MACs {record['macs_ratio']:.3f}/{target_now:.3f}",
             )
     return history
-
-
-# ------------------------------------------------------------------------------- finalize
-def _legal_widths(channels: int, round_to: int, min_keep: int) -> list[int]:
-    """Widths a head may keep: multiples of ``round_to`` (and the full width), >= min_keep."""
-    step = round_to if channels >= round_to else 1
-    legal = {w for w in range(step, channels + 1, step) if w >= min_keep} | {channels}
-    return sorted(legal)
-
-
-def _nearest(options: list[int], k: float) -> int:
-    return min(options, key=lambda w: (abs(w - k), w))
-
-
-def _learned_width(gate: ChannelGate) -> float:
-    """The width a gate learned (unrounded K in SEARCH mode), clamped to [min_keep, d]."""
-    if gate.mode is not GateMode.SEARCH:
-        return float(gate.kept_per_head())
-    return float(gate.soft_keep_per_head().detach().clamp(gate.min_keep, gate.channels))
-
-
-def finalize(
-    model: nn.Module,
-    input_size: tuple[int, int, int],
-    target: float,
-    *,
-    tolerance: float = 0.02,
-    round_to: int = 1,
-    groups: Iterable[str] | None = None,
-    min_width: dict[str, int] | None = None,
-) -> Plan:
-    """Hard, head-aligned masks from the learned scores, within [t - tol, t] of full MACs.
-
-    Args:
-        target: MAC target t in (0, 1]; tolerance: how far under t the result may land.
-        round_to: widths are multiples of this (or the full width).
-        groups: the groups that may lose channels (None: all); the others keep full width.
-        min_width: minimum channels per head per group (default 1).
-    Returns:
-        The plan the gates now encode (every gate HARD or OFF).
-    Raises:
-        ValueError: the target is below what the model can reach at minimum widths.
-    """
-    check_target(target)
-    groups = tuple(GROUPS if groups is None else groups)
-    check_groups(groups, min_width)
-    macs = MacModel(model, input_size)
-    gates: dict[tuple[str, str], ChannelGate] = {}
-    for name, module in gated_modules(model).items():
-        for g, gate in module.gates.items():
-            gate.min_keep = max(1, min(int((min_width or {}).get(g, 1)), gate.channels))
-            if g in groups:
-                gates[(name, g)] = gate
-    legal = {
-        key: _legal_widths(gate.channels, round_to, gate.min_keep) for key, gate in gates.items()
-    }
-    learned = {key: _learned_width(gate) for key, gate in gates.items()}
-    widths = {
-        name: {
-            g: (gate.kept_per_head() if gate.mode is GateMode.HARD else gate.channels)
-            for g, gate in module.gates.items()
-        }
-        for name, module in gated_modules(model).items()
-    }
-    budget = target * macs.full
-    slack = tolerance * macs.full
-
-    def scaled(alpha: float) -> dict[str, dict[str, int]]:
-        out = {n: dict(w) for n, w in widths.items()}
-        for (name, g), k in learned.items():
-            out[name][g] = _nearest(legal[(name, g)], min(gates[(name, g)].channels, alpha * k))
-        return out
-
-    def largest_alpha(lo: float, hi: float, limit: float) -> float:
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if macs.total(scaled(mid)) <= limit else (lo, mid)
-        return lo
-
-    # 1. one common factor on every learned width, when they are off by more than tolerance
-    if macs.total(scaled(0.0)) > budget:
-        floor = macs.total(scaled(0.0)) / macs.full
-        raise ValueError(
-            f"MAC target {target} is below what this model can reach "
-            f"({floor:.3f} of full MACs with every head at its minimum width)"
-        )
-    alpha = 1.0
-    if macs.total(scaled(1.0)) > budget + slack:
-        alpha = largest_alpha(0.0, 1.0, budget + slack)
-    elif macs.total(scaled(1.0)) < budget - slack:
-        alpha = largest_alpha(
-            1.0, max(g.channels / max(learned[k], 1e-3) for k, g in gates.items()), budget
-        )
-    widths = scaled(alpha)
-
-    # 2. single width steps by importance per MAC: drop while over, restore while too far under
-    unit_e = {key: gate.unit_ranking().detach() for key, gate in gates.items()}
-    order = {
-        key: gate.ranking().detach().argsort(dim=1, descending=True, stable=True)
-        for key, gate in gates.items()
-    }
-
-    def importance(key: tuple[str, str], lo_w: int, hi_w: int) -> float:
-        """Σ e of the units ranked between lo_w and hi_w (each head its own ranking)."""
-        return float(unit_e[key].gather(1, order[key][:, lo_w:hi_w]).sum())
-
-    def best_step(direction: int, current: int):
-        best = None
-        for key, gate in gates.items():
-            options = legal[key]
-            i = options.index(widths[key[0]][key[1]])
-            if not 0 <= i + direction < len(options):
-                continue
-            new = options[i + direction]
-            trial = {n: dict(v) for n, v in widths.items()}
-            trial[key[0]][key[1]] = new
-            cost = macs.total(trial)
-            delta = abs(cost - current)
-            if delta == 0 or (direction > 0 and cost > budget):
-                continue
-            per_mac = importance(key, min(new, options[i]), max(new, options[i])) / delta
-            fraction = options[i] / gate.channels
-            # drop the least importance per MAC saved (ties: the fullest group first);
-            # restore the most per MAC spent (ties: the most pruned group first)
-            rank = (per_mac, -fraction, key) if direction < 0 else (-per_mac, fraction, key)
-            if best is None or rank < best[0]:
-                best = (rank, key, new, cost)
-        return best
-
-    current = macs.total(widths)
-    while current > budget:
-        step = best_step(-1, current)
-        if step is None:
-            raise ValueError(f"MAC target {target} is below what this model can reach")
-        _, key, w, current = step
-        widths[key[0]][key[1]] = w
-    while current < budget - slack:
-        step = best_step(+1, current)
-        if step is None:
-            break
-        _, key, w, current = step
-        widths[key[0]][key[1]] = w
-    for key, gate in gates.items():
-        gate.set_hard(gate.topk_mask(widths[key[0]][key[1]]))
-    for name, module in gated_modules(model).items():
-        for g, gate in module.gates.items():
-            if (name, g) not in gates and gate.mode is GateMode.SEARCH:
-                gate.mode = GateMode.OFF
-    return current_plan(model)

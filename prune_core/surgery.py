@@ -21,7 +21,8 @@ from torch import nn
 from prune_core.attention import attention_modules
 from prune_core.indicator import GateMode
 from prune_core.macs import MacModel
-from prune_core.prunable import GatedModule, check_kept, gated_modules
+from prune_core.prunable import PrunableModule, check_kept, prunable_modules
+from prune_core.scoring import unit_magnitude
 
 Kept = dict[str, list[list[int]]]  # group -> kept channel indices per head
 
@@ -87,8 +88,8 @@ def _atomic_write(path: Path, payload: bytes) -> None:
         raise
 
 
-def _require_prunable(model: nn.Module) -> dict[str, GatedModule]:
-    modules = gated_modules(model)
+def _require_prunable(model: nn.Module) -> dict[str, PrunableModule]:
+    modules = prunable_modules(model)
     if not attention_modules(model):
         raise ValueError(
             f"{type(model).__name__} has no prunable attention: call "
@@ -209,21 +210,6 @@ def random_plan(model: nn.Module, keep: float | dict[str, float], seed: int = 0)
     return plan
 
 
-def unit_magnitude(module: GatedModule, group: str) -> torch.Tensor:
-    """(H, d) L1 norm of the weights that produce and consume each unit of a group."""
-    gate = module.gates[group]
-    H, d = gate.num_heads, gate.channels
-    with torch.no_grad():
-        if group == "mlp":
-            w = module.fc1.weight.abs().sum(1) + module.fc2.weight.abs().sum(0)
-            return w.reshape(H, d)
-        rows = module.qkv.weight.abs().sum(1)
-        hq = module.num_heads * module.qk_dim
-        if group == "qk":
-            return (rows[:hq] + rows[hq : 2 * hq]).reshape(H, d)
-        return (rows[2 * hq :] + module.proj.weight.abs().sum(0)).reshape(H, d)
-
-
 def prune(model: nn.Module) -> nn.Module:
     """Physically remove masked channels, in place; outputs equal the masked model's.
 
@@ -232,7 +218,7 @@ def prune(model: nn.Module) -> nn.Module:
     dense model of the same classes with no masks left.
     """
     plan = current_plan(model)
-    for name, module in gated_modules(model).items():
+    for name, module in prunable_modules(model).items():
         module.fold_reweight_()
         module.shrink_(plan.layers[name])
         for gate in module.gates.values():

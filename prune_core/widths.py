@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from prune_core.prunable import gated_modules
+from prune_core.prunable import prunable_modules
 from prune_core.surgery import Plan
 
 FIELDS = ("layer", "group", "full", "kept", "keep_fraction", "reference_kept", "reference_fraction")
@@ -22,7 +22,7 @@ FIELDS = ("layer", "group", "full", "kept", "keep_fraction", "reference_kept", "
 
 def full_widths(model: nn.Module) -> dict[str, dict[str, int]]:
     """Channels per head of every group at full width (read before ``prune``)."""
-    return {name: m.full_widths() for name, m in gated_modules(model).items()}
+    return {name: m.full_widths() for name, m in prunable_modules(model).items()}
 
 
 def width_rows(

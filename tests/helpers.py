@@ -38,7 +38,7 @@ def tiny_vit(seed: int = 0, **kwargs) -> torch.nn.Module:
 def random_masks(model: torch.nn.Module, keep: float = 0.5, seed: int = 0) -> None:
     """Hard masks with the same count per head at random positions (aligned where needed)."""
     g = torch.Generator().manual_seed(seed)
-    for module in prune_core.gated_modules(model).values():
+    for module in prune_core.prunable_modules(model).values():
         for gate in module.gates.values():
             k = max(1, round(keep * gate.channels))
             mask = torch.zeros(gate.num_heads, gate.channels)

@@ -8,11 +8,11 @@ from helpers import random_masks, tiny_vit
 
 from prune_core import (
     FocusedLinearAttention,
-    GatedMlp,
     GateMode,
+    PrunableMlp,
     SoftmaxAttention,
     current_plan,
-    gated_modules,
+    prunable_modules,
     prune,
 )
 
@@ -20,7 +20,7 @@ MODULES = {
     "softmax": lambda: SoftmaxAttention(32, 4),
     "window": lambda: SoftmaxAttention(32, 4, window_size=(4, 4)),
     "linear": lambda: FocusedLinearAttention(32, 4, 16, (4, 4)),
-    "mlp": lambda: GatedMlp(32, 48),
+    "mlp": lambda: PrunableMlp(32, 48),
 }
 
 
@@ -92,7 +92,7 @@ def test_linear_attention_zeroes_masked_channels_before_the_focusing_norm() -> N
 
 def test_whole_model_prune_matches_masked_and_heads_are_equal() -> None:
     model = tiny_vit().eval()
-    for m in gated_modules(model).values():
+    for m in prunable_modules(model).values():
         _randomise(m)
     x = torch.randn(4, 3, 8, 8)
     random_masks(model, keep=0.5, seed=3)
@@ -100,7 +100,7 @@ def test_whole_model_prune_matches_masked_and_heads_are_equal() -> None:
     plan = current_plan(model)
     prune(model)
     assert (model(x) - masked).abs().max() <= 1e-4
-    for name, module in gated_modules(model).items():
+    for name, module in prunable_modules(model).items():
         for g, gate in module.gates.items():
             assert gate.mode is GateMode.OFF
             assert gate.channels == len(plan.layers[name][g][0])
@@ -111,13 +111,13 @@ def test_whole_model_prune_matches_masked_and_heads_are_equal() -> None:
 
 def test_straight_through_estimator_reaches_logits() -> None:
     model = tiny_vit()
-    for module in gated_modules(model).values():
+    for module in prunable_modules(model).values():
         for gate in module.gates.values():
             gate.mode = GateMode.SEARCH
             with torch.no_grad():
                 gate.logits.normal_(0, 1)
     model(torch.randn(2, 3, 8, 8)).sum().backward()
-    for name, module in gated_modules(model).items():
+    for name, module in prunable_modules(model).items():
         for g, gate in module.gates.items():
             assert gate.logits.grad is not None, f"{name}.{g}"
             assert gate.logits.grad.abs().sum() > 0, f"{name}.{g}"

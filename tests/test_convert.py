@@ -12,7 +12,7 @@ from timm.layers import Mlp
 from timm.layers.attention import Attention
 from torch import nn
 
-from prune_core import GatedMlp, SoftmaxAttention, gated_modules, make_prunable, prune
+from prune_core import PrunableMlp, SoftmaxAttention, make_prunable, prunable_modules, prune
 from prune_core.convert import TimmBlockAttention, supported_modules
 
 
@@ -61,8 +61,8 @@ def test_outputs_identical_before_pruning(case: str) -> None:
         if n.endswith("relative_position_index")
     }
     assert _convert_quietly(model) is model
-    gated = gated_modules(model)
-    assert len(gated) == sum(expected.values())
+    prunable = prunable_modules(model)
+    assert len(prunable) == sum(expected.values())
     assert supported_modules(model) == {}
     with torch.no_grad():
         after = model(x)
@@ -90,7 +90,7 @@ def test_attributes_act_dropout_mode_and_dtype_are_kept() -> None:
     qkv_weight = model.blocks[0].attn.qkv.weight
     _convert_quietly(model)
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
-    assert isinstance(attn, TimmBlockAttention) and isinstance(mlp, GatedMlp)
+    assert isinstance(attn, TimmBlockAttention) and isinstance(mlp, PrunableMlp)
     assert attn.qkv.weight is qkv_weight  # the live parameter, not a copy
     assert attn.qkv.bias is None and attn.proj.bias is not None
     assert attn.attn_drop.p == 0.1 and attn.proj_drop.p == 0.2
@@ -159,7 +159,7 @@ def test_model_without_attention_raises_and_is_untouched(model) -> None:
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=f"make_prunable: {type(model).__name__} has no attention"):
         make_prunable(model, verbose=False)
-    assert not gated_modules(model)  # nothing half-converted (the Sequential's Mlp stays timm's)
+    assert not prunable_modules(model)  # nothing half-converted (the Sequential's Mlp stays timm's)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
@@ -176,7 +176,7 @@ def test_idempotent_and_prunable_models_left_as_they_are() -> None:
 def _random_half_masks(model: nn.Module, seed: int = 0) -> int:
     g = torch.Generator().manual_seed(seed)
     count = 0
-    for module in gated_modules(model).values():
+    for module in prunable_modules(model).values():
         for gate in module.gates.values():
             k = max(1, gate.channels // 2)
             mask = torch.zeros(gate.num_heads, gate.channels)
@@ -216,7 +216,7 @@ def test_masks_change_outputs_and_gradients_reach_qkv(name: str, kwargs: dict, s
     assert out.shape == full.shape and torch.isfinite(out).all()
     assert (out - full).abs().max().item() > 1e-3  # the gates are wired into the forward
     out.square().mean().backward()
-    for module in gated_modules(model).values():
+    for module in prunable_modules(model).values():
         weight = module.qkv.weight if isinstance(module, SoftmaxAttention) else module.fc1.weight
         assert weight.grad is not None and weight.grad.abs().sum() > 0
     model.eval()

@@ -12,7 +12,8 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from torch.utils.flop_counter import FlopCounterMode
 
 from prune_core import MacModel, count_macs, count_params, prune
-from prune_core.attention import FocusedLinearAttention, SoftmaxAttention
+from prune_core.attention import SoftmaxAttention
+from prune_core.focused_linear_attention import FocusedLinearAttention
 from prune_core.models.flatten_swin import (
     FlattenSwinBlock,
     FlattenSwinTransformer,

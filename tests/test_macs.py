@@ -8,8 +8,8 @@ import torch
 from helpers import random_masks, tiny_vit
 from torch.utils.flop_counter import FlopCounterMode
 
-from prune_core import MacModel, count_macs, gated_modules, make_prunable, prune
-from prune_core.attention import FocusedLinearAttention
+from prune_core import MacModel, count_macs, make_prunable, prunable_modules, prune
+from prune_core.focused_linear_attention import FocusedLinearAttention
 from prune_core.indicator import GateMode
 
 
@@ -66,11 +66,11 @@ def test_count_macs_agrees_with_torch_unpruned_and_pruned(name: str) -> None:
 def test_soft_macs_are_differentiable_in_the_logits() -> None:
     model = tiny_vit()
     macs = MacModel(model, (3, 8, 8))
-    for module in gated_modules(model).values():
+    for module in prunable_modules(model).values():
         for gate in module.gates.values():
             gate.mode = GateMode.SEARCH
     (macs.soft_total() / macs.full).backward()
-    grads = [g.logits.grad for m in gated_modules(model).values() for g in m.gates.values()]
+    grads = [g.logits.grad for m in prunable_modules(model).values() for g in m.gates.values()]
     assert all(g is not None and torch.all(g > 0) for g in grads)  # keeping more costs more
 
 

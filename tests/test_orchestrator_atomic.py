@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from orchestrator import outbox, pareto, trial
+from orchestrator import checkpoint, outbox, pareto
 
 
 def _rows(n: int) -> list[dict]:
@@ -92,9 +92,9 @@ def test_outbox_is_replaced_whole_and_ignores_a_torn_line(tmp_path, monkeypatch)
 def _checkpoint(directory: Path, epoch: int) -> Path:
     d = directory / f"checkpoint_{epoch:06d}"
     d.mkdir(parents=True)
-    reporter = trial.Reporter('{"plan": 1}', {"macs": 5}, [{"step": 0, "loss": 1.0}])
+    reporter = checkpoint.Reporter('{"plan": 1}', {"macs": 5}, [{"step": 0, "loss": 1.0}])
     reporter.write(
-        d, {"epoch": epoch}, {trial.STATE: {"model": {"w": torch.ones(64)}, "epoch": epoch}}
+        d, {"epoch": epoch}, {checkpoint.STATE: {"model": {"w": torch.ones(64)}, "epoch": epoch}}
     )
     return d
 
@@ -105,18 +105,18 @@ def test_half_copied_checkpoint_is_never_resumed_from(tmp_path, damage):
 
     older = _checkpoint(tmp_path, 1)
     newer = _checkpoint(tmp_path, 2)
-    state = newer / trial.STATE
+    state = newer / checkpoint.STATE
     if damage == "truncate":  # the copy into storage was cut short
         state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     elif damage == "missing":  # killed before the weights were copied at all
         state.unlink()
     else:
-        (newer / trial.META).write_text('{"summary": {"macs"')
+        (newer / checkpoint.META).write_text('{"summary": {"macs"')
     with pytest.raises((OSError, ValueError, RuntimeError, KeyError)):
-        trial._read(newer)
-    saved = trial._restore(tune.Checkpoint.from_directory(str(older)))
+        checkpoint.read_checkpoint(newer)
+    saved = checkpoint.restore(tune.Checkpoint.from_directory(str(older)))
     assert saved["result"] == {"epoch": 1} and saved["unreported"] is False
-    assert saved[trial.STATE]["epoch"] == 1
+    assert saved[checkpoint.STATE]["epoch"] == 1
 
 
 def test_intact_newer_checkpoint_is_preferred(tmp_path):
@@ -124,6 +124,6 @@ def test_intact_newer_checkpoint_is_preferred(tmp_path):
 
     older = _checkpoint(tmp_path, 1)
     _checkpoint(tmp_path, 2)
-    saved = trial._restore(tune.Checkpoint.from_directory(str(older)))
+    saved = checkpoint.restore(tune.Checkpoint.from_directory(str(older)))
     assert saved["result"] == {"epoch": 2} and saved["unreported"] is True
-    assert json.loads((older / trial.META).read_text())["files"][trial.STATE] > 0
+    assert json.loads((older / checkpoint.META).read_text())["files"][checkpoint.STATE] > 0

@@ -229,7 +229,7 @@ def test_cli_missing_file_and_dry_run(tmp_path):
 
 def test_search_settings_reach_prune_core():
     """Every search setting of the YAML arrives in prune_core's SearchConfig unchanged."""
-    from orchestrator.trial import TrialParams, _search_config
+    from orchestrator.trial_settings import TrialParams, search_config
 
     exp = parse_config(
         minimal(
@@ -255,7 +255,7 @@ def test_search_settings_reach_prune_core():
         logit_lr=0.1,
         finetune_lr=1e-3,
     )
-    config = _search_config(exp, params)
+    config = search_config(exp, params)
     assert config.groups == ("qk", "v") and config.min_width == {"qk": 2}
     assert (config.mac_step, config.logit_optimizer, config.qk_reweight_init) == (
         "cost_proportional",
@@ -289,3 +289,17 @@ def test_points_to_evaluate_are_checked_against_the_space() -> None:
     for message, point in cases.items():
         error = error_of(minimal(search_space=space, sweep__points_to_evaluate=[{}, point]))
         assert error == f"experiments/x.yaml: sweep.points_to_evaluate[1]: {message}", error
+
+
+def test_the_sweep_cli_loads_no_torch_ray_or_mlflow_before_it_needs_them() -> None:
+    """--dry-run and config errors answer in about a second: importing the CLI (and parsing a
+    config) must not pull in torch, Ray or MLflow."""
+    code = (
+        "import sys; import orchestrator.sweep as s; "
+        "from orchestrator.config import load_config; load_config('experiments/digits.yaml'); "
+        "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

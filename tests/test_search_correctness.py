@@ -14,25 +14,25 @@ from helpers import tiny_vit
 import prune_core.pruning_search as search_module
 from prune_core import (
     FocusedLinearAttention,
-    GatedMlp,
     GateMode,
     MacModel,
+    PrunableMlp,
     SearchConfig,
     SoftmaxAttention,
     TrainConfig,
     apply_plan,
     finalize,
-    gated_modules,
     initialize,
     magnitude_plan,
+    prunable_modules,
     prune,
     search,
     train,
 )
-from prune_core.init import attention_difference
 from prune_core.optim import weight_decay_groups
 from prune_core.pruning_search import MacPressure, configure_gates
 from prune_core.reweight import reweights
+from prune_core.scoring import attention_difference
 
 
 def _search_mode_with_one_dropped_column(module: torch.nn.Module) -> None:
@@ -49,7 +49,7 @@ def _search_mode_with_one_dropped_column(module: torch.nn.Module) -> None:
     [
         lambda: SoftmaxAttention(64, 4),
         lambda: FocusedLinearAttention(64, 4, 64, (8, 8)),
-        lambda: GatedMlp(64, 64),
+        lambda: PrunableMlp(64, 64),
     ],
     ids=["softmax", "focused_linear", "mlp"],
 )
@@ -98,7 +98,7 @@ def test_one_sided_qk_mask_is_exact(make) -> None:
 def _neutral_micro() -> torch.nn.Module:
     model = timm.create_model("flatten_vit_micro", num_classes=10, img_size=16)
     initialize(model, torch.randn(32, 3, 16, 16), mode="uniform", sim_temperature=math.inf)
-    for module in gated_modules(model).values():
+    for module in prunable_modules(model).values():
         for gate in module.gates.values():
             gate.mode = GateMode.SEARCH
     return model
@@ -110,7 +110,7 @@ def test_finalize_with_neutral_scores_gives_balanced_widths() -> None:
     plan = finalize(model, (3, 16, 16), 0.5)
     fractions = [
         w / gate.channels
-        for name, m in gated_modules(model).items()
+        for name, m in prunable_modules(model).items()
         for g, gate in m.gates.items()
         for w in [plan.widths()[name][g]]
     ]
@@ -123,7 +123,7 @@ def test_finalize_weighs_importance_against_the_macs_it_saves() -> None:
     """blocks.2 (softmax, 64 tokens): a qk unit costs 1.5x an mlp unit. qk scored 1.2x mlp is
     still the cheaper loss per MAC saved, so finalize takes qk channels, not mlp ones."""
     model = timm.create_model("flatten_vit_micro", num_classes=10, img_size=16)
-    for name, module in gated_modules(model).items():
+    for name, module in prunable_modules(model).items():
         for g, gate in module.gates.items():
             gate.mode = GateMode.SEARCH
             with torch.no_grad():
@@ -155,7 +155,7 @@ def test_initialisation_decides_the_first_masks(digits8) -> None:
     train(teacher, digits8[0], TrainConfig(epochs=2, lr=3e-3), progress=False)
     initialize(teacher, next(iter(digits8[0]))[0], mode="attn_leave_out", sim_temperature=1.0)
     overlaps = []
-    for module in gated_modules(teacher).values():
+    for module in prunable_modules(teacher).values():
         for gate in module.gates.values():
             by_init = gate.logits.detach()
             if gate.aligned:
@@ -294,7 +294,7 @@ def test_weight_decay_follows_timms_convention() -> None:
 def test_reweights_learn_at_a_multiple_of_the_weights_lr() -> None:
     model = tiny_vit()
     rw = {id(p) for r in reweights(model) for p in r.parameters()}
-    logits = [g.logits for m in gated_modules(model).values() for g in m.gates.values()]
+    logits = [g.logits for m in prunable_modules(model).values() for g in m.gates.values()]
 
     def reweight_lr(**kw) -> float:
         opt = search_module._optimizer(model, logits, SearchConfig(target=0.5, lr=3e-4, **kw))
@@ -344,7 +344,7 @@ def test_same_seed_same_plan(digits8) -> None:
                 finalize(model, (3, 8, 8), 0.5).to_json(),
                 [
                     g.logits.detach().clone()
-                    for m in gated_modules(model).values()
+                    for m in prunable_modules(model).values()
                     for g in m.gates.values()
                 ],
             )
@@ -399,7 +399,7 @@ def test_magnitude_plan_is_untouched_by_gate_state() -> None:
 
 def test_similarity_against_kept_channels_frees_the_surviving_twin() -> None:
     """Channels 0 and 1 are twins: both redundant among all; with 1 dropped, 0 is not."""
-    from prune_core.indicator import similarity_weights
+    from prune_core.scoring import similarity_weights
 
     torch.manual_seed(0)
     f = torch.randn(1, 4, 64)

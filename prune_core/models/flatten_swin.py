@@ -9,7 +9,7 @@ that ``load_flatten_checkpoint`` reads the official checkpoint by copying tensor
 pruning state (gates, reweights) added from the fresh model.
 
 Why the code is ours rather than the official module: the attention and MLP must be
-``GatedModule``s so that the MAC model, the indicator and surgery work on this model unchanged.
+``PrunableModule``s so that the MAC model, the indicator and surgery work on this model unchanged.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from timm.layers import DropPath
 from timm.models import register_model
 from torch import Tensor, nn
 
-from prune_core.attention import FocusedLinearAttention, SoftmaxAttention
-from prune_core.mlp import GatedMlp
-from prune_core.prunable import gated_modules
+from prune_core.attention import SoftmaxAttention
+from prune_core.focused_linear_attention import FocusedLinearAttention
+from prune_core.mlp import PrunableMlp
+from prune_core.prunable import prunable_modules
 from prune_core.reweight import Reweight
 
 # Buffers the official model saves that we rebuild from the architecture instead.
@@ -95,7 +96,7 @@ class PatchMerging(nn.Module):
 
 
 class FlattenSwinBlock(nn.Module):
-    """Pre-norm block: (shifted) window attention, then a gated MLP, each with drop-path.
+    """Pre-norm block: (shifted) window attention, then a prunable MLP, each with drop-path.
 
     As in the official code a window at least as large as the map becomes the whole map with
     no shift. A shifted *linear* block rolls the map but, like the official focused attention,
@@ -152,7 +153,7 @@ class FlattenSwinBlock(nn.Module):
         )
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = GatedMlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = PrunableMlp(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x: Tensor) -> Tensor:
         B, L, C = x.shape
@@ -347,7 +348,7 @@ def flatten_swin_micro(pretrained: bool = False, **kwargs) -> FlattenSwinTransfo
 def _pruning_state_keys(model: nn.Module) -> set[str]:
     """State-dict keys that hold pruning state (gates, reweights), not trained weights."""
     keys: set[str] = set()
-    for name, module in gated_modules(model).items():
+    for name, module in prunable_modules(model).items():
         keys |= {f"{name}.gates.{k}" for k in module.gates.state_dict()}
         keys |= {
             f"{name}.{child}.{k}"

@@ -13,8 +13,9 @@ from timm.layers import DropPath
 from timm.models import register_model
 from torch import Tensor, nn
 
-from prune_core.attention import FocusedLinearAttention, SoftmaxAttention
-from prune_core.mlp import GatedMlp
+from prune_core.attention import SoftmaxAttention
+from prune_core.focused_linear_attention import FocusedLinearAttention
+from prune_core.mlp import PrunableMlp
 
 
 class Block(nn.Module):
@@ -24,7 +25,7 @@ class Block(nn.Module):
         self.attn = attn
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = GatedMlp(dim, int(dim * mlp_ratio))
+        self.mlp = PrunableMlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))

@@ -27,21 +27,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from prune_core.attention import FocusedLinearAttention
-from prune_core.indicator import GateMode, similarity_weights
-from prune_core.prunable import GatedModule, gated_modules
-from prune_core.surgery import unit_magnitude
+from prune_core.indicator import GateMode
+from prune_core.prunable import prunable_modules
+from prune_core.scoring import attention_difference, similarity_weights, unit_magnitude
 
 INIT_MODES = ("uniform", "magnitude", "attn_single", "attn_leave_out")
-MAX_SEQUENCES = 32  # images × windows used for attention maps (bounded cost on large models)
-MAX_QUERIES = 256  # query tokens sampled per map when N is large (linear attention)
 MAX_SAMPLES = 8192  # token samples per channel for cosine similarity
 
 
 @torch.no_grad()
 def capture(model: nn.Module, images: Tensor) -> dict[str, dict[str, Tensor]]:
     """Pre-mask activations of every group of every prunable module, from one forward."""
-    modules = gated_modules(model)
+    modules = prunable_modules(model)
     for m in modules.values():
         m.tap = {}
     was_training = model.training
@@ -85,7 +82,7 @@ def update_similarity(
     not against every head-mate (``similarity_weights``).
     """
     taps = capture(model, images) if taps is None else taps
-    for name, module in gated_modules(model).items():
+    for name, module in prunable_modules(model).items():
         for group, gate in module.gates.items():
             kept = None
             if kept_only and gate.mode is not GateMode.OFF:
@@ -101,55 +98,6 @@ def update_similarity(
 def _standardise(score: Tensor) -> Tensor:
     std = score.std(dim=1, keepdim=True, unbiased=False)
     return (score - score.mean(dim=1, keepdim=True)) / std.clamp_min(1e-8)
-
-
-def _attention_maps(
-    module: GatedModule, tap: dict[str, Tensor]
-) -> tuple[Tensor, Tensor, Tensor | None, bool]:
-    """q-side and k-side features (S, H, n, d), the additive bias (or None), linear or not."""
-    bias = None
-    if isinstance(module, FocusedLinearAttention):
-        q, k = tap["phi_q"], tap["phi_k"]
-        if q.shape[2] > MAX_QUERIES:
-            idx = torch.randperm(q.shape[2], generator=torch.Generator().manual_seed(0))
-            q = q[:, :, idx[:MAX_QUERIES].to(q.device)]
-        linear = True
-    else:
-        q, k, linear = tap["q"] * module.scale, tap["k"], False
-        bias = tap.get("attn_bias")
-        if bias is not None:
-            bias = bias[:MAX_SEQUENCES].float()
-    return q[:MAX_SEQUENCES], k[:MAX_SEQUENCES], bias, linear
-
-
-def _map(scores: Tensor, linear: bool) -> Tensor:
-    if linear:
-        return scores / scores.sum(-1, keepdim=True).clamp_min(1e-12)
-    return scores.softmax(dim=-1)
-
-
-def attention_difference(module: GatedModule, tap: dict[str, Tensor], mode: str) -> Tensor:
-    """(H, d) mean ‖A − A^(c)‖_F per qk channel c, ``single`` or ``leave_out``.
-
-    ``tap``: the layer's recorded activations (``capture``): q, k (S, H, N, d), and for softmax
-    layers the additive ``attn_bias`` (position bias, shift or attention mask), which enters
-    A and every A^(c) alike (a single channel's map is its q_c·k_c plus the bias).
-    """
-    q, k, bias, linear = _attention_maps(module, tap)
-    full_scores = q @ k.transpose(-2, -1)
-    full = _map(full_scores if bias is None else full_scores + bias, linear)
-    d = q.shape[-1]
-    out = torch.empty(q.shape[1], d, device=q.device)
-    for c in range(d):
-        part = q[..., c : c + 1] @ k[..., c : c + 1].transpose(-2, -1)
-        other = part if mode == "single" else full_scores - part
-        if linear:
-            other = other.clamp_min(0.0)  # numerical dust from the subtraction
-        elif bias is not None:
-            other = other + bias
-        diff = (full - _map(other, linear)).flatten(-2).norm(dim=-1)  # (S, H)
-        out[:, c] = diff.mean(0)
-    return out
 
 
 def initialize(
@@ -175,7 +123,7 @@ def initialize(
     """
     if mode not in INIT_MODES:
         raise ValueError(f"init_mode must be one of {INIT_MODES}, got {mode!r}")
-    modules = gated_modules(model)
+    modules = prunable_modules(model)
     if not modules:
         raise ValueError(f"{type(model).__name__} has no prunable modules: call make_prunable")
     taps = capture(model, calib_images)

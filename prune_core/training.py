@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from prune_core.macs import count_macs, count_params
 from prune_core.optim import weight_decay_groups
-from prune_core.prunable import gated_modules
+from prune_core.prunable import prunable_modules
 from prune_core.reweight import reweights
 
 
@@ -132,7 +132,7 @@ def teacher_forward(teacher: nn.Module | None, images: Tensor) -> Tensor | None:
 
 def fold_reweights(model: nn.Module) -> None:
     """Fold every reweight into its weights (outputs unchanged; reweights become 1)."""
-    for module in gated_modules(model).values():
+    for module in prunable_modules(model).values():
         module.fold_reweight_()
 
 
@@ -170,7 +170,7 @@ def train(
     seed_everything(config.seed)
     device = default_device(device)
     model.to(device)
-    gate_params = {id(p) for m in gated_modules(model).values() for p in m.gates.parameters()}
+    gate_params = {id(p) for m in prunable_modules(model).values() for p in m.gates.parameters()}
     rw = [p for r in reweights(model) if r.trainable for p in r.parameters()]
     groups = weight_decay_groups(model, config.weight_decay, gate_params | {id(p) for p in rw})
     if rw:  # a scale, not a weight: never decayed

@@ -21,7 +21,8 @@ from prune_core import (
     search,
     train,
 )
-from prune_core.init import attention_difference, capture
+from prune_core.calibration import capture
+from prune_core.scoring import attention_difference
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,234 @@
+"""The experiment's schema: one pydantic model per YAML section, and ``Experiment`` for the file.
+
+Strict (unknown keys are errors, instances are frozen). Reading a file, the one-line errors and
+the rules that span sections are in ``orchestrator.config``; this module only says what each
+section holds, with its defaults and ranges.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from orchestrator.space import SearchSpace, Strict
+
+
+class ModelConfig(Strict):
+    name: str
+    num_classes: int = Field(ge=1)
+    img_size: int = Field(ge=8)
+    checkpoint: Path | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm.create_model arguments
+
+
+class DataConfig(Strict):
+    kind: Literal["digits", "fashion_mnist", "imagefolder", "parquet"]
+    train: Path | None = None  # imagefolder: a class-per-folder directory; parquet: dir or glob
+    val: Path | None = None
+    # fashion_mnist: the folder of the four IDX files (else $FASHION_MNIST_DIR, else the Debian
+    # package's /usr/share/datasets/fashion-mnist), and a stratified subset of the 60,000
+    # training images (a laptop sweep needs far fewer; the test split is always all 10,000).
+    root: Path | None = None
+    train_subset: int | None = Field(None, ge=1)
+    image_column: str = "image"  # parquet: encoded bytes (or a struct with a ``bytes`` field)
+    label_column: str = "label"
+    test_fraction: float = Field(0.25, gt=0, lt=1)  # digits only
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(0, ge=0)
+    calib_images: int = Field(128, ge=2)
+    # timm's training transform: RandomResizedCrop(scale=(crop_scale_min, 1)), flip, RandAugment,
+    # random erasing; digits ignores these (its own ±1 pixel shift is all a digit survives), so
+    # does fashion_mnist (its own flip and ±2 pixel shift: no crop or colour for 28 px grey).
+    crop_scale_min: float = Field(0.08, gt=0, le=1)
+    hflip: float = Field(0.5, ge=0, le=1)
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    re_prob: float = Field(0.25, ge=0, le=1)
+    crop_pct: float = Field(0.875, gt=0, le=1)
+    interpolation: Literal["bilinear", "bicubic"] = "bicubic"
+    shuffle_buffer: int = Field(10_000, ge=1)  # parquet training stream
+
+
+def resolve_split(data: DataConfig, split: str) -> list[Path]:
+    """The files (parquet) or the directory (imagefolder) of a split; FileNotFoundError if none."""
+    where = getattr(data, split)
+    if data.kind == "imagefolder":
+        if not Path(where).is_dir():
+            raise FileNotFoundError(f"no such directory: {where}")
+        return [Path(where)]
+    if Path(where).is_dir():
+        files = sorted(Path(where).glob("*.parquet"))
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(where)))
+    if not files:
+        raise FileNotFoundError(f"no parquet files at {where}")
+    return files
+
+
+class TeacherConfig(Strict):
+    """The unpruned model: the starting point of every trial and its distillation teacher."""
+
+    epochs: int = Field(0, ge=0)  # train (from model.checkpoint or from scratch) this long
+    checkpoint: Path | None = None  # or a state dict of the unpruned model, as a whole
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+
+
+class SearchSchedule(Strict):
+    """Fixed settings of the search (prune_core.SearchConfig documents each one)."""
+
+    steps: int = Field(300, ge=1)
+    ramp_fraction: float = Field(0.6, gt=0, le=1)
+    sim_every: int = Field(50, ge=0)
+    penalty: Literal["squared", "one_sided", "log"] = "squared"
+    distill_alpha: float = Field(0.5, ge=0, le=1)
+    distill_temperature: float = Field(2.0, gt=0)
+    use_reweight: bool = True
+    tolerance: float = Field(0.02, ge=0, lt=1)
+    round_to: int = Field(1, ge=1)
+    theta0: float = 0.0
+    weight_decay: float = Field(0.05, ge=0)
+    logit_optimizer: Literal["adamw", "sgd"] = "adamw"
+    mac_step: Literal["joint", "cost_proportional"] = "joint"
+    similarity_to: Literal["all", "kept"] = "all"
+    reweight_lr: float | None = Field(None, gt=0)  # default: 4 × lr (SearchConfig)
+    qk_reweight_init: Literal["one", "sqrt_ratio"] = "one"
+    groups: list[Literal["qk", "v", "mlp"]] = Field(["qk", "v", "mlp"], min_length=1)
+    min_width: dict[Literal["qk", "v", "mlp"], int] = Field(default_factory=dict)
+
+    @field_validator("min_width")
+    @classmethod
+    def _positive_widths(cls, widths: dict[str, int]) -> dict[str, int]:
+        bad = {g: w for g, w in widths.items() if w < 1}
+        if bad:
+            raise ValueError(f"widths must be >= 1, got {bad}")
+        return widths
+
+
+class FinetuneSchedule(Strict):
+    epochs: int = Field(ge=1)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    distill_alpha: float = Field(0.5, ge=0, le=1)
+    distill_temperature: float = Field(2.0, gt=0)
+    workers: int = Field(1, ge=1)  # > 1: Ray Train data-parallel fine-tune inside the trial
+
+
+class AshaConfig(Strict):
+    metric: str = "top1"  # reported every epoch by every trial
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    mac_buckets: int = Field(1, ge=1)  # rank trials only against trials of similar MACs
+
+
+class SweepConfig(Strict):
+    num_samples: int = Field(12, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    population_size: int = Field(4, ge=2)  # NSGA-II generation size
+    asha: AshaConfig | None = AshaConfig()
+    max_failures: int = Field(1, ge=-1)  # retries of a failed trial (-1: forever)
+    # Run the next trial in a finished trial's process: saves the worker start-up (a fresh
+    # Python, torch and prune_core imports: seconds per trial on a small node). Off by default:
+    # with it on, the kill/restart fault tests lost a reported epoch or ran an extra trial.
+    reuse_actors: bool = False
+    # Settings tried first, in order (Optuna's enqueue_trial): a baseline to compare against,
+    # or a known-good point. Each maps explored parameters to values; the rest are sampled.
+    points_to_evaluate: list[dict[str, float | str]] = []
+
+
+class ResourcesConfig(Strict):
+    num_cpus: int | None = Field(None, ge=1)  # only when Ray is started locally
+    num_gpus: int | None = Field(None, ge=0)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)  # data-parallel fine-tune workers
+    gpus_per_worker: float = Field(1.0, ge=0)
+    torch_threads: int | None = Field(None, ge=1)  # default: cpus_per_trial, rounded up
+    teacher_cpus: float = Field(1.0, gt=0)
+    teacher_gpus: float = Field(0.0, ge=0)
+
+    def threads(self) -> int:
+        return self.torch_threads or max(1, math.ceil(self.cpus_per_trial))
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None  # default: sqlite:///<storage.path>/mlflow.db (never the file store)
+    experiment: str | None = None  # default: the experiment name
+
+
+BUNDLED_KINDS = ("digits", "fashion_mnist")  # no data.train / data.val: the module finds them
+STORAGE_SCHEMES = ("s3", "gs", "gcs")  # resolved by pyarrow.fs (Ray's storage layer)
+
+
+class StorageConfig(Strict):
+    """Where Tune keeps trial checkpoints and results: shared by every node of a cluster.
+
+    ``path`` is a local or mounted (NFS) directory, or ``s3://bucket/prefix`` /
+    ``gs://bucket/prefix`` (pyarrow resolves it; credentials come from the usual environment
+    or instance role). With a URI, the driver's own files (teacher weights, ``sweep.json``, the
+    Pareto tables, the tracking outbox, the default SQLite) live in ``local_dir``.
+    """
+
+    path: str = "results"  # Ray storage_path; the sweep lives in <path>/<name>
+    local_dir: Path = Path("results")  # driver-side state when path is a URI
+
+    @property
+    def is_uri(self) -> bool:
+        return "://" in self.path
+
+
+class Experiment(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig
+    teacher: TeacherConfig = TeacherConfig()
+    search: SearchSchedule = SearchSchedule()
+    finetune: FinetuneSchedule
+    search_space: SearchSpace
+    sweep: SweepConfig = SweepConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @property
+    def sweep_dir(self) -> Path:
+        """The driver's directory of this sweep (Tune's too, unless storage is a URI)."""
+        base = self.storage.local_dir if self.storage.is_uri else Path(self.storage.path)
+        return base / self.name
+
+    @property
+    def storage_uri(self) -> str:
+        """Tune's ``storage_path``: an absolute local path or an s3:// / gs:// URI."""
+        s = self.storage
+        if s.is_uri:
+            base, sep, query = s.path.partition("?")
+            return f"{base.rstrip('/')}{sep}{query}"
+        return str(Path(s.path).resolve())
+
+    @property
+    def tune_dir(self) -> str:
+        """Where Tune keeps this sweep (what ``Tuner.restore`` / ``can_restore`` take).
+
+        A URI may carry pyarrow options after ``?`` (``endpoint_override=...&scheme=http`` for
+        MinIO or another S3-compatible store); the sweep's name goes before them.
+        """
+        base, sep, query = self.storage_uri.partition("?")
+        return f"{base.rstrip('/')}/{self.name}{sep}{query}"
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image: channels from ``model.kwargs.in_chans``."""
+        return (self.model.kwargs.get("in_chans", 3), self.model.img_size, self.model.img_size)
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.sweep_dir.parent.resolve() / 'mlflow.db'}"
