@@ -27,14 +27,22 @@ Widths = dict[str, dict[str, MacValue]]
 
 
 def flop_counter() -> FlopCounterMode:
-    """torch's counter, also counting CPU SDPA (which it leaves out): timm models use it."""
+    """torch's counter, also counting CPU SDPA (which it leaves out): timm models use it.
+
+    The CPU kernel takes the same q, k, v as the flash kernel, so it gets the flash formula.
+    Registry formulas are already shape-wrapped; ``custom_mapping`` wraps again unless the
+    function says ``_get_raw``, and the double wrap raised "sdpa_flop() got multiple values
+    for keyword argument 'out_shape'" on every plain timm ViT on CPU.
+    """
     aten = torch.ops.aten
-    cpu_sdpa = {
-        aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[
-            aten._scaled_dot_product_flash_attention
-        ]
-    }
-    return FlopCounterMode(display=False, custom_mapping=cpu_sdpa)
+    flash = flop_registry[aten._scaled_dot_product_flash_attention]
+
+    def cpu_sdpa(*args, **kwargs) -> int:
+        return flash(*args, **kwargs)
+
+    cpu_sdpa._get_raw = True  # type: ignore[attr-defined]
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 @dataclass

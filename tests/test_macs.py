@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
 from helpers import random_masks, tiny_vit
 from torch.utils.flop_counter import FlopCounterMode
 
+import prune_core as pc
 from prune_core import MacModel, count_macs, make_prunable, prunable_modules, prune
 from prune_core.focused_linear_attention import FocusedLinearAttention
 from prune_core.indicator import GateMode
@@ -98,3 +101,12 @@ def test_linear_attention_order_follows_the_pruned_widths() -> None:
     predicted = MacModel(model, (1, 4, 4)).total()
     prune(model)
     assert torch_macs(model, (1, 4, 4)) == predicted
+
+
+def test_plain_timm_vits_count_on_cpu_through_sdpa() -> None:
+    """timm's Attention calls F.scaled_dot_product_attention (the CPU flash kernel); the count
+    must include it and equal the prunable twin's analytic count (issue: it raised TypeError)."""
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=5)
+    assert pc.count_macs(model, (3, 32, 32)) == 5_033_664
+    twin = pc.make_prunable(copy.deepcopy(model), verbose=False)
+    assert pc.count_macs(twin, (3, 32, 32)) == 5_033_664

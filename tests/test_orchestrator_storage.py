@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, error_of, minimal
+from helpers import ROOT, error_of, minimal, write_config
 
 from orchestrator.config import parse_config
 
@@ -94,6 +94,7 @@ def test_storage_uri_options_stay_after_the_sweep_name():
     assert config.tune_dir == "s3://bucket/sweeps/t?endpoint_override=127.0.0.1:9000&scheme=http"
 
 
+@pytest.mark.sweep
 def test_sweep_on_s3_compatible_storage(tmp_path):
     """A real sweep whose Tune storage is S3 (moto's server on loopback, via pyarrow)."""
     moto_server = pytest.importorskip("moto.server")
@@ -102,7 +103,6 @@ def test_sweep_on_s3_compatible_storage(tmp_path):
 
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
-    from test_orchestrator_sweep import write_config
 
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()

@@ -23,7 +23,7 @@ def test_the_timm_example_runs_as_written(tmp_path, monkeypatch, capsys) -> None
     model, teacher, size = namespace["model"], namespace["teacher"], namespace["size"]
     ratio = pc.count_macs(model, size) / pc.count_macs(teacher, size)
     assert 0.48 <= ratio <= 0.5
-    fresh = timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=10)
+    fresh = timm.create_model("deit_tiny_patch16_224", **namespace["arch"])
     out = tmp_path / "out"
     reloaded = pc.load_pruned(
         pc.make_prunable(fresh, verbose=False), out / "plan.json", out / "weights.pt"
