@@ -23,6 +23,7 @@ from torch import nn
 import prune_core
 from orchestrator.data import build_datasets, loaders
 from orchestrator.schema import Experiment
+from orchestrator.trial_settings import teacher_config
 from prune_core.models.flatten_swin import load_flatten_checkpoint
 
 TEACHER_WEIGHTS, TEACHER_METRICS = "teacher.pt", "teacher.json"
@@ -74,14 +75,7 @@ def _train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
         prune_core.train(
             model,
             train_loader,
-            prune_core.TrainConfig(
-                epochs=t.epochs,
-                lr=t.lr,
-                weight_decay=t.weight_decay,
-                warmup_epochs=t.warmup_epochs,
-                label_smoothing=t.label_smoothing,
-                seed=config.seed,
-            ),
+            teacher_config(config),
             on_epoch=on_epoch,
             progress=False,
         )

@@ -28,46 +28,38 @@ class TrialParams:
         return cls(**{f.name: config[f.name] for f in fields(cls)})
 
 
-def search_config(exp: Experiment, p: TrialParams):
-
-    s = exp.search
-    return prune_core.SearchConfig(
-        target=p.mac_target,
-        steps=s.steps,
-        lr=p.search_lr,
-        logit_lr=p.logit_lr,
-        mac_loss_weight=p.mac_loss_weight,
-        penalty=s.penalty,
-        ramp_fraction=s.ramp_fraction,
-        sim_temperature=p.sim_temperature,
-        sim_every=s.sim_every,
-        distill_alpha=s.distill_alpha,
-        distill_temperature=s.distill_temperature,
-        use_reweight=s.use_reweight,
-        tolerance=s.tolerance,
-        round_to=s.round_to,
-        seed=exp.seed,
-        weight_decay=s.weight_decay,
-        logit_optimizer=s.logit_optimizer,
-        mac_step=s.mac_step,
-        reweight_lr=s.reweight_lr,
-        similarity_to=s.similarity_to,
-        qk_reweight_init=s.qk_reweight_init,
-        groups=tuple(s.groups),
-        min_width=dict(s.min_width),
-    )
+# prune_core settings the search space samples, under their search-space names. Every other
+# field of SearchConfig / TrainConfig comes from the experiment's schedule section of the same
+# name (tests/test_orchestrator_config.py checks that the two cannot drift apart).
+SAMPLED_SEARCH = {
+    "target": "mac_target",
+    "lr": "search_lr",
+    "logit_lr": "logit_lr",
+    "mac_loss_weight": "mac_loss_weight",
+    "sim_temperature": "sim_temperature",
+}
+SAMPLED_FINETUNE = {"lr": "finetune_lr"}
+NOT_SEARCH_SETTINGS = {"theta0"}  # in `search:` but read by prune_core.initialize
+NOT_TRAIN_SETTINGS = {"workers", "checkpoint"}  # the orchestrator's own
 
 
-def finetune_config(exp: Experiment, p: TrialParams):
+def search_config(exp: Experiment, p: TrialParams) -> prune_core.SearchConfig:
+    """``exp.search`` (fixed) + the sampled values of ``p`` + the experiment seed."""
+    fixed = exp.search.model_dump(exclude=NOT_SEARCH_SETTINGS)
+    fixed["groups"] = tuple(fixed["groups"])
+    sampled = {field: getattr(p, name) for field, name in SAMPLED_SEARCH.items()}
+    return prune_core.SearchConfig(**fixed, **sampled, seed=exp.seed)
 
-    f = exp.finetune
+
+def finetune_config(exp: Experiment, p: TrialParams) -> prune_core.TrainConfig:
+    """``exp.finetune`` (fixed) + the sampled fine-tune lr + the experiment seed."""
+    fixed = exp.finetune.model_dump(exclude=NOT_TRAIN_SETTINGS)
+    sampled = {field: getattr(p, name) for field, name in SAMPLED_FINETUNE.items()}
+    return prune_core.TrainConfig(**fixed, **sampled, seed=exp.seed)
+
+
+def teacher_config(exp: Experiment) -> prune_core.TrainConfig:
+    """``exp.teacher`` as a training run without distillation (it has no teacher of its own)."""
     return prune_core.TrainConfig(
-        epochs=f.epochs,
-        lr=p.finetune_lr,
-        weight_decay=f.weight_decay,
-        warmup_epochs=f.warmup_epochs,
-        label_smoothing=f.label_smoothing,
-        distill_alpha=f.distill_alpha,
-        distill_temperature=f.distill_temperature,
-        seed=exp.seed,
+        **exp.teacher.model_dump(exclude=NOT_TRAIN_SETTINGS), seed=exp.seed
     )

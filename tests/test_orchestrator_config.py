@@ -303,3 +303,64 @@ def test_the_sweep_cli_loads_no_torch_ray_or_mlflow_before_it_needs_them() -> No
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_schedules_cannot_drift_from_prune_cores_configs() -> None:
+    """Every SearchConfig / TrainConfig field is set from exactly one place (a schedule field
+    of the same name, a sampled search-space value, or the seed), with the same default and
+    the same allowed values."""
+    import dataclasses
+    import typing
+
+    import prune_core as pc
+    import prune_core.pruning_search as ps
+    from orchestrator import schema, space
+    from orchestrator import trial_settings as ts
+
+    def defaults(cls) -> dict:
+        out = {}
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+        return out
+
+    cases = (
+        (schema.SearchSchedule, pc.SearchConfig, ts.SAMPLED_SEARCH, ts.NOT_SEARCH_SETTINGS),
+        (schema.FinetuneSchedule, pc.TrainConfig, ts.SAMPLED_FINETUNE, ts.NOT_TRAIN_SETTINGS),
+        (schema.TeacherConfig, pc.TrainConfig, {}, ts.NOT_TRAIN_SETTINGS),
+    )
+    for section, config, sampled, own in cases:
+        mirrored = set(section.model_fields) - own
+        fields = {f.name for f in dataclasses.fields(config)}
+        assert mirrored <= fields, (section, mirrored - fields)
+        assert not mirrored & set(sampled), (section, mirrored & set(sampled))
+        if section is not schema.TeacherConfig:  # the teacher has no distillation settings
+            assert mirrored | set(sampled) | {"seed"} == fields, (section, fields - mirrored)
+        # the teacher trains from scratch: its lr default (2e-3) is its own, on purpose
+        ref = defaults(config) if section is not schema.TeacherConfig else {}
+        for name in mirrored:
+            default = section.model_fields[name].get_default(call_default_factory=True)
+            if name in ref and default is not None and name != "epochs":
+                want = ref[name]
+                assert (tuple(default) if name == "groups" else default) == want, (section, name)
+    # sampled values: the space's default equals prune_core's
+    space_defaults = space.SearchSpace.model_fields
+    for field, name in ts.SAMPLED_SEARCH.items():
+        if name != "mac_target":
+            assert space_defaults[name].default.value == defaults(pc.SearchConfig)[field], name
+    assert space_defaults["finetune_lr"].default.value == defaults(pc.TrainConfig)["lr"]
+    # the choices a schedule allows are prune_core's
+    choices = {
+        "penalty": ps.PENALTIES,
+        "logit_optimizer": ps.LOGIT_OPTIMIZERS,
+        "mac_step": ps.MAC_STEPS,
+        "qk_reweight_init": ps.QK_REWEIGHT_INITS,
+        "similarity_to": ("all", "kept"),
+    }
+    for name, allowed in choices.items():
+        literal = schema.SearchSchedule.model_fields[name].annotation
+        assert typing.get_args(literal) == allowed, name
+    groups = schema.SearchSchedule.model_fields["groups"].annotation
+    assert typing.get_args(typing.get_args(groups)[0]) == pc.prunable.GROUPS
