@@ -7,9 +7,9 @@
 Digits saturates near 98 % top-1, so pruning decisions drown in noise there; Fashion-MNIST (the
 official 60k/10k split, 28×28 grey, ``flatten_vit_micro`` with 7×7 patches: 16 tokens, two
 FLatten and two softmax blocks) leaves room for them to differ. Each seed has one teacher,
-trained once (8 epochs, lr 3e-3, batch 128, no distillation) and cached under
-``benchmarks/.cache`` behind a file lock, so shards share it. Every row starts from that
-teacher and is held to the same two constraints:
+trained once (8 epochs, lr 3e-3, batch 128, no augmentation, no distillation: about 89 %) and
+cached under ``benchmarks/.cache`` behind a file lock, so shards share it. Every row starts
+from that teacher and is held to the same two constraints:
 
 - **equal MACs**: the pruned model lands in ``[t - 0.01, t]`` of the teacher's MACs. The method
   uses ``finalize(tolerance=0.01)``; the uniform baselines start at ``uniform_keep`` and raise
@@ -52,65 +52,28 @@ short ones), so shards finish together.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import fcntl
-import itertools
-import math
-import os
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 from rich.console import Console
 from torch import nn
-from torch.utils.data import DataLoader
 
-import prune_core as pc
-from benchmarks import ablations, digits_setup, tp_peer
-from prune_core.training import batches_forever
-
-CACHE = Path(__file__).resolve().parent / ".cache"
-RESULTS = Path(__file__).resolve().parent / "results"
-MODEL = "flatten_vit_micro"
-MODEL_KWARGS = {"num_classes": 10, "img_size": 28, "patch_size": 7, "in_chans": 1}
-INPUT_SIZE = (1, 28, 28)
-BATCH = 128
-TEACHER_LR = 3e-3
-FINETUNE_LR = 1e-3
-TOLERANCE = 0.01
-TAYLOR_BATCHES = 4
-BUDGET_EPOCHS = {"short": 0.5, "long": 2.0}
-# Default search steps: this share of the short budget, in both budgets. Probe (seed 0, t 0.5,
-# short, 2026-11-29): 94 search steps -> 84.74 % top-1, 47 -> 85.13 %, 24 -> 84.90 %; the
-# selection is mostly decided early, the remaining steps are better spent fine-tuning.
-SEARCH_SHARE = 0.2
-
-METHODS = (
-    "method",
-    "l1_uniform",
-    "random",
-    "tp_local",
-    "tp_global",
-    "tp_isomorphic_taylor",
-    "no_similarity",
-    "unaligned",
-    "no_reweight",
-    "uniform_init_qk",
-    "uniform_init_all",
+from benchmarks import digits_setup
+from benchmarks.fashion_rows import METHODS, TOLERANCE, run_one
+from benchmarks.fashion_setup import (
+    BUDGET_EPOCHS,
+    SEARCH_SHARE,
+    Data,
+    fashion,
+    teacher,
 )
-SEARCHED = {
-    "method",
-    "no_similarity",
-    "unaligned",
-    "no_reweight",
-    "uniform_init_qk",
-    "uniform_init_all",
-}
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
 FIELDS = (
     "method",
     "target",
@@ -152,7 +115,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--search-steps",
         type=int,
         default=None,
-        help=f"default: {SEARCH_SHARE:.0%} of the short budget",
+        help=f"default: {SEARCH_SHARE * 100:.0f} %% of the short budget",
     )
     p.add_argument(
         "--short-steps",
@@ -205,298 +168,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     args.shard_index, args.shard_count = digits_setup.parse_shard(p, args.shard)
     return args
-
-
-# ----------------------------------------------------------------------------- data, teacher
-@dataclass
-class Data:
-    train: DataLoader  # flip and shift augmentation (fine-tunes, searches)
-    plain_train: DataLoader  # the same images, not augmented (the teacher, see ``teacher``)
-    test: DataLoader
-    calib: torch.Tensor  # the first 128 training images, un-augmented
-    train_size: int
-
-
-def fashion(train_subset: int | None, seed: int) -> Data:
-    train_ds, test_ds = pc.fashion_mnist_datasets(
-        img_size=28, in_chans=1, train_subset=train_subset, seed=seed
-    )
-    plain_ds = copy.copy(train_ds)  # shares the image tensor
-    plain_ds.augment = False
-    return Data(
-        train=DataLoader(train_ds, batch_size=BATCH, shuffle=True, drop_last=True),
-        plain_train=DataLoader(plain_ds, batch_size=BATCH, shuffle=True, drop_last=True),
-        test=DataLoader(test_ds, batch_size=500),
-        calib=train_ds.images[:128].contiguous(),
-        train_size=len(train_ds),
-    )
-
-
-def new_model() -> nn.Module:
-    return timm.create_model(MODEL, **MODEL_KWARGS)
-
-
-def teacher(
-    data: Data,
-    seed: int,
-    epochs: int,
-    train_subset: int | None,
-    *,
-    augment: bool = False,
-    progress: bool = False,
-) -> tuple[nn.Module, float]:
-    """The unpruned model of ``seed``: trained once, cached (atomic write, file lock).
-
-    Without augmentation by default: at this model size flip and shift slow convergence more
-    than they help (seed 0: 8 epochs with them 86.24 %; without, see RESULTS.md §6), and a
-    converged teacher is what a pruning benchmark should start from.
-    """
-    CACHE.mkdir(parents=True, exist_ok=True)
-    n = "all" if train_subset is None else train_subset
-    aug = "_aug" if augment else ""
-    path = CACHE / (f"fashion_{MODEL}_p7_e{epochs}_lr{TEACHER_LR:g}_b{BATCH}_n{n}{aug}_s{seed}.pt")
-    with path.with_suffix(".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one shard trains, the others wait for the file
-        if path.is_file():
-            model = new_model()
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        else:
-            torch.manual_seed(seed)
-            model = new_model()
-            loader = data.train if augment else data.plain_train
-            pc.train(
-                model,
-                loader,
-                pc.TrainConfig(epochs=epochs, lr=TEACHER_LR, seed=seed),
-                device="cpu",
-                progress=progress,
-            )
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(model.state_dict(), tmp)
-            os.replace(tmp, path)
-    model.eval()
-    return model, pc.accuracy(model, data.test, "cpu")
-
-
-class Steps:
-    """Exactly ``steps`` batches of ``loader`` (cycled), as a loader ``prune_core.train`` takes."""
-
-    def __init__(self, loader: DataLoader, steps: int) -> None:
-        self.loader, self.steps = loader, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator:
-        return itertools.islice(batches_forever(self.loader), self.steps)
-
-
-def budget_steps(budget: str, data: Data, args: argparse.Namespace) -> int:
-    override = {"short": args.short_steps, "long": args.long_steps}[budget]
-    if override is not None:
-        return override
-    return max(1, round(BUDGET_EPOCHS[budget] * data.train_size / BATCH))
-
-
-def search_steps(data: Data, args: argparse.Namespace) -> int:
-    if args.search_steps is not None:
-        return args.search_steps
-    return max(1, round(SEARCH_SHARE * budget_steps("short", data, args)))
-
-
-# ------------------------------------------------------------------------------- the plans
-def _widths(model: nn.Module, per_group: dict[str, int]) -> dict[str, dict[str, int]]:
-    return {
-        name: {g: per_group[g] for g in m.gates} for name, m in pc.prunable_modules(model).items()
-    }
-
-
-def uniform_keeps(
-    model: nn.Module, target: float, tolerance: float = TOLERANCE
-) -> dict[str, float]:
-    """Per-group keep ratios (same width in every layer) with MACs in ``[t - tol, t]``.
-
-    Starts at the largest single ratio under t (``uniform_keep``), then raises the width of the
-    most pruned group that still fits under t, one channel per head at a time, until none fits.
-    """
-    channels: dict[str, int] = {}
-    for m in pc.prunable_modules(model).values():
-        for g, gate in m.gates.items():
-            if channels.setdefault(g, gate.channels) != gate.channels:
-                raise ValueError(f"group {g} has different widths across layers")
-    macs = pc.MacModel(model, INPUT_SIZE)
-    keep = pc.uniform_keep(model, INPUT_SIZE, target)
-    width = {g: max(1, round(keep * c)) for g, c in channels.items()}
-
-    def ratio(w: dict[str, int]) -> float:
-        return macs.total(_widths(model, w)) / macs.full
-
-    while True:
-        fits = [
-            g
-            for g in channels
-            if width[g] < channels[g] and ratio({**width, g: width[g] + 1}) <= target
-        ]
-        if not fits:
-            break
-        g = min(fits, key=lambda g: (width[g] / channels[g], g))
-        width[g] += 1
-    if ratio(width) < target - tolerance:
-        raise ValueError(
-            f"uniform widths {width} reach only {ratio(width):.4f} of the MACs for target {target}"
-        )
-    return {g: width[g] / channels[g] for g in channels}
-
-
-def _search(
-    student: nn.Module,
-    method: str,
-    target: float,
-    seed: int,
-    teacher_model: nn.Module,
-    data: Data,
-    steps: int,
-    args: argparse.Namespace,
-) -> None:
-    """Initialise and search ``student`` in place, the way ``method`` says (module doc)."""
-    tau = math.inf if method == "no_similarity" else args.sim_temperature
-    mode = "uniform" if method == "uniform_init_all" else "attn_leave_out"
-    pc.initialize(student, data.calib, mode=mode, sim_temperature=tau, theta0=0.0)
-    if method == "uniform_init_qk":  # uniform on the qk groups only (v, mlp keep their init)
-        with torch.no_grad():
-            for module in pc.prunable_modules(student).values():
-                if "qk" in module.gates:
-                    module.gates["qk"].logits.fill_(0.0)
-                    module.gates["qk"].anchor_()
-    if method == "unaligned":
-        ablations.make_unaligned(student)
-    config = pc.SearchConfig(
-        target=target,
-        steps=steps,
-        sim_temperature=tau,
-        seed=seed,
-        lr=args.search_lr,
-        sim_every=args.sim_every,
-        similarity_to=args.similarity_to,
-        reweight_lr=args.reweight_lr,
-        use_reweight=method != "no_reweight",
-        tolerance=TOLERANCE,
-    )
-    pc.search(
-        student,
-        data.train,
-        INPUT_SIZE,
-        config,
-        teacher=teacher_model,
-        calib=data.calib,
-        device="cpu",
-        progress=False,
-    )
-
-
-def on_teacher_weights(teacher_model: nn.Module, plan: pc.Plan, data: Data) -> float:
-    """Top-1 of ``plan`` applied to an untouched copy of the teacher (no training)."""
-    model = copy.deepcopy(teacher_model)
-    pc.apply_plan(model, plan)
-    pc.prune(model)
-    return pc.accuracy(model, data.test, "cpu")
-
-
-def unaligned_on_teacher_weights(teacher_model: nn.Module, student: nn.Module, data: Data) -> float:
-    """Top-1 of the teacher masked with the student's unaligned masks (no training)."""
-    model = ablations.make_unaligned(copy.deepcopy(teacher_model))
-    source = pc.prunable_modules(student)
-    for name, module in pc.prunable_modules(model).items():
-        for g, gate in module.gates.items():
-            gate.hard_mask.copy_(source[name].gates[g].hard_mask)
-            gate.mode = pc.GateMode.HARD
-    return pc.accuracy(model, data.test, "cpu")
-
-
-def run_one(
-    method: str,
-    target: float,
-    seed: int,
-    budget: str,
-    teacher_model: nn.Module,
-    data: Data,
-    args: argparse.Namespace,
-) -> dict:
-    """Prune a copy of the teacher to ``target`` with ``method``, fine-tune, read out."""
-    torch.manual_seed(seed)
-    total = budget_steps(budget, data, args)
-    student = copy.deepcopy(teacher_model).train()
-    realisable, searched = method != "unaligned", 0
-    if method in SEARCHED:
-        searched = min(search_steps(data, args), total)
-        _search(student, method, target, seed, teacher_model, data, searched, args)
-        if method == "unaligned":
-            ablations.finalize_unaligned(student, INPUT_SIZE, target, tolerance=TOLERANCE)
-            plan = None
-        else:
-            plan = pc.finalize(student, INPUT_SIZE, target, tolerance=TOLERANCE)
-    elif method in ("l1_uniform", "random"):
-        keeps = uniform_keeps(teacher_model, target)
-        plan = (
-            pc.magnitude_plan(teacher_model, keeps)
-            if method == "l1_uniform"
-            else pc.random_plan(teacher_model, keeps, seed=seed)
-        )
-        pc.apply_plan(student, plan)
-    else:
-        grads = None
-        if method == "tp_isomorphic_taylor":
-            torch.manual_seed(seed)
-            grads = tp_peer.taylor_grads(
-                teacher_model, itertools.islice(batches_forever(data.train), TAYLOR_BATCHES)
-            )
-        plan, _ = tp_peer.tp_plan_at(
-            teacher_model,
-            INPUT_SIZE,
-            target,
-            global_pruning=method == "tp_global",
-            isomorphic=method == "tp_isomorphic_taylor",
-            grads=grads,
-            tolerance=TOLERANCE,
-        )
-        pc.apply_plan(student, plan)
-    if realisable:
-        pc.prune(student)
-        top1_tw = on_teacher_weights(teacher_model, plan, data)
-    else:
-        top1_tw = unaligned_on_teacher_weights(teacher_model, student, data)
-    if method == "no_reweight":
-        pc.set_reweight_trainable(student, False)  # already off since the search; explicit
-    finetune = total - searched
-    if finetune:
-        pc.train(
-            student,
-            Steps(data.train, finetune),
-            pc.TrainConfig(epochs=1, warmup_epochs=0, lr=FINETUNE_LR, seed=seed),
-            teacher=teacher_model,
-            device="cpu",
-            progress=False,
-        )
-    if realisable:
-        macs, params = pc.count_macs(student, INPUT_SIZE), pc.count_params(student)
-        ratio = macs / pc.count_macs(teacher_model, INPUT_SIZE)
-    else:
-        macs, full = ablations.masked_macs(student, INPUT_SIZE)
-        ratio, params = macs / full, float("nan")
-    return {
-        "method": method,
-        "target": target,
-        "seed": seed,
-        "budget": budget,
-        "macs_ratio": ratio,
-        "top1": pc.accuracy(student, data.test, "cpu"),
-        "top1_teacher_weights": top1_tw,
-        "realisable": realisable,
-        "search_steps": searched,
-        "finetune_steps": finetune,
-        "macs": macs,
-        "params": params,
-    }
 
 
 # ------------------------------------------------------------------------------ bookkeeping

@@ -1,0 +1,238 @@
+"""One row of the Fashion-MNIST benchmark: prune a copy of the teacher with one method, fine-tune
+within the budget, read out (the protocol and the methods: ``benchmarks.fashion``'s docstring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import math
+
+import torch
+from torch import nn
+
+import prune_core as pc
+from benchmarks import ablations, tp_peer
+from benchmarks.fashion_setup import INPUT_SIZE, Data, Steps, budget_steps, search_steps
+from prune_core.training import batches_forever
+
+FINETUNE_LR = 1e-3
+TOLERANCE = 0.01
+TAYLOR_BATCHES = 4
+
+METHODS = (
+    "method",
+    "l1_uniform",
+    "random",
+    "tp_local",
+    "tp_global",
+    "tp_isomorphic_taylor",
+    "no_similarity",
+    "unaligned",
+    "no_reweight",
+    "uniform_init_qk",
+    "uniform_init_all",
+)
+SEARCHED = {
+    "method",
+    "no_similarity",
+    "unaligned",
+    "no_reweight",
+    "uniform_init_qk",
+    "uniform_init_all",
+}
+
+
+def _widths(model: nn.Module, per_group: dict[str, int]) -> dict[str, dict[str, int]]:
+    return {
+        name: {g: per_group[g] for g in m.gates} for name, m in pc.prunable_modules(model).items()
+    }
+
+
+def uniform_keeps(
+    model: nn.Module, target: float, tolerance: float = TOLERANCE
+) -> dict[str, float]:
+    """Per-group keep ratios (same width in every layer) with MACs in ``[t - tol, t]``.
+
+    Starts at the largest single ratio under t (``uniform_keep``), then raises the width of the
+    most pruned group that still fits under t, one channel per head at a time, until none fits.
+    """
+    channels: dict[str, int] = {}
+    for m in pc.prunable_modules(model).values():
+        for g, gate in m.gates.items():
+            if channels.setdefault(g, gate.channels) != gate.channels:
+                raise ValueError(f"group {g} has different widths across layers")
+    macs = pc.MacModel(model, INPUT_SIZE)
+    keep = pc.uniform_keep(model, INPUT_SIZE, target)
+    width = {g: max(1, round(keep * c)) for g, c in channels.items()}
+
+    def ratio(w: dict[str, int]) -> float:
+        return macs.total(_widths(model, w)) / macs.full
+
+    while True:
+        fits = [
+            g
+            for g in channels
+            if width[g] < channels[g] and ratio({**width, g: width[g] + 1}) <= target
+        ]
+        if not fits:
+            break
+        g = min(fits, key=lambda g: (width[g] / channels[g], g))
+        width[g] += 1
+    if ratio(width) < target - tolerance:
+        raise ValueError(
+            f"uniform widths {width} reach only {ratio(width):.4f} of the MACs for target {target}"
+        )
+    return {g: width[g] / channels[g] for g in channels}
+
+
+def _search(
+    student: nn.Module,
+    method: str,
+    target: float,
+    seed: int,
+    teacher_model: nn.Module,
+    data: Data,
+    steps: int,
+    args: argparse.Namespace,
+) -> None:
+    """Initialise and search ``student`` in place, the way ``method`` says (module doc)."""
+    tau = math.inf if method == "no_similarity" else args.sim_temperature
+    mode = "uniform" if method == "uniform_init_all" else "attn_leave_out"
+    pc.initialize(student, data.calib, mode=mode, sim_temperature=tau, theta0=0.0)
+    if method == "uniform_init_qk":  # uniform on the qk groups only (v, mlp keep their init)
+        with torch.no_grad():
+            for module in pc.prunable_modules(student).values():
+                if "qk" in module.gates:
+                    module.gates["qk"].logits.fill_(0.0)
+                    module.gates["qk"].anchor_()
+    if method == "unaligned":
+        ablations.make_unaligned(student)
+    config = pc.SearchConfig(
+        target=target,
+        steps=steps,
+        sim_temperature=tau,
+        seed=seed,
+        lr=args.search_lr,
+        sim_every=args.sim_every,
+        similarity_to=args.similarity_to,
+        reweight_lr=args.reweight_lr,
+        use_reweight=method != "no_reweight",
+        tolerance=TOLERANCE,
+    )
+    pc.search(
+        student,
+        data.train,
+        INPUT_SIZE,
+        config,
+        teacher=teacher_model,
+        calib=data.calib,
+        device="cpu",
+        progress=False,
+    )
+
+
+def on_teacher_weights(teacher_model: nn.Module, plan: pc.Plan, data: Data) -> float:
+    """Top-1 of ``plan`` applied to an untouched copy of the teacher (no training)."""
+    model = copy.deepcopy(teacher_model)
+    pc.apply_plan(model, plan)
+    pc.prune(model)
+    return pc.accuracy(model, data.test, "cpu")
+
+
+def unaligned_on_teacher_weights(teacher_model: nn.Module, student: nn.Module, data: Data) -> float:
+    """Top-1 of the teacher masked with the student's unaligned masks (no training)."""
+    model = ablations.make_unaligned(copy.deepcopy(teacher_model))
+    source = pc.prunable_modules(student)
+    for name, module in pc.prunable_modules(model).items():
+        for g, gate in module.gates.items():
+            gate.hard_mask.copy_(source[name].gates[g].hard_mask)
+            gate.mode = pc.GateMode.HARD
+    return pc.accuracy(model, data.test, "cpu")
+
+
+def run_one(
+    method: str,
+    target: float,
+    seed: int,
+    budget: str,
+    teacher_model: nn.Module,
+    data: Data,
+    args: argparse.Namespace,
+) -> dict:
+    """Prune a copy of the teacher to ``target`` with ``method``, fine-tune, read out."""
+    torch.manual_seed(seed)
+    total = budget_steps(budget, data, args)
+    student = copy.deepcopy(teacher_model).train()
+    realisable, searched = method != "unaligned", 0
+    if method in SEARCHED:
+        searched = min(search_steps(data, args), total)
+        _search(student, method, target, seed, teacher_model, data, searched, args)
+        if method == "unaligned":
+            ablations.finalize_unaligned(student, INPUT_SIZE, target, tolerance=TOLERANCE)
+            plan = None
+        else:
+            plan = pc.finalize(student, INPUT_SIZE, target, tolerance=TOLERANCE)
+    elif method in ("l1_uniform", "random"):
+        keeps = uniform_keeps(teacher_model, target)
+        plan = (
+            pc.magnitude_plan(teacher_model, keeps)
+            if method == "l1_uniform"
+            else pc.random_plan(teacher_model, keeps, seed=seed)
+        )
+        pc.apply_plan(student, plan)
+    else:
+        grads = None
+        if method == "tp_isomorphic_taylor":
+            torch.manual_seed(seed)
+            grads = tp_peer.taylor_grads(
+                teacher_model, itertools.islice(batches_forever(data.train), TAYLOR_BATCHES)
+            )
+        plan, _ = tp_peer.tp_plan_at(
+            teacher_model,
+            INPUT_SIZE,
+            target,
+            global_pruning=method == "tp_global",
+            isomorphic=method == "tp_isomorphic_taylor",
+            grads=grads,
+            tolerance=TOLERANCE,
+        )
+        pc.apply_plan(student, plan)
+    if realisable:
+        pc.prune(student)
+        top1_tw = on_teacher_weights(teacher_model, plan, data)
+    else:
+        top1_tw = unaligned_on_teacher_weights(teacher_model, student, data)
+    if method == "no_reweight":
+        pc.set_reweight_trainable(student, False)  # already off since the search; explicit
+    finetune = total - searched
+    if finetune:
+        pc.train(
+            student,
+            Steps(data.train, finetune),
+            pc.TrainConfig(epochs=1, warmup_epochs=0, lr=FINETUNE_LR, seed=seed),
+            teacher=teacher_model,
+            device="cpu",
+            progress=False,
+        )
+    if realisable:
+        macs, params = pc.count_macs(student, INPUT_SIZE), pc.count_params(student)
+        ratio = macs / pc.count_macs(teacher_model, INPUT_SIZE)
+    else:
+        macs, full = ablations.masked_macs(student, INPUT_SIZE)
+        ratio, params = macs / full, float("nan")
+    return {
+        "method": method,
+        "target": target,
+        "seed": seed,
+        "budget": budget,
+        "macs_ratio": ratio,
+        "top1": pc.accuracy(student, data.test, "cpu"),
+        "top1_teacher_weights": top1_tw,
+        "realisable": realisable,
+        "search_steps": searched,
+        "finetune_steps": finetune,
+        "macs": macs,
+        "params": params,
+    }
