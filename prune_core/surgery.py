@@ -21,7 +21,7 @@ from torch import nn
 from prune_core.attention import attention_modules
 from prune_core.indicator import GateMode
 from prune_core.macs import MacModel
-from prune_core.prunable import PrunableModule, check_kept, prunable_modules
+from prune_core.prunable import GROUPS, PrunableModule, check_kept, prunable_modules
 from prune_core.scoring import unit_magnitude
 
 Kept = dict[str, list[list[int]]]  # group -> kept channel indices per head
@@ -51,7 +51,10 @@ class Plan:
             layers = data["layers"]
             plan = cls(
                 {
-                    name: {g: [[int(c) for c in row] for row in rows] for g, rows in groups.items()}
+                    name: {
+                        g: [[_channel(c) for c in row] for row in rows]
+                        for g, rows in groups.items()
+                    }
                     for name, groups in layers.items()
                 }
             )
@@ -73,6 +76,13 @@ class Plan:
             return cls.from_json(path.read_text())
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+
+
+def _channel(value: object) -> int:
+    """A channel index from JSON: an integer, never a float or bool (3.9 must not become 3)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"channel index {value!r} is not an integer")
+    return value
 
 
 def _atomic_write(path: Path, payload: bytes) -> None:
@@ -137,10 +147,17 @@ def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
 
 
 def _check_keep(keep: float | dict[str, float]) -> dict[str, float]:
-    ratios = keep if isinstance(keep, dict) else {"qk": keep, "v": keep, "mlp": keep}
+    """Per-group keep ratios; an unknown group name is an error, not a silent no-op."""
+    ratios = keep if isinstance(keep, dict) else dict.fromkeys(GROUPS, keep)
+    unknown = sorted(set(ratios) - set(GROUPS))
+    if unknown:
+        raise ValueError(
+            f"unknown group {', '.join(map(repr, unknown))} in keep ratios: the groups are "
+            f"{', '.join(GROUPS)} (qk: query/key channels, v: value channels, mlp: hidden units)"
+        )
     for g, r in ratios.items():
-        if not 0.0 < float(r) <= 1.0:
-            raise ValueError(f"keep ratio for {g} must be in (0, 1], got {r}")
+        if isinstance(r, bool) or not 0.0 < float(r) <= 1.0:
+            raise ValueError(f"keep ratio for {g} must be in (0, 1], got {r!r}")
     return ratios
 
 
@@ -157,7 +174,11 @@ def magnitude_plan(model: nn.Module, keep: float | dict[str, float]) -> Plan:
     """Uniform L1-magnitude baseline: every layer keeps ``keep`` of each group, per head.
 
     A unit's importance is the L1 norm of the weights that produce and consume it, so the
-    baseline needs no data. ``keep`` is one ratio or one per group (``qk``/``v``/``mlp``).
+    baseline needs no data. ``keep`` is one ratio or one per group (``qk``/``v``/``mlp``; a
+    group left out keeps every channel).
+
+    Raises:
+        ValueError: an unknown group name, a ratio outside (0, 1], or a head left empty.
     """
     ratios = _check_keep(keep)
     plan = Plan()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers import random_masks, tiny_vit
@@ -129,3 +131,20 @@ def test_corrupt_plan_file_names_the_file(tmp_path) -> None:
     path.write_text("{not json")
     with pytest.raises(ValueError, match="plan.json"):
         Plan.load(path)
+
+
+@pytest.mark.parametrize("keep", [{"attn": 0.25}, {"qkv": 0.5, "mlp": 0.5}])
+def test_unknown_group_names_are_refused_not_ignored(keep) -> None:
+    model = tiny_vit()
+    for make_plan in (magnitude_plan, random_plan):
+        with pytest.raises(ValueError, match=r"unknown group '(attn|qkv)'.*groups are qk, v, mlp"):
+            make_plan(model, keep)
+
+
+@pytest.mark.parametrize("bad", [3.9, 3.0, True, "3"])
+def test_plan_json_refuses_channel_indices_that_are_not_integers(bad) -> None:
+    data = json.loads(current_plan(tiny_vit()).to_json())
+    layer = next(iter(data["layers"]))
+    data["layers"][layer]["qk"][0][0] = bad
+    with pytest.raises(ValueError, match="is not an integer"):
+        Plan.from_json(json.dumps(data))
