@@ -15,6 +15,8 @@ the per-module formulas against ``FlopCounterMode`` and the pruned model against
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +47,26 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
+@contextmanager
+def counting(model: nn.Module) -> Iterator[FlopCounterMode]:
+    """``flop_counter()`` around one forward of ``model``, without autograd.
+
+    Parameters are switched to ``requires_grad=False`` for the count (and restored): torch's
+    module tracker, inside the counter, hooks every module input that requires grad, and under
+    ``no_grad`` it fails ("Expected gradient function to be set") on a parameter passed as a
+    module's input, as timm's attention-pool head does with its latent query.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad(), flop_counter() as counter:
+            yield counter
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 @dataclass
 class _Site:
     module: PrunableModule
@@ -71,7 +93,7 @@ class MacModel:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), flop_counter() as counter:
+            with counting(model) as counter:
                 model(x)
         finally:
             for h in handles:
@@ -132,7 +154,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
     ``FlopCounterMode`` total / 2.
     """
     if not prunable_modules(model):
-        with torch.no_grad(), flop_counter() as counter:
+        with counting(model) as counter:
             param = next(model.parameters())
             model(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
         return counter.get_total_flops() // 2

@@ -110,3 +110,24 @@ def test_plain_timm_vits_count_on_cpu_through_sdpa() -> None:
     assert pc.count_macs(model, (3, 32, 32)) == 5_033_664
     twin = pc.make_prunable(copy.deepcopy(model), verbose=False)
     assert pc.count_macs(twin, (3, 32, 32)) == 5_033_664
+
+
+def test_attention_pool_head_is_left_intact_and_counted() -> None:
+    """SigLIP-style ``global_pool='map'`` (timm's AttentionPoolLatent passes its latent query, a
+    parameter, as a module input; torch's module tracker failed on it under no_grad)."""
+    model = timm.create_model(
+        "vit_small_patch16_224", global_pool="map", img_size=32, depth=2, num_classes=5
+    ).eval()
+    size = (3, 32, 32)
+    full = pc.count_macs(model, size)
+    assert full == 21_571_968
+    assert all(p.requires_grad for p in model.parameters())  # switched back after the count
+    twin = pc.make_prunable(copy.deepcopy(model), verbose=False).eval()
+    assert pc.count_macs(twin, size) == full
+    x = torch.randn(2, *size)
+    assert (twin(x) - model(x)).abs().max() < 1e-5
+    pc.apply_plan(twin, pc.magnitude_plan(twin, 0.5))
+    masked, predicted = twin(x), pc.count_macs(twin, size)
+    pc.prune(twin)
+    assert pc.count_macs(twin, size) == predicted < full
+    assert (twin(x) - masked).abs().max() < 1e-4
