@@ -85,6 +85,12 @@ def _channel(value: object) -> int:
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it, then set it back
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, payload: bytes) -> None:
     """Temp file + rename: a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +98,7 @@ def _atomic_write(path: Path, payload: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file follows the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -148,3 +150,18 @@ def test_plan_json_refuses_channel_indices_that_are_not_integers(bad) -> None:
     data["layers"][layer]["qk"][0][0] = bad
     with pytest.raises(ValueError, match="is not an integer"):
         Plan.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_follow_the_umask(tmp_path, umask) -> None:
+    model = tiny_vit()
+    apply_plan(model, magnitude_plan(model, 0.5))
+    plan = current_plan(model)
+    prune(model)
+    old = os.umask(umask)
+    try:
+        save_pruned(model, plan, tmp_path / "out")
+    finally:
+        os.umask(old)
+    for name in ("plan.json", "weights.pt"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o666 & ~umask, name
