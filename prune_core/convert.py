@@ -106,6 +106,8 @@ def _survey(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
         if any(path == p or path.startswith(p + ".") for p in done):
             continue
         name = type(m).__name__
+        # the full name: BEiT's own ``Attention`` is not timm.layers' Attention (which we prune)
+        qualified = f"{type(m).__module__}.{type(m).__qualname__}"
         if isinstance(m, PrunableModule):
             done.append(path)
             continue
@@ -117,9 +119,9 @@ def _survey(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
         elif type(m) is Mlp:
             kind, issue = MLP, _mlp_issue(m)
         elif "Attention" in name:
-            issue = f"unsupported attention class {name}"
+            issue = f"unsupported attention class {qualified}"
         elif "Mlp" in name or "SwiGLU" in name:
-            issue = f"unsupported MLP class {name}"
+            issue = f"unsupported MLP class {qualified}"
         if kind is not None and issue is None:
             convert[path] = kind
             done.append(path)

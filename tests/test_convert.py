@@ -147,6 +147,15 @@ def test_unsupported_variant_is_left_alone_and_named() -> None:
         assert (before - model(x)).abs().max().item() <= 1e-5
 
 
+def test_an_unknown_class_is_named_in_full_not_by_a_supported_bare_name() -> None:
+    """BEiT's own ``Attention`` is not timm.layers' ``Attention``: the message must say which."""
+    model = timm.create_model("beit_base_patch16_224", img_size=32, depth=1, num_classes=5)
+    with pytest.raises(
+        ValueError, match=r"unsupported attention class timm\.models\.beit\.Attention"
+    ):
+        make_prunable(model, verbose=False)
+
+
 @pytest.mark.parametrize(
     "model",
     [
