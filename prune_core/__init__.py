@@ -17,7 +17,7 @@ from prune_core.fashion_mnist import fashion_mnist_datasets
 from prune_core.finalize import finalize
 from prune_core.focused_linear_attention import FocusedLinearAttention
 from prune_core.indicator import ChannelGate, GateMode
-from prune_core.macs import MacModel, count_macs, count_params
+from prune_core.macs import MacModel, count_macs, count_params, default_input_size
 from prune_core.mlp import PrunableMlp
 from prune_core.prunable import PrunableModule, prunable_modules
 from prune_core.pruning_search import SearchConfig, search
@@ -53,6 +53,7 @@ __all__ = [
     "count_macs",
     "count_params",
     "current_plan",
+    "default_input_size",
     "digits_datasets",
     "evaluate",
     "fashion_mnist_datasets",

@@ -78,7 +78,8 @@ class _Site:
 class MacModel:
     """MACs of one image as a function of the kept widths of every prunable module."""
 
-    def __init__(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
+    def __init__(self, model: nn.Module, input_size: tuple[int, int, int] | None = None) -> None:
+        input_size = default_input_size(model) if input_size is None else input_size
         if len(input_size) != 3:
             raise ValueError(f"input_size must be (channels, height, width), got {input_size}")
         self.input_size = tuple(input_size)
@@ -147,12 +148,33 @@ class MacModel:
         return self.total(widths) / self.full
 
 
-def count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """(channels, height, width) the model was built for, when a caller leaves it out.
+
+    The model's own image size first: timm's ``patch_embed.img_size`` or a FLatten model's
+    ``img_size``, with the channels of the patch embedding's conv. timm's data config comes
+    last because it keeps the pretrained config's size: ``vit_tiny_patch16_224`` created with
+    ``img_size=32`` still says (3, 224, 224) there.
+    """
+    embed = getattr(model, "patch_embed", None)
+    conv = getattr(embed, "proj", embed)
+    chans = getattr(conv, "in_channels", None) or getattr(model, "in_chans", None)
+    size = getattr(embed, "img_size", None) or getattr(model, "img_size", None)
+    if chans and size:
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(chans), int(h), int(w))
+    import timm.data  # here: only models without their own size need timm's data config
+
+    return tuple(timm.data.resolve_model_data_config(model)["input_size"])
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> int:
     """Multiply-accumulates of one forward pass on one image of ``input_size``.
 
     For a masked model this is the cost after ``prune``; for a plain one it equals torch's
-    ``FlopCounterMode`` total / 2.
+    ``FlopCounterMode`` total / 2. ``input_size`` defaults to :func:`default_input_size`.
     """
+    input_size = default_input_size(model) if input_size is None else input_size
     if not prunable_modules(model):
         with counting(model) as counter:
             param = next(model.parameters())

@@ -131,3 +131,23 @@ def test_attention_pool_head_is_left_intact_and_counted() -> None:
     pc.prune(twin)
     assert pc.count_macs(twin, size) == predicted < full
     assert (twin(x) - masked).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, size",
+    [
+        ("flatten_vit_micro", {"img_size": 28, "in_chans": 1, "patch_size": 7}, (1, 28, 28)),
+        ("flatten_swin_tiny", {}, (3, 224, 224)),
+        ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 4}, (3, 64, 64)),
+        ("deit_tiny_patch16_224", {"img_size": 32, "in_chans": 1, "depth": 2}, (1, 32, 32)),
+        ("resnet10t", {}, (3, 176, 176)),  # no patch embedding: timm's data config
+    ],
+)
+def test_input_size_defaults_to_the_size_the_model_was_built_for(name, kwargs, size) -> None:
+    """timm's data config alone would say (3, 224, 224) for every ViT above: it ignores img_size."""
+    model = timm.create_model(name, **kwargs)
+    assert pc.default_input_size(model) == size
+    if name == "deit_tiny_patch16_224":
+        assert pc.count_macs(model) == pc.count_macs(model, size)
+        twin = pc.make_prunable(copy.deepcopy(model), verbose=False)
+        assert pc.count_macs(twin) == pc.count_macs(model, size) == pc.MacModel(twin).full
