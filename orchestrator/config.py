@@ -4,12 +4,12 @@ Configs are data, so everything a sweep does is in its YAML (seeds included) and
 the parent MLflow run. Validation is strict because a typo that is silently ignored costs a
 whole GPU sweep: unknown and duplicate keys are errors, and every error is reported as one line
 that names the file and the field, e.g.
-``experiments/x.yaml: search_space.mac_target.low: must be in (0, 1]``.
+``experiments/x.yaml: search.target.low: must be in (0, 1]``.
 
-Anywhere the search space takes a range, a fixed value is allowed too (``mac_target: 0.5``),
-as is a list of choices. File-system checks (paths exist, the timm model is known) are kept
-out of the schema in :func:`check_inputs`, so a config for another machine can still be parsed
-and printed.
+A setting of ``search:`` or ``finetune:`` typed as a space (schema.py) is a fixed value
+(``target: 0.5``), a range (``{low: 0.3, high: 0.7}``) or a list of choices (space.py).
+File-system checks (paths exist, the timm model is known) are kept out of the schema in
+:func:`check_inputs`, so a config for another machine can still be parsed and printed.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def _cross_checks(config: Experiment, source: str) -> None:
         )
     for i, point in enumerate(config.sweep.points_to_evaluate):
         try:
-            check_point(config.search_space, point)
+            check_point(config.tunable_sections, point)
         except ValueError as err:
             raise ConfigError(source, f"sweep.points_to_evaluate[{i}]", str(err)) from None
     if config.resources.gpus_per_trial > 1 and config.resources.gpus_per_trial % 1:

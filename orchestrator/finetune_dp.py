@@ -41,12 +41,11 @@ from orchestrator.checkpoint import (
 from orchestrator.data import build_datasets, loaders
 from orchestrator.schema import Experiment
 from orchestrator.teacher import create_model, load_teacher
-from orchestrator.trial_settings import TrialParams, finetune_config
 
 
 def finetune_data_parallel(
     exp: Experiment,
-    p: TrialParams,
+    finetune: prune_core.TrainConfig,
     reporter: Reporter,
     student: torch.nn.Module,
     teacher_state: dict,
@@ -57,7 +56,7 @@ def finetune_data_parallel(
     trial_id = tune.get_context().get_trial_id()
     loop_config = {
         "experiment": exp,
-        "params": p,
+        "finetune": finetune,
         "plan": reporter.plan_json,
         "summary": reporter.summary,
         "search_log": reporter.search_log,
@@ -86,7 +85,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     """One data-parallel worker: rebuild the pruned model, fine-tune, rank 0 reports + saves."""
 
     exp: Experiment = cfg["experiment"]
-    p: TrialParams = cfg["params"]
+    finetune: prune_core.TrainConfig = cfg["finetune"]
     torch.set_num_threads(max(1, math.ceil(exp.resources.cpus_per_worker)))
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
@@ -138,7 +137,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         history = prune_core.train(
             model,
             train_loader,
-            finetune_config(exp, p),
+            finetune,
             teacher=teacher,
             device=device,
             on_epoch=on_epoch,

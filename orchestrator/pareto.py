@@ -242,10 +242,11 @@ def print_front(
         "MAC ratio",
         "params",
         "img/s",
-        "mac_target",
-        "init_mode",
+        "search/target",
+        "search/init_mode",
     ):
-        table.add_column(column, justify="left" if column in ("trial", "init_mode") else "right")
+        left = column in ("trial", "search/init_mode")
+        table.add_column(column, justify="left" if left else "right")
     if teacher is not None:
         table.add_row(
             "teacher",
@@ -259,7 +260,7 @@ def print_front(
             style="dim",
         )
     for r in front.to_pylist():
-        target = r.get("param_mac_target")
+        target = r.get("param_search/target")
         table.add_row(
             str(r["trial_id"]),
             f"{r['top1']:.2f}",
@@ -268,6 +269,6 @@ def print_front(
             f"{r['params'] or 0:,}",
             f"{r['throughput'] or 0:,.0f}",
             f"{target:.3f}" if isinstance(target, float) else "",
-            str(r.get("param_init_mode") or ""),
+            str(r.get("param_search/init_mode") or ""),
         )
     (console or Console(width=None if sys.stdout.isatty() else 120)).print(table)

@@ -14,7 +14,21 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from orchestrator.space import SearchSpace, Strict
+from orchestrator.space import (
+    TUNABLE_SECTIONS,
+    FloatSpace,
+    Fraction,
+    InitMode,
+    LogitOptimizer,
+    MacStep,
+    NonNegative,
+    Penalty,
+    Positive,
+    QkReweightInit,
+    SimilarityTo,
+    Strict,
+    UnitInterval,
+)
 
 
 class ModelConfig(Strict):
@@ -80,27 +94,39 @@ class TeacherConfig(Strict):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
 
 
-class SearchSchedule(Strict):
-    """Fixed settings of the search (prune_core.SearchConfig documents each one)."""
+class SearchSettings(Strict):
+    """The pruning phase of a trial: every field of ``prune_core.SearchConfig`` but the seed.
 
+    prune_core's docstring documents each setting; the ranges are checked here. A field typed
+    as a space (Fraction, Positive, InitMode, ...) may be fixed or explored (space.py): making
+    another setting explorable is changing its type here, nothing else.
+    """
+
+    target: Fraction  # MAC target, a fraction of the teacher's MACs
+    init_mode: InitMode = InitMode(value="attn_leave_out")
+    init_scale: NonNegative = NonNegative(value=1.0)
+    theta0: FloatSpace = FloatSpace(value=0.0)
     steps: int = Field(300, ge=1)
-    ramp_fraction: float = Field(0.6, gt=0, le=1)
+    lr: Positive = Positive(value=5e-4)
+    weight_decay: NonNegative = NonNegative(value=0.05)
+    logit_lr: Positive = Positive(value=0.1)
+    logit_optimizer: LogitOptimizer = LogitOptimizer(value="adamw")
+    mac_loss_weight: Positive = Positive(value=10.0)
+    mac_step: MacStep = MacStep(value="joint")
+    penalty: Penalty = Penalty(value="squared")
+    ramp_fraction: Fraction = Fraction(value=0.6)
+    sim_temperature: Positive = Positive(value=1.0)
     sim_every: int = Field(50, ge=0)
-    penalty: Literal["squared", "one_sided", "log"] = "squared"
-    distill_alpha: float = Field(0.5, ge=0, le=1)
-    distill_temperature: float = Field(2.0, gt=0)
+    similarity_to: SimilarityTo = SimilarityTo(value="all")
+    distill_alpha: UnitInterval = UnitInterval(value=0.5)
+    distill_temperature: Positive = Positive(value=2.0)
     use_reweight: bool = True
-    tolerance: float = Field(0.02, ge=0, lt=1)
-    round_to: int = Field(1, ge=1)
-    theta0: float = 0.0
-    weight_decay: float = Field(0.05, ge=0)
-    logit_optimizer: Literal["adamw", "sgd"] = "adamw"
-    mac_step: Literal["joint", "cost_proportional"] = "joint"
-    similarity_to: Literal["all", "kept"] = "all"
-    reweight_lr: float | None = Field(None, gt=0)  # default: 4 × lr (SearchConfig)
-    qk_reweight_init: Literal["one", "sqrt_ratio"] = "one"
+    reweight_lr: Positive | None = None  # default: 4 × lr (SearchConfig)
+    qk_reweight_init: QkReweightInit = QkReweightInit(value="one")
     groups: list[Literal["qk", "v", "mlp"]] = Field(["qk", "v", "mlp"], min_length=1)
     min_width: dict[Literal["qk", "v", "mlp"], int] = Field(default_factory=dict)
+    tolerance: float = Field(0.02, ge=0, lt=1)
+    round_to: int = Field(1, ge=1)
 
     @field_validator("min_width")
     @classmethod
@@ -111,13 +137,17 @@ class SearchSchedule(Strict):
         return widths
 
 
-class FinetuneSchedule(Strict):
+class FinetuneSettings(Strict):
+    """The fine-tune of a pruned model: ``prune_core.TrainConfig`` but the seed, plus
+    ``workers``. Space-typed fields may be explored, as in ``SearchSettings``."""
+
     epochs: int = Field(ge=1)
-    weight_decay: float = Field(0.05, ge=0)
+    lr: Positive = Positive(value=1e-3)
+    weight_decay: NonNegative = NonNegative(value=0.05)
     warmup_epochs: int = Field(1, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    distill_alpha: float = Field(0.5, ge=0, le=1)
-    distill_temperature: float = Field(2.0, gt=0)
+    distill_alpha: UnitInterval = UnitInterval(value=0.5)
+    distill_temperature: Positive = Positive(value=2.0)
     workers: int = Field(1, ge=1)  # > 1: Ray Train data-parallel fine-tune inside the trial
 
 
@@ -141,8 +171,9 @@ class SweepConfig(Strict):
     # with it on, the kill/restart fault tests lost a reported epoch or ran an extra trial.
     reuse_actors: bool = False
     # Settings tried first, in order (Optuna's enqueue_trial): a baseline to compare against,
-    # or a known-good point. Each maps explored parameters to values; the rest are sampled.
-    points_to_evaluate: list[dict[str, float | str]] = []
+    # or a known-good point. Each is nested like the file ({search: {target: 0.5}}) and sets
+    # explored parameters; the rest are sampled.
+    points_to_evaluate: list[dict[str, dict[str, float | str]]] = []
 
 
 class ResourcesConfig(Strict):
@@ -192,13 +223,17 @@ class Experiment(Strict):
     model: ModelConfig
     data: DataConfig
     teacher: TeacherConfig = TeacherConfig()
-    search: SearchSchedule = SearchSchedule()
-    finetune: FinetuneSchedule
-    search_space: SearchSpace
+    search: SearchSettings
+    finetune: FinetuneSettings
     sweep: SweepConfig = SweepConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     storage: StorageConfig = StorageConfig()
+
+    @property
+    def tunable_sections(self) -> dict[str, Strict]:
+        """The sections whose leaves may be distributions (space.py), by name."""
+        return {name: getattr(self, name) for name in TUNABLE_SECTIONS}
 
     @property
     def sweep_dir(self) -> Path:

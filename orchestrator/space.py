@@ -1,10 +1,23 @@
-"""The search space: its schema (ranges, fixed values, choices) and Optuna define-by-run.
+"""Tunable settings: a leaf of the ``search:`` or ``finetune:`` section is a constant or a
+distribution (Ray's ``param_space`` idea), and Optuna samples the distributions by define-by-run.
+
+A setting has one name wherever it appears: ``search/lr`` is the Optuna parameter, the MLflow
+param and the Pareto table's column, ``config["search"]["lr"]`` in the trial (Ray unflattens
+``/``), the YAML path ``search.lr`` and the prune_core field ``SearchConfig.lr``. A leaf reads
+
+    lr: 0.0005                          # fixed
+    lr: {low: 1e-4, high: 1e-3, log: true}   # a range (``step`` for a grid)
+    init_mode: [uniform, attn_leave_out]     # choices
+
+so making a setting explorable is one line of YAML, and making a new prune_core setting
+explorable is one line of schema (its type becomes a space below).
 
 Define-by-run (rather than a Tune ``param_space``) keeps the space in Optuna's hands, so the
 searcher's metric/mode lists stay the only objective definition: a Tune ``param_space`` plus a
 ``TuneConfig`` metric would silently make the study single-objective. Fixed values are returned
 as constants, which OptunaSearch merges into the trial config without creating a parameter.
 The object is a picklable class instance because ``Tuner.restore`` unpickles the searcher.
+This module and schema.py stay torch-free, so ``--dry-run`` validates a file in a second.
 """
 
 from __future__ import annotations
@@ -14,9 +27,21 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-# prune_core.INIT_MODES, repeated so that validating a YAML does not import torch (seconds);
-# tests/test_orchestrator_config.py checks the two stay equal.
+# prune_core's choices, repeated so that validating a YAML does not import torch (seconds);
+# tests/test_orchestrator_config.py checks they stay equal.
 INIT_MODES = ("uniform", "magnitude", "attn_single", "attn_leave_out")
+PENALTIES = ("squared", "one_sided", "log")
+LOGIT_OPTIMIZERS = ("adamw", "sgd")
+MAC_STEPS = ("joint", "cost_proportional")
+SIMILARITY_TO = ("all", "kept")
+QK_REWEIGHT_INITS = ("one", "sqrt_ratio")
+
+SEP = "/"  # Ray's delimiter: a define-by-run "search/lr" becomes config["search"]["lr"]
+TUNABLE_SECTIONS = ("search", "finetune")
+
+# A parameter that means nothing for some value of another is not sampled there (Optuna's
+# conditional space): the initial logits' spread is moot when every score is zero.
+SAMPLED_ONLY_WHEN = {"search/init_scale": ("search/init_mode", lambda mode: mode != "uniform")}
 
 
 class Strict(BaseModel):
@@ -34,7 +59,11 @@ def _interval(lo: float | None, lo_open: bool, hi: float | None, hi_open: bool) 
 
 
 class FloatSpace(Strict):
-    """One float hyper-parameter: a fixed ``value``, a ``low``/``high`` range, or ``choices``."""
+    """One float setting: a fixed ``value``, a ``low``/``high`` range, or ``choices``.
+
+    Subclasses set ``BOUNDS`` (low, low open, high, high open): every value a leaf can take
+    is checked against them, fixed or sampled.
+    """
 
     BOUNDS: ClassVar[tuple[float | None, bool, float | None, bool]] = (None, False, None, False)
 
@@ -61,7 +90,7 @@ class FloatSpace(Strict):
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         # A ValueError, not a TypeError: pydantic reports ValueErrors with the field's name.
-        if isinstance(data, bool):
+        if isinstance(data, bool) or isinstance(data, str):
             raise ValueError(f"expected a number, a range or choices, got {data!r}")
         if isinstance(data, (int, float)):
             cls._check(float(data))
@@ -116,9 +145,28 @@ class FloatSpace(Strict):
         step = f" step {self.step:g}" if self.step is not None else ""
         return f"{scale}range [{self.low:g}, {self.high:g}]{step}"
 
+    def suggest(self, trial: Any, name: str) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(name, list(self.choices))
+        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+
+    def contains(self, x: Any) -> str | None:
+        """None if a sampled value ``x`` is one this leaf can take, else why not."""
+        if self.choices is not None:
+            return None if x in self.choices else f"{x!r} is not one of the choices {self.choices}"
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            return f"expected a number, got {x!r}"
+        if not self.low <= x <= self.high:
+            return f"{x:g} is outside [{self.low:g}, {self.high:g}]"
+        return None
+
 
 class Fraction(FloatSpace):
     BOUNDS = (0.0, True, 1.0, False)
+
+
+class UnitInterval(FloatSpace):
+    BOUNDS = (0.0, False, 1.0, False)
 
 
 class Positive(FloatSpace):
@@ -129,8 +177,10 @@ class NonNegative(FloatSpace):
     BOUNDS = (0.0, False, None, False)
 
 
-class InitModeSpace(Strict):
-    """prune_core's initialisation mode: one fixed mode or a list of choices."""
+class ChoiceSpace(Strict):
+    """One categorical setting: a fixed ``value`` or a list of ``choices``, all in ``ALLOWED``."""
+
+    ALLOWED: ClassVar[tuple[str, ...]] = ()
 
     value: str | None = None
     choices: list[str] | None = None
@@ -145,101 +195,160 @@ class InitModeSpace(Strict):
             return {"choices": data}
         return data
 
-    @staticmethod
-    def _check(mode: str) -> str:
-        if mode not in INIT_MODES:
-            raise ValueError(f"must be one of {', '.join(INIT_MODES)}, got {mode!r}")
-        return mode
+    @classmethod
+    def _check(cls, value: str) -> str:
+        if value not in cls.ALLOWED:
+            raise ValueError(f"must be one of {', '.join(cls.ALLOWED)}, got {value!r}")
+        return value
 
     @field_validator("value")
     @classmethod
-    def _known(cls, mode: str | None) -> str | None:
-        return None if mode is None else cls._check(mode)
+    def _known(cls, value: str | None) -> str | None:
+        return None if value is None else cls._check(value)
 
     @field_validator("choices")
     @classmethod
-    def _known_all(cls, modes: list[str] | None) -> list[str] | None:
-        if modes is not None:
-            if not modes:
+    def _known_all(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None:
+            if not values:
                 raise ValueError("must not be empty")
-            for mode in modes:
-                cls._check(mode)
-        return modes
+            for value in values:
+                cls._check(value)
+        return values
 
     @model_validator(mode="after")
-    def _one_form(self) -> InitModeSpace:
+    def _one_form(self) -> ChoiceSpace:
         if (self.value is None) == (self.choices is None):
-            raise ValueError("give exactly one of: a mode or choices")
+            raise ValueError("give exactly one of: a value or choices")
         return self
 
     def describe(self) -> str:
         return f"{self.value} (fixed)" if self.value else "choice of " + ", ".join(self.choices)
 
+    def suggest(self, trial: Any, name: str) -> Any:
+        return trial.suggest_categorical(name, list(self.choices))
 
-class SearchSpace(Strict):
-    """Everything Optuna explores; field names are the Optuna parameter names."""
+    def contains(self, x: Any) -> str | None:
+        return None if x in self.choices else f"{x!r} is not one of the choices {self.choices}"
 
-    mac_target: Fraction
-    sim_temperature: Positive = Positive(value=1.0)
-    init_mode: InitModeSpace = InitModeSpace(value="attn_leave_out")
-    init_scale: NonNegative = NonNegative(value=1.0)
-    mac_loss_weight: Positive = Positive(value=10.0)
-    search_lr: Positive = Positive(value=5e-4)
-    logit_lr: Positive = Positive(value=0.1)
-    finetune_lr: Positive = Positive(value=1e-3)
+
+class InitMode(ChoiceSpace):
+    ALLOWED = INIT_MODES
+
+
+class Penalty(ChoiceSpace):
+    ALLOWED = PENALTIES
+
+
+class LogitOptimizer(ChoiceSpace):
+    ALLOWED = LOGIT_OPTIMIZERS
+
+
+class MacStep(ChoiceSpace):
+    ALLOWED = MAC_STEPS
+
+
+class SimilarityTo(ChoiceSpace):
+    ALLOWED = SIMILARITY_TO
+
+
+class QkReweightInit(ChoiceSpace):
+    ALLOWED = QK_REWEIGHT_INITS
+
+
+Leaf = FloatSpace | ChoiceSpace
+
+
+def leaves(sections: dict[str, BaseModel]) -> dict[str, Leaf]:
+    """``{"search/lr": leaf, ...}``: every tunable leaf of the sections, in field order."""
+    return {
+        f"{section}{SEP}{name}": value
+        for section, model in sections.items()
+        for name in type(model).model_fields
+        if isinstance(value := getattr(model, name), FloatSpace | ChoiceSpace)
+    }
+
+
+def explored(sections: dict[str, BaseModel]) -> list[str]:
+    """Names of the parameters Optuna actually samples (not fixed)."""
+    return [name for name, leaf in leaves(sections).items() if leaf.value is None]
+
+
+def describe(sections: dict[str, BaseModel]) -> list[tuple[str, str]]:
+    """(parameter, human description) rows, for ``--dry-run`` and the parent run."""
+    return [(name, leaf.describe()) for name, leaf in leaves(sections).items()]
+
+
+def resolve(section: str, model: BaseModel, trial_config: dict[str, Any]) -> dict[str, Any]:
+    """The section's plain settings for one trial: fixed values, and the sampled ones from
+    ``trial_config[section]``. A parameter left unsampled by ``SAMPLED_ONLY_WHEN`` is omitted
+    (prune_core's default applies; it has no effect there)."""
+    sampled = trial_config.get(section, {})
+    out = {}
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, FloatSpace | ChoiceSpace):
+            if value.value is not None:
+                out[name] = value.value
+            elif name in sampled:
+                out[name] = sampled[name]
+            elif f"{section}{SEP}{name}" not in SAMPLED_ONLY_WHEN:
+                raise KeyError(f"trial config lacks the sampled {section}{SEP}{name}")
+        elif isinstance(value, BaseModel):
+            out[name] = value.model_dump()
+        else:
+            out[name] = value
+    return out
 
 
 class DefineByRun:
-    """``space(trial) -> constants``: suggests every ranged parameter of a :class:`SearchSpace`."""
+    """``space(trial) -> constants``: suggests every explored leaf of the sections."""
 
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space.model_dump()
+    def __init__(self, sections: dict[str, BaseModel]) -> None:
+        self.leaves = leaves(sections)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         constants: dict[str, Any] = {}
-        for name, spec in self.space.items():
-            if spec.get("value") is not None:
-                constants[name] = spec["value"]
-            elif spec.get("choices") is not None:
-                trial.suggest_categorical(name, list(spec["choices"]))
+        values: dict[str, Any] = {}
+        for name, leaf in self.leaves.items():
+            condition = SAMPLED_ONLY_WHEN.get(name)
+            if condition is not None and not condition[1](values.get(condition[0])):
+                continue
+            if leaf.value is not None:
+                constants[name] = values[name] = leaf.value
             else:
-                trial.suggest_float(
-                    name, spec["low"], spec["high"], log=spec["log"], step=spec["step"]
-                )
+                values[name] = leaf.suggest(trial, name)
         return constants
 
 
-def check_point(space: SearchSpace, point: dict[str, Any]) -> None:
-    """Raises ValueError unless ``point`` sets explored parameters to values they can take.
+def flatten_point(point: dict[str, Any]) -> dict[str, Any]:
+    """``{"search": {"target": 0.5}}`` → ``{"search/target": 0.5}``: a nested trial config
+    or ``points_to_evaluate`` entry under the parameters' names. Raises ValueError if a
+    section is not a mapping."""
+    flat = {}
+    for section, settings in point.items():
+        if not isinstance(settings, dict):
+            raise ValueError(f"{section!r}: expected a mapping of settings, got {settings!r}")
+        for name, value in settings.items():
+            flat[f"{section}{SEP}{name}"] = value
+    return flat
+
+
+def check_point(sections: dict[str, BaseModel], point: dict[str, Any]) -> None:
+    """Raises ValueError unless ``point`` (nested, as in the YAML) sets explored parameters to
+    values they can take.
 
     A point of ``sweep.points_to_evaluate`` is enqueued in the Optuna study as is (Ray's
     ``OptunaSearch(points_to_evaluate=...)``); parameters it leaves out are sampled.
     """
-    names = explored(space)
-    for name, value in point.items():
+    names = explored(sections)
+    all_leaves = leaves(sections)
+    for name, value in flatten_point(point).items():
         if name not in names:
+            shown = ", ".join(n.replace(SEP, ".") for n in names) or "none"
             raise ValueError(
-                f"{name!r} is not an explored parameter (explored: {', '.join(names) or 'none'})"
+                f"{name.replace(SEP, '.')!r} is not an explored parameter (explored: {shown})"
             )
-        spec = getattr(space, name)
-        if spec.choices is not None:
-            if value not in spec.choices:
-                raise ValueError(f"{name}: {value!r} is not one of the choices {spec.choices}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name}: expected a number, got {value!r}")
-        elif not spec.low <= value <= spec.high:
-            raise ValueError(f"{name}: {value:g} is outside [{spec.low:g}, {spec.high:g}]")
-
-
-def describe(space: SearchSpace) -> list[tuple[str, str]]:
-    """(parameter, human description) rows, for ``--dry-run`` and the parent run."""
-    rows = []
-    for name in SearchSpace.model_fields:
-        spec: FloatSpace | InitModeSpace = getattr(space, name)
-        rows.append((name, spec.describe()))
-    return rows
-
-
-def explored(space: SearchSpace) -> list[str]:
-    """Names of the parameters Optuna actually samples (not fixed)."""
-    return [name for name in SearchSpace.model_fields if getattr(space, name).value is None]
+        why = all_leaves[name].contains(value)
+        if why is not None:
+            raise ValueError(f"{name.replace(SEP, '.')}: {why}")

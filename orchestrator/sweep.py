@@ -82,85 +82,6 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
-# ----------------------------------------------------------------------------- building
-def make_searcher(exp: Experiment):
-    import optuna
-
-    from orchestrator.searcher import FailureAwareOptunaSearch
-
-    s = exp.sweep
-    if s.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=exp.seed)
-    elif s.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=exp.seed)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=exp.seed)
-    return FailureAwareOptunaSearch(
-        space=space_mod.DefineByRun(exp.search_space),
-        metric=["top1", "macs"],
-        mode=["max", "min"],
-        sampler=sampler,
-        study_name=exp.name,
-        points_to_evaluate=[dict(p) for p in s.points_to_evaluate] or None,
-    )
-
-
-def make_scheduler(exp: Experiment):
-    from ray.tune.schedulers import FIFOScheduler
-
-    from orchestrator.scheduler import MacBucketASHA
-
-    a = exp.sweep.asha
-    if a is None:
-        return FIFOScheduler()
-    return MacBucketASHA(
-        buckets=a.mac_buckets,
-        metric=a.metric,
-        mode=a.mode,
-        time_attr="training_iteration",
-        max_t=exp.finetune.epochs + 1,
-        grace_period=a.grace_period,
-        reduction_factor=a.reduction_factor,
-    )
-
-
-def make_trainable(exp: Experiment, teacher_state: dict):
-    from ray import tune
-
-    from orchestrator.trial import run_trial
-
-    r = exp.resources
-    trainable = tune.with_parameters(run_trial, experiment=exp, teacher_state=teacher_state)
-    return tune.with_resources(trainable, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
-
-
-def trial_name(trial) -> str:
-    """Short, stable names (Tune's default puts every parameter in the directory name)."""
-    return f"trial_{trial.trial_id}"
-
-
-def make_tuner(exp: Experiment, trainable, callbacks: list):
-    from ray import tune
-
-    tune_config = tune.TuneConfig(
-        search_alg=make_searcher(exp),
-        scheduler=make_scheduler(exp),
-        num_samples=exp.sweep.num_samples,
-        max_concurrent_trials=exp.sweep.max_concurrent_trials,
-        reuse_actors=exp.sweep.reuse_actors,
-        trial_name_creator=trial_name,
-        trial_dirname_creator=trial_name,
-    )
-    run_config = tune.RunConfig(
-        name=exp.name,
-        storage_path=exp.storage_uri,
-        failure_config=tune.FailureConfig(max_failures=exp.sweep.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=callbacks,
-    )
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
-
-
 # ----------------------------------------------------------------------------- dry run
 def print_plan(exp: Experiment, uri: str, source: str) -> None:
     """What --dry-run shows: the space Optuna explores and what each trial costs."""
@@ -168,7 +89,7 @@ def print_plan(exp: Experiment, uri: str, source: str) -> None:
     table = Table(title=f"search space of {exp.name} ({source})", title_justify="left")
     table.add_column("parameter")
     table.add_column("values")
-    for name, text in space_mod.describe(exp.search_space):
+    for name, text in space_mod.describe(exp.tunable_sections):
         table.add_row(name, text)
     console.print(table)
     asha = exp.sweep.asha
@@ -270,7 +191,7 @@ def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
         exp_id,
         exp.name,
         exp.model_dump(mode="json"),
-        space_mod.describe(exp.search_space),
+        space_mod.describe(exp.tunable_sections),
         teacher,
     )
     tmp = state_file.with_name(f".{SWEEP_STATE}.tmp")
@@ -289,6 +210,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
 
     from orchestrator import mirror, tracking, trial_logger
     from orchestrator.teacher import prepare_teacher
+    from orchestrator.tuner import make_trainable, make_tuner
 
     started = time.perf_counter()
     # A checkpoint per epoch is the point (restarts resume from it): no snapshot warnings.
@@ -319,7 +241,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
             parent,
             str(exp.sweep_dir.resolve()),
             exp.name,
-            list(type(exp.search_space).model_fields),
+            list(space_mod.leaves(exp.tunable_sections)),
             teacher,
             storage_uri=exp.storage_uri,
         )

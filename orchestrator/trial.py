@@ -45,13 +45,13 @@ from orchestrator.checkpoint import (
 from orchestrator.data import build_datasets, loaders
 from orchestrator.schema import Experiment
 from orchestrator.teacher import create_model, load_teacher
-from orchestrator.trial_settings import TrialParams, finetune_config, search_config
+from orchestrator.trial_settings import finetune_config, search_config
 from prune_core.widths import full_widths, rows_to_csv, width_rows
 
 
 def _search_phase(
     exp: Experiment,
-    p: TrialParams,
+    config: prune_core.SearchConfig,
     teacher: nn.Module,
     calib: torch.Tensor,
     train_loader,
@@ -61,30 +61,18 @@ def _search_phase(
     """Initialise, search, finalize, prune; report iteration 1 with the pruned model."""
 
     student = copy.deepcopy(teacher)
-    prune_core.initialize(
+    plan, history = prune_core.search_plan(
         student,
-        calib,
-        mode=p.init_mode,
-        init_scale=p.init_scale,
-        theta0=exp.search.theta0,
-        sim_temperature=p.sim_temperature,
-    )
-    config = search_config(exp, p)
-    history = prune_core.search(
-        student, train_loader, exp.input_size, config, teacher=teacher, calib=calib, progress=False
-    )
-    plan = prune_core.finalize(
-        student,
+        train_loader,
         exp.input_size,
-        p.mac_target,
-        tolerance=config.tolerance,
-        round_to=config.round_to,
-        groups=config.groups,
-        min_width=config.min_width,
+        config,
+        calib=calib,
+        teacher=teacher,
+        progress=False,
     )
 
     uniform = prune_core.magnitude_plan(
-        teacher, prune_core.uniform_keep(teacher, exp.input_size, p.mac_target)
+        teacher, prune_core.uniform_keep(teacher, exp.input_size, config.target)
     )
     widths = width_rows(plan, full_widths(teacher), reference=uniform)
     prune_core.prune(student)
@@ -108,7 +96,8 @@ def _search_phase(
 def run_trial(
     config: dict[str, Any], *, experiment: Experiment, teacher_state: dict[str, torch.Tensor]
 ) -> None:
-    """The Tune function: ``config`` holds the sampled parameters (plus Optuna constants)."""
+    """The Tune function: ``config`` holds the parameters by section (``config["search"]``),
+    sampled or fixed (Optuna constants); orchestrator.trial_settings makes prune_core's configs."""
     summary: dict[str, Any] = {}
     try:
         _run_trial(config, experiment, teacher_state, summary)
@@ -129,7 +118,8 @@ def _run_trial(
     summary_out: dict[str, Any],
 ) -> None:
 
-    exp, p = experiment, TrialParams.from_config(config)
+    exp = experiment
+    search, finetune = search_config(exp, config), finetune_config(exp, config)
     torch.set_num_threads(exp.resources.threads())
     datasets = build_datasets(exp)
     train_loader, val_loader = loaders(exp, datasets)
@@ -140,7 +130,7 @@ def _run_trial(
     resume_state = None
     if saved is None:
         student, reporter = _search_phase(
-            exp, p, teacher, datasets.calib, train_loader, val_loader, full_macs
+            exp, search, teacher, datasets.calib, train_loader, val_loader, full_macs
         )
     else:  # a restarted trial: rebuild the pruned model from its plan, skip the search
         reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"], saved["widths"])
@@ -169,7 +159,7 @@ def _run_trial(
         # here: only data-parallel trials pay for importing Ray Train (~1 s per trial start)
         from orchestrator.finetune_dp import finetune_data_parallel
 
-        finetune_data_parallel(exp, p, reporter, student, teacher_state)
+        finetune_data_parallel(exp, finetune, reporter, student, teacher_state)
         return
 
     epochs = exp.finetune.epochs
@@ -182,7 +172,7 @@ def _run_trial(
     history = prune_core.train(
         student,
         train_loader,
-        finetune_config(exp, p),
+        finetune,
         teacher=teacher,
         eval_loader=val_loader,
         on_epoch=on_epoch,

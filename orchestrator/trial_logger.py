@@ -25,6 +25,7 @@ from ray.tune import Callback, Checkpoint
 
 from orchestrator import pareto
 from orchestrator.outbox import Outbox, plain_dict
+from orchestrator.space import flatten_point
 from orchestrator.tracking import (
     ARTIFACTS,
     METRICS,
@@ -121,7 +122,7 @@ class TrialLogger(Callback):
         op: dict[str, Any] = {"op": kind, **fields}
         if trial is not None:
             op["trial"] = trial.trial_id
-            op["config"] = plain_dict(trial.config, tuple(self.param_names))
+            op["config"] = plain_dict(flatten_point(trial.config), tuple(self.param_names))
         return op
 
     def submit(self, op: dict) -> None:

@@ -1,7 +1,8 @@
 """prune_core: automatic head-aligned channel pruning for softmax and focused linear attention.
 
-Usable alone (no Ray, Optuna or MLflow): ``make_prunable`` -> ``initialize`` -> ``search`` ->
-``finalize`` -> ``prune`` -> ``train`` (fine-tune) -> ``evaluate``. Importing the package
+Usable alone (no Ray, Optuna or MLflow): ``make_prunable`` -> ``search_plan`` (``initialize``
+-> ``search`` -> ``finalize``, one ``SearchConfig``) -> ``prune`` -> ``train`` (fine-tune) ->
+``evaluate``. Importing the package
 registers the FLatten models with timm.
 """
 
@@ -21,7 +22,7 @@ from prune_core.indicator import ChannelGate, GateMode
 from prune_core.macs import MacModel, count_macs, count_params, default_input_size
 from prune_core.mlp import PrunableMlp
 from prune_core.prunable import PrunableModule, prunable_modules
-from prune_core.pruning_search import SearchConfig, search
+from prune_core.pruning_search import SearchConfig, search, search_plan
 from prune_core.reweight import Reweight, set_reweight_trainable
 from prune_core.surgery import (
     Plan,
@@ -69,6 +70,7 @@ __all__ = [
     "random_plan",
     "save_pruned",
     "search",
+    "search_plan",
     "set_reweight_trainable",
     "throughput",
     "train",

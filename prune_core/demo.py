@@ -18,10 +18,9 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader
 
-from prune_core.calibration import INIT_MODES, initialize
+from prune_core.calibration import INIT_MODES
 from prune_core.digits import digits_datasets
-from prune_core.finalize import finalize
-from prune_core.pruning_search import SearchConfig, search
+from prune_core.pruning_search import SearchConfig, search_plan
 from prune_core.surgery import prune
 from prune_core.training import TrainConfig, evaluate, train
 
@@ -70,15 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for target in args.target:
         student = copy.deepcopy(teacher)
-        initialize(student, calib, mode=args.init_mode, sim_temperature=args.sim_temperature)
         config = SearchConfig(
             target=target,
             steps=args.search_steps,
+            init_mode=args.init_mode,
             sim_temperature=args.sim_temperature,
             seed=args.seed,
         )
-        search(student, train_loader, input_size, config, teacher=teacher)
-        finalize(student, input_size, target, tolerance=config.tolerance)
+        search_plan(student, train_loader, input_size, config, calib=calib, teacher=teacher)
         prune(student)
         train(
             student,

@@ -1,4 +1,5 @@
-"""The search for which channels to keep (docs/method.md §4); ``finalize`` is in finalize.py.
+"""The search for which channels to keep (docs/method.md §4), and ``search_plan``: the whole
+pruning phase (initialize → search → finalize) driven by one ``SearchConfig``.
 
 ``search`` trains the pruning indicator (and the weights) against a MAC target with
 L = L_task(+distillation) + λ·penalty(MACs/MACs_full, t_s), where the running target t_s
@@ -25,12 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from prune_core.calibration import update_similarity
+from prune_core.calibration import INIT_MODES, initialize, update_similarity
+from prune_core.finalize import finalize
 from prune_core.indicator import ChannelGate, GateMode
 from prune_core.macs import MacModel
 from prune_core.optim import weight_decay_groups
 from prune_core.prunable import GROUPS, check_groups, prunable_modules
 from prune_core.reweight import reweights
+from prune_core.surgery import Plan
 from prune_core.training import (
     autocast,
     batches_forever,
@@ -55,10 +58,17 @@ REWEIGHT_LR_FACTOR = 4.0
 
 @dataclass
 class SearchConfig:
-    """Settings of one search (and of the finalize after it).
+    """Settings of the pruning phase: the indicator's init, the search, and the finalize.
+
+    One object for the phase: ``search_plan`` passes the init fields to ``initialize`` and
+    the finalize fields to ``finalize``; ``search`` alone reads only the search fields.
 
     Attributes:
-        target: MAC target t, a fraction of the full model's MACs in (0, 1].
+        target: MAC target t, a fraction of the full model's MACs in (0, 1]; the search
+            descends to it, the finalize lands in [t - tolerance, t].
+        init_mode: how ``initialize`` scores channels, one of ``INIT_MODES``.
+        init_scale: spread of the initial logits in units of the per-head standardised score.
+        theta0: centre of the initial logits (0: s = sigmoid(θ) in its steep range).
         steps: search iterations (one batch each); they count against a training budget.
         lr: learning rate of the weights (AdamW) during the search.
         weight_decay: AdamW decay of the weights; norms, biases, positional tables and
@@ -86,6 +96,9 @@ class SearchConfig:
     """
 
     target: float
+    init_mode: str = "attn_leave_out"
+    init_scale: float = 1.0
+    theta0: float = 0.0
     steps: int = 300
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -117,6 +130,7 @@ class SearchConfig:
             (self.mac_step, MAC_STEPS, "mac_step"),
             (self.similarity_to, ("all", "kept"), "similarity_to"),
             (self.qk_reweight_init, QK_REWEIGHT_INITS, "qk_reweight_init"),
+            (self.init_mode, INIT_MODES, "init_mode"),
         )
         for value, allowed, name in checks:
             if value not in allowed:
@@ -331,3 +345,60 @@ def search(
                 info=f"loss {record['loss']:.3f} MACs {record['macs_ratio']:.3f}/{target_now:.3f}",
             )
     return history
+
+
+def search_plan(
+    model: nn.Module,
+    loader: DataLoader,
+    input_size: tuple[int, int, int],
+    config: SearchConfig,
+    *,
+    calib: Tensor,
+    teacher: nn.Module | None = None,
+    device: str | torch.device | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+) -> tuple[Plan, list[dict]]:
+    """The pruning phase from one config: ``initialize`` → ``search`` → ``finalize``.
+
+    Args:
+        model: a prunable model (``make_prunable``) at the teacher's weights; trained in place.
+        loader, input_size, teacher, device, on_step, progress: as for ``search``.
+        calib: (B, C, H, W) fixed, un-augmented calibration images, for the init scores and
+            the similarity weights (at the start and at every refresh).
+    Returns:
+        The plan (every gate HARD or OFF, within [t - tolerance, t] of the full MACs) and the
+        search's per-step records. ``prune(model)`` then removes the dropped channels.
+    Raises:
+        ValueError: no prunable module, or a target below what minimum widths reach;
+        FloatingPointError: a non-finite search loss.
+    """
+    initialize(
+        model,
+        calib,
+        mode=config.init_mode,
+        init_scale=config.init_scale,
+        theta0=config.theta0,
+        sim_temperature=config.sim_temperature,
+    )
+    history = search(
+        model,
+        loader,
+        input_size,
+        config,
+        teacher=teacher,
+        calib=calib,
+        device=device,
+        on_step=on_step,
+        progress=progress,
+    )
+    plan = finalize(
+        model,
+        input_size,
+        config.target,
+        tolerance=config.tolerance,
+        round_to=config.round_to,
+        groups=config.groups,
+        min_width=config.min_width,
+    )
+    return plan, history

@@ -66,8 +66,8 @@ def minimal(**overrides) -> dict:
         "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 8},
         "data": {"kind": "digits"},
         "teacher": {"epochs": 1},
+        "search": {"target": 0.5},
         "finetune": {"epochs": 1},
-        "search_space": {"mac_target": 0.5},
     }
     for dotted, value in overrides.items():
         *path, last = dotted.split("__")
@@ -94,19 +94,22 @@ TINY = {
     },
     "data": {"kind": "digits", "calib_images": 64},
     "teacher": {"epochs": 2, "lr": 0.003},
-    "search": {"steps": 6, "sim_every": 3},
+    "search": {"target": 0.5, "steps": 6, "sim_every": 3},
     "finetune": {"epochs": 2},
     "resources": {"num_cpus": 2, "cpus_per_trial": 1, "teacher_cpus": 1},
 }
 
 
 def write_config(tmp: Path, name: str, **sections) -> Path:
+    """TINY with ``sections`` merged in (``search={"target": 0.3}`` keeps TINY's steps)."""
     raw = {
         **json.loads(json.dumps(TINY)),
         "name": name,
         "storage": {"path": str(tmp / "results")},
-        **sections,
     }
+    for key, value in sections.items():
+        merge = isinstance(value, dict) and isinstance(raw.get(key), dict)
+        raw[key] = {**raw[key], **value} if merge else value
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -191,8 +191,8 @@ def fashion_config(**data) -> dict:
         },
         "data": {"kind": "fashion_mnist", "calib_images": 16, **data},
         "teacher": {"epochs": 1},
+        "search": {"target": 0.5},
         "finetune": {"epochs": 1},
-        "search_space": {"mac_target": 0.5},
     }
 
 

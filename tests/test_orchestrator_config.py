@@ -20,7 +20,7 @@ def test_shipped_configs_validate(monkeypatch, tmp_path):
     assert digits.model.name == "flatten_vit_micro" and digits.data.kind == "digits"
     assert digits.sweep.num_samples >= 12 and digits.resources.gpus_per_trial == 0
     assert digits.tracking.uri is None and digits.tracking_uri().startswith("sqlite:///")
-    assert len(explored(digits.search_space)) >= 5  # Optuna has a real space to explore
+    assert len(explored(digits.tunable_sections)) >= 5  # Optuna has a real space to explore
     with pytest.raises(
         ConfigError,
         match="imagenet.yaml: model.checkpoint: environment "
@@ -45,28 +45,28 @@ def test_init_modes_match_prune_core():
     ("overrides", "expected"),
     [
         (
-            {"search_space__mac_target": {"low": 0, "high": 0.5}},
-            "experiments/x.yaml: search_space.mac_target.low: must be in (0, 1], got 0",
+            {"search__target": {"low": 0, "high": 0.5}},
+            "experiments/x.yaml: search.target.low: must be in (0, 1], got 0",
         ),
         (
-            {"search_space__mac_target": 1.5},
-            "experiments/x.yaml: search_space.mac_target: must be in (0, 1], got 1.5",
+            {"search__target": 1.5},
+            "experiments/x.yaml: search.target: must be in (0, 1], got 1.5",
         ),
         (
-            {"search_space__mac_target": {"low": 0.8, "high": 0.3}},
-            "experiments/x.yaml: search_space.mac_target: low (0.8) must be below high (0.3)",
+            {"search__target": {"low": 0.8, "high": 0.3}},
+            "experiments/x.yaml: search.target: low (0.8) must be below high (0.3)",
         ),
         (
-            {"search_space__sim_temperature": {"low": 0.1, "high": 10, "log": True, "step": 1}},
-            "experiments/x.yaml: search_space.sim_temperature: step and log cannot be combined",
+            {"search__sim_temperature": {"low": 0.1, "high": 10, "log": True, "step": 1}},
+            "experiments/x.yaml: search.sim_temperature: step and log cannot be combined",
         ),
         (
-            {"search_space__init_mode": ["uniform", "bogus"]},
-            "experiments/x.yaml: search_space.init_mode.choices: must be one of",
+            {"search__init_mode": ["uniform", "bogus"]},
+            "experiments/x.yaml: search.init_mode.choices: must be one of",
         ),
         (
-            {"search_space__mac_targets": 0.5},
-            "experiments/x.yaml: search_space.mac_targets: unknown key",
+            {"search__mac_target": 0.5},
+            "experiments/x.yaml: search.mac_target: unknown key",
         ),
         ({"model__img_szie": 16}, "experiments/x.yaml: model.img_szie: unknown key"),
         ({"sweep__sampler": "grid"}, "experiments/x.yaml: sweep.sampler: input should be"),
@@ -91,30 +91,22 @@ def test_missing_section_is_named():
 
 
 def test_fixed_value_allowed_anywhere_a_range_is():
-    raw = minimal(
-        search_space={
-            "mac_target": 0.4,
-            "sim_temperature": 2.0,
-            "init_mode": "uniform",
-            "init_scale": 0.0,
-            "mac_loss_weight": 5.0,
-            "search_lr": 1e-3,
-            "logit_lr": 0.05,
-            "finetune_lr": 2e-3,
-        }
-    )
-    config = parse_config(raw, "x.yaml")
-    assert explored(config.search_space) == []
-    assert DefineByRun(config.search_space)(None) == {
-        "mac_target": 0.4,
+    fixed = {
+        "target": 0.4,
         "sim_temperature": 2.0,
-        "init_mode": "uniform",
+        "init_mode": "magnitude",
         "init_scale": 0.0,
         "mac_loss_weight": 5.0,
-        "search_lr": 1e-3,
+        "lr": 1e-3,
         "logit_lr": 0.05,
-        "finetune_lr": 2e-3,
     }
+    config = parse_config(minimal(search=fixed, finetune={"epochs": 1, "lr": 2e-3}), "x.yaml")
+    assert explored(config.tunable_sections) == []
+    constants = DefineByRun(config.tunable_sections)(None)
+    assert {k: constants[f"search/{k}"] for k in fixed} == fixed
+    assert constants["finetune/lr"] == 2e-3
+    # every tunable leaf is a constant, including those the file leaves at their default
+    assert constants["search/penalty"] == "squared" and constants["finetune/distill_alpha"] == 0.5
 
 
 def test_define_by_run_samples_inside_the_ranges():
@@ -122,28 +114,39 @@ def test_define_by_run_samples_inside_the_ranges():
 
     config = parse_config(
         minimal(
-            search_space={
-                "mac_target": {"low": 0.3, "high": 0.8},
+            search={
+                "target": {"low": 0.3, "high": 0.8},
                 "sim_temperature": {"low": 0.1, "high": 10, "log": True},
                 "init_mode": ["uniform", "attn_leave_out"],
-                "finetune_lr": [1e-3, 3e-3],
-            }
+                "init_scale": {"low": 0.5, "high": 2.0},
+                "distill_alpha": [0.0, 0.5],  # any space-typed setting can be explored
+            },
+            finetune={"epochs": 1, "lr": [1e-3, 3e-3]},
         ),
         "x.yaml",
     )
-    space = DefineByRun(config.search_space)
+    space = DefineByRun(config.tunable_sections)
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
     )
+    modes = set()
     for _ in range(20):
         trial = study.ask()
         constants = space(trial)
         p = trial.params
-        assert 0.3 <= p["mac_target"] <= 0.8 and 0.1 <= p["sim_temperature"] <= 10
-        assert p["init_mode"] in ("uniform", "attn_leave_out") and p["finetune_lr"] in (1e-3, 3e-3)
-        assert set(constants) == {"init_scale", "mac_loss_weight", "search_lr", "logit_lr"}
+        assert 0.3 <= p["search/target"] <= 0.8 and 0.1 <= p["search/sim_temperature"] <= 10
+        assert p["search/init_mode"] in ("uniform", "attn_leave_out")
+        assert p["finetune/lr"] in (1e-3, 3e-3) and p["search/distill_alpha"] in (0.0, 0.5)
+        # init_scale means nothing under uniform scores: sampled only for the other modes
+        assert ("search/init_scale" in p) == (p["search/init_mode"] != "uniform")
+        modes.add(p["search/init_mode"])
+        assert {"search/mac_loss_weight", "search/lr", "finetune/weight_decay"} <= set(constants)
+        assert not set(constants) & set(p)
         study.tell(trial, [1.0, 1.0])
-    assert dict(describe(config.search_space))["sim_temperature"] == "log range [0.1, 10]"
+    assert modes == {"uniform", "attn_leave_out"}
+    assert dict(describe(config.tunable_sections))["search/sim_temperature"] == (
+        "log range [0.1, 10]"
+    )
 
 
 def test_yaml_level_errors(tmp_path):
@@ -191,8 +194,8 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     ("edit", "expected"),
     [
         (
-            {"search_space__mac_target": {"low": 0, "high": 0.5}},
-            "search_space.mac_target.low: must be in (0, 1]",
+            {"search__target": {"low": 0, "high": 0.5}},
+            "search.target.low: must be in (0, 1]",
         ),
         ({"model__name": "no_such_vit"}, "model.name: unknown timm model 'no_such_vit'"),
         ({"model__checkpoint": "missing.pth"}, "model.checkpoint: no such file:"),
@@ -216,20 +219,20 @@ def test_cli_bad_input_one_line_no_traceback_nothing_written(tmp_path, edit, exp
 def test_cli_missing_file_and_dry_run(tmp_path):
     proc = run_cli("nope.yaml", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip() == "nope.yaml: no such file"
-    raw = minimal(search_space={"mac_target": {"low": 0.3, "high": 0.8}})
+    raw = minimal(search={"target": {"low": 0.3, "high": 0.8}})
     raw["storage"] = {"path": str(tmp_path / "results")}
     path = tmp_path / "ok.yaml"
     path.write_text(yaml.safe_dump(raw))
     proc = run_cli(str(path), "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "mac_target" in proc.stdout and "range [0.3, 0.8]" in proc.stdout
+    assert "search/target" in proc.stdout and "range [0.3, 0.8]" in proc.stdout
     assert "1 CPU, 0 GPU" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml"]  # dry run writes nothing
 
 
 def test_search_settings_reach_prune_core():
     """Every search setting of the YAML arrives in prune_core's SearchConfig unchanged."""
-    from orchestrator.trial_settings import TrialParams, search_config
+    from orchestrator.trial_settings import search_config
 
     exp = parse_config(
         minimal(
@@ -245,17 +248,7 @@ def test_search_settings_reach_prune_core():
         ),
         "x.yaml",
     )
-    params = TrialParams(
-        mac_target=0.5,
-        sim_temperature=1.0,
-        init_mode="uniform",
-        init_scale=1.0,
-        mac_loss_weight=10.0,
-        search_lr=5e-4,
-        logit_lr=0.1,
-        finetune_lr=1e-3,
-    )
-    config = search_config(exp, params)
+    config = search_config(exp, {"search": {}})  # nothing sampled: all fixed in the file
     assert config.groups == ("qk", "v") and config.min_width == {"qk": 2}
     assert (config.mac_step, config.logit_optimizer, config.qk_reweight_init) == (
         "cost_proportional",
@@ -263,32 +256,38 @@ def test_search_settings_reach_prune_core():
         "sqrt_ratio",
     )
     assert (config.weight_decay, config.reweight_lr, config.use_reweight) == (0.01, 0.003, False)
-    assert config.similarity_to == "kept"
+    assert config.similarity_to == "kept" and config.target == 0.5
+    sampled = {"search": {"target": 0.3, "init_mode": "uniform"}}
+    exp = parse_config(minimal(search__target=[0.3, 0.5], search__init_mode=["uniform"]), "x")
+    config = search_config(exp, sampled)
+    assert (config.target, config.init_mode, config.init_scale) == (0.3, "uniform", 1.0)
     assert "search.min_width" in error_of(minimal(search__min_width={"qk": 0}))
     assert "search.groups" in error_of(minimal(search__groups=["attn"]))
 
 
 def test_points_to_evaluate_are_checked_against_the_space() -> None:
-    space = {"mac_target": [0.3, 0.5], "finetune_lr": {"low": 1e-4, "high": 1e-2, "log": True}}
-    ok = parse_config(
-        minimal(
-            search_space=space,
-            sweep__points_to_evaluate=[{"mac_target": 0.3, "finetune_lr": 1e-3}, {}],
-        ),
-        "experiments/x.yaml",
-    )
-    assert ok.sweep.points_to_evaluate[0] == {"mac_target": 0.3, "finetune_lr": 1e-3}
-    cases = {
-        "'search_lr' is not an explored parameter (explored: mac_target, finetune_lr)": {
-            "search_lr": 1e-3
-        },
-        "mac_target: 0.4 is not one of the choices [0.3, 0.5]": {"mac_target": 0.4},
-        "finetune_lr: 0.1 is outside [0.0001, 0.01]": {"finetune_lr": 0.1},
-        "finetune_lr: expected a number, got 'fast'": {"finetune_lr": "fast"},
+    sections = {
+        "search": {"target": [0.3, 0.5]},
+        "finetune": {"epochs": 1, "lr": {"low": 1e-4, "high": 1e-2, "log": True}},
     }
-    for message, point in cases.items():
-        error = error_of(minimal(search_space=space, sweep__points_to_evaluate=[{}, point]))
+    point = {"search": {"target": 0.3}, "finetune": {"lr": 1e-3}}
+    ok = parse_config(
+        minimal(**sections, sweep__points_to_evaluate=[point, {}]), "experiments/x.yaml"
+    )
+    assert ok.sweep.points_to_evaluate[0] == point
+    cases = {
+        "'search.lr' is not an explored parameter (explored: search.target, finetune.lr)": {
+            "search": {"lr": 1e-3}
+        },
+        "search.target: 0.4 is not one of the choices [0.3, 0.5]": {"search": {"target": 0.4}},
+        "finetune.lr: 0.1 is outside [0.0001, 0.01]": {"finetune": {"lr": 0.1}},
+        "finetune.lr: expected a number, got 'fast'": {"finetune": {"lr": "fast"}},
+    }
+    for message, bad in cases.items():
+        error = error_of(minimal(**sections, sweep__points_to_evaluate=[{}, bad]))
         assert error == f"experiments/x.yaml: sweep.points_to_evaluate[1]: {message}", error
+    flat = error_of(minimal(**sections, sweep__points_to_evaluate=[{"search/target": 0.3}]))
+    assert flat.startswith("experiments/x.yaml: sweep.points_to_evaluate.0."), flat
 
 
 def test_the_sweep_cli_loads_no_torch_ray_or_mlflow_before_it_needs_them() -> None:
@@ -305,10 +304,10 @@ def test_the_sweep_cli_loads_no_torch_ray_or_mlflow_before_it_needs_them() -> No
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_the_schedules_cannot_drift_from_prune_cores_configs() -> None:
-    """Every SearchConfig / TrainConfig field is set from exactly one place (a schedule field
-    of the same name, a sampled search-space value, or the seed), with the same default and
-    the same allowed values."""
+def test_the_sections_cannot_drift_from_prune_cores_configs() -> None:
+    """Every SearchConfig / TrainConfig field is set from exactly one place (the section's field
+    of the same name, fixed or sampled, or the seed), with the same default and the same
+    allowed values."""
     import dataclasses
     import typing
 
@@ -326,33 +325,31 @@ def test_the_schedules_cannot_drift_from_prune_cores_configs() -> None:
                 out[f.name] = f.default_factory()
         return out
 
+    def plain(default):
+        if isinstance(default, space.FloatSpace | space.ChoiceSpace):
+            return default.value
+        return tuple(default) if isinstance(default, list) else default
+
     cases = (
-        (schema.SearchSchedule, pc.SearchConfig, ts.SAMPLED_SEARCH, ts.NOT_SEARCH_SETTINGS),
-        (schema.FinetuneSchedule, pc.TrainConfig, ts.SAMPLED_FINETUNE, ts.NOT_TRAIN_SETTINGS),
-        (schema.TeacherConfig, pc.TrainConfig, {}, ts.NOT_TRAIN_SETTINGS),
+        (schema.SearchSettings, pc.SearchConfig),
+        (schema.FinetuneSettings, pc.TrainConfig),
+        (schema.TeacherConfig, pc.TrainConfig),
     )
-    for section, config, sampled, own in cases:
-        mirrored = set(section.model_fields) - own
+    for section, config in cases:
+        mirrored = set(section.model_fields) - ts.ORCHESTRATOR_ONLY
         fields = {f.name for f in dataclasses.fields(config)}
         assert mirrored <= fields, (section, mirrored - fields)
-        assert not mirrored & set(sampled), (section, mirrored & set(sampled))
         if section is not schema.TeacherConfig:  # the teacher has no distillation settings
-            assert mirrored | set(sampled) | {"seed"} == fields, (section, fields - mirrored)
+            assert mirrored | {"seed"} == fields, (section, fields - mirrored)
         # the teacher trains from scratch: its lr default (2e-3) is its own, on purpose
         ref = defaults(config) if section is not schema.TeacherConfig else {}
         for name in mirrored:
             default = section.model_fields[name].get_default(call_default_factory=True)
             if name in ref and default is not None and name != "epochs":
-                want = ref[name]
-                assert (tuple(default) if name == "groups" else default) == want, (section, name)
-    # sampled values: the space's default equals prune_core's
-    space_defaults = space.SearchSpace.model_fields
-    for field, name in ts.SAMPLED_SEARCH.items():
-        if name != "mac_target":
-            assert space_defaults[name].default.value == defaults(pc.SearchConfig)[field], name
-    assert space_defaults["finetune_lr"].default.value == defaults(pc.TrainConfig)["lr"]
-    # the choices a schedule allows are prune_core's
+                assert plain(default) == ref[name], (section, name)
+    # the choices a section allows are prune_core's
     choices = {
+        "init_mode": pc.INIT_MODES,
         "penalty": ps.PENALTIES,
         "logit_optimizer": ps.LOGIT_OPTIMIZERS,
         "mac_step": ps.MAC_STEPS,
@@ -360,7 +357,6 @@ def test_the_schedules_cannot_drift_from_prune_cores_configs() -> None:
         "similarity_to": ("all", "kept"),
     }
     for name, allowed in choices.items():
-        literal = schema.SearchSchedule.model_fields[name].annotation
-        assert typing.get_args(literal) == allowed, name
-    groups = schema.SearchSchedule.model_fields["groups"].annotation
+        assert schema.SearchSettings.model_fields[name].annotation.ALLOWED == allowed, name
+    groups = schema.SearchSettings.model_fields["groups"].annotation
     assert typing.get_args(typing.get_args(groups)[0]) == pc.prunable.GROUPS

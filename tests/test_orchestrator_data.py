@@ -36,8 +36,8 @@ def config(shards, **data):
                 **data,
             },
             "teacher": {"epochs": 1},
+            "search": {"target": 0.5},
             "finetune": {"epochs": 1},
-            "search_space": {"mac_target": 0.5},
         },
         "x.yaml",
     )
@@ -120,8 +120,8 @@ def test_imagefolder_reads_class_folders(shards, tmp_path):
                 "auto_augment": None,
             },
             "teacher": {"epochs": 1},
+            "search": {"target": 0.5},
             "finetune": {"epochs": 1},
-            "search_space": {"mac_target": 0.5},
         },
         "x.yaml",
     )

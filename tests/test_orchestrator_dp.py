@@ -22,7 +22,6 @@ def dp_config(tmp_path, name: str, max_failures: int):
         tmp_path,
         name,
         finetune={"epochs": 2, "workers": 2},
-        search_space={"mac_target": 0.5},
         sweep={
             "num_samples": 1,
             "max_concurrent_trials": 1,

@@ -18,15 +18,14 @@ from helpers import write_config
 
 pytestmark = pytest.mark.sweep
 
-FIXED = {
-    "mac_target": 0.6,
+SEARCH = {
+    "target": 0.6,
     "sim_temperature": 1.0,
     "init_mode": "uniform",
     "init_scale": 1.0,
     "mac_loss_weight": 5.0,
-    "search_lr": 5e-4,
+    "lr": 5e-4,
     "logit_lr": 0.05,
-    "finetune_lr": 2e-3,
 }
 
 
@@ -42,8 +41,8 @@ def _run(tmp_path, name: str, workers: int, teacher_from: str | None = None) -> 
         tmp_path,
         name,
         teacher={"epochs": 8, "lr": 0.003},
-        finetune={"epochs": 3, "workers": workers},
-        search_space=FIXED,
+        search=SEARCH,
+        finetune={"epochs": 3, "workers": workers, "lr": 2e-3},
         sweep={"num_samples": 1, "max_concurrent_trials": 1, "asha": None, "max_failures": 0},
         resources={
             "num_cpus": 2,

@@ -27,6 +27,9 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import children, tune_results, write_config
 
+from orchestrator import space
+from orchestrator.config import load_config
+
 pytestmark = [pytest.mark.sweep, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
@@ -62,7 +65,7 @@ def faulty(tmp_path_factory):
         "faulty",
         seed=1,
         finetune={"epochs": 3},
-        search_space={"mac_target": {"low": 0.4, "high": 0.8}},
+        search={"target": {"low": 0.4, "high": 0.8}},
         sweep={
             "num_samples": 3,
             "max_concurrent_trials": 2,
@@ -184,7 +187,7 @@ def test_nan_trial_fails_once_with_its_reason_and_is_not_retried(faulty):
 
 # ----------------------------------------------------------------------------- tracking faults
 def test_unreachable_tracking_server_at_start_fails_fast_with_one_line(tmp_path):
-    config = write_config(tmp_path, "nomlflow", search_space={"mac_target": 0.5})
+    config = write_config(tmp_path, "nomlflow", search={"target": 0.5})
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     proc = subprocess.run(
@@ -261,7 +264,7 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
         tmp_path,
         "outage",
         finetune={"epochs": 2},
-        search_space={"mac_target": {"low": 0.4, "high": 0.8}},
+        search={"target": {"low": 0.4, "high": 0.8}},
         sweep={
             "num_samples": 3,
             "max_concurrent_trials": 2,
@@ -320,6 +323,7 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
         runs = children(client, state["parent_run_id"])
         trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
         assert len(runs) == len(trials) == 3
+        exp = load_config(config)  # every setting is a param, under its one name
         assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(
             p.name.removeprefix("trial_") for p in sweep_dir.glob("trial_*")
         )
@@ -327,7 +331,8 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
             assert run.info.status == "FINISHED", run.data.tags
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "top1")]
             assert steps == [1, 2, 3]
-            assert run.data.metrics["fully_trained"] == 1.0 and len(run.data.params) == 8
+            assert run.data.metrics["fully_trained"] == 1.0
+            assert set(run.data.params) == set(space.leaves(exp.tunable_sections))
             names = {a.path for a in client.list_artifacts(run.info.run_id)}
             assert {"plan.json", "weights.pt", "search.json"} <= names
         artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}

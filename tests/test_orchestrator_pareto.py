@@ -61,8 +61,8 @@ def rows(n: int = 10, seed: int = 0) -> list[dict]:
                 "pruned_top1": 10.0,
                 "iterations": 5,
                 "run_id": f"r{i}",
-                "param_init_mode": "uniform",
-                "param_mac_target": ratio,
+                "param_search/init_mode": "uniform",
+                "param_search/target": ratio,
             }
         )
     return out

@@ -131,7 +131,7 @@ def test_sweep_on_s3_compatible_storage(tmp_path):
             tmp_path,
             "ons3",
             finetune={"epochs": 1},
-            search_space={"mac_target": 0.5},
+            search={"target": 0.5},
             storage={
                 "path": f"s3://sweeps/results?{query}",
                 "local_dir": str(tmp_path / "results"),

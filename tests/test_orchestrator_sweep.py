@@ -30,18 +30,19 @@ def sweep(tmp_path_factory):
         tmp,
         "e2e",
         seed=0,
-        search_space={
-            "mac_target": [0.02, 0.5, 0.7],
+        search={
+            "target": [0.02, 0.5, 0.7],
             "init_mode": ["uniform", "attn_leave_out"],
-            "finetune_lr": {"low": 1e-3, "high": 3e-3, "log": True},
+            "init_scale": {"low": 0.5, "high": 2.0},
         },
+        finetune={"lr": {"low": 1e-3, "high": 3e-3, "log": True}},
         sweep={
             "num_samples": 20,
             "max_concurrent_trials": 2,
             "sampler": "random",
             "asha": {"metric": "top1", "grace_period": 1, "reduction_factor": 2},
             "max_failures": 1,
-            "points_to_evaluate": [{"mac_target": t} for t in (0.7, 0.02, 0.5, 0.5)],
+            "points_to_evaluate": [{"search": {"target": t}} for t in (0.7, 0.02, 0.5, 0.5)],
         },
     )
     code = main([str(config), "--num-samples", "4"])
@@ -66,6 +67,7 @@ def test_sweep_exits_zero_and_parent_holds_the_artifacts(sweep):
 
 def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
     import prune_core
+    from orchestrator import space
     from orchestrator.config import load_config
     from orchestrator.teacher import create_model
 
@@ -78,19 +80,16 @@ def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
     failed = [r for r in runs if r.info.status == "FAILED"]
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(failed) == 1 and len(finished) == 3
-    assert all(float(r.data.params["mac_target"]) == 0.02 for r in failed)
+    assert all(float(r.data.params["search/target"]) == 0.02 for r in failed)
     exp = load_config(sweep["tmp"] / "e2e.yaml")
     for run in finished:
-        assert set(run.data.params) == {
-            "mac_target",
-            "sim_temperature",
-            "init_mode",
-            "init_scale",
-            "mac_loss_weight",
-            "search_lr",
-            "logit_lr",
-            "finetune_lr",
-        }
+        # every setting under its one name, fixed or sampled; init_scale is not sampled
+        # where init_mode is uniform (it has no effect there)
+        uniform = run.data.params["search/init_mode"] == "uniform"
+        names = set(space.leaves(exp.tunable_sections)) - (
+            {"search/init_scale"} if uniform else set()
+        )
+        assert set(run.data.params) == names
         m = run.data.metrics
         steps = [x.step for x in client.get_metric_history(run.info.run_id, "top1")]
         assert steps == list(range(1, int(m["training_iteration"]) + 1))  # per epoch, no repeats
@@ -98,7 +97,7 @@ def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
         assert {"plan.json", "search.json", "widths.csv", "widths.png"} <= names
         if m["fully_trained"] == 1.0:
             assert {"top1", "macs", "params", "throughput"} <= set(m)
-            assert m["macs_ratio"] <= float(run.data.params["mac_target"]) + 1e-9
+            assert m["macs_ratio"] <= float(run.data.params["search/target"]) + 1e-9
             local = Path(
                 client.download_artifacts(run.info.run_id, "", str(sweep["tmp"] / run.info.run_id))
             )
@@ -199,7 +198,7 @@ def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
     config = write_config(
         tmp_path,
         "resume",
-        search_space={"mac_target": {"low": 0.4, "high": 0.8}},
+        search={"target": {"low": 0.4, "high": 0.8}},
         sweep={
             "num_samples": 4,
             "max_concurrent_trials": 2,

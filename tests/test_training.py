@@ -15,10 +15,13 @@ from prune_core import (
     TrainConfig,
     accuracy,
     count_macs,
+    current_plan,
     finalize,
     initialize,
+    prunable_modules,
     prune,
     search,
+    search_plan,
     train,
 )
 from prune_core.calibration import capture
@@ -57,6 +60,41 @@ def test_round_to_gives_width_multiples(teacher) -> None:
     finalize(student, (3, 8, 8), 0.6, tolerance=0.1, round_to=4)
     widths = MacModel(student, (3, 8, 8)).current_widths()
     assert all(w % 4 == 0 for groups in widths.values() for w in groups.values())
+
+
+def test_search_plan_reads_init_and_finalize_settings_from_one_config(digits8, teacher) -> None:
+    """One SearchConfig drives the phase: init_mode reaches initialize (uniform θ = θ₀ before
+    the search moves them), round_to and tolerance reach finalize."""
+    student = copy.deepcopy(teacher)
+    calib = next(iter(digits8[0]))[0]
+    config = SearchConfig(
+        target=0.6, steps=1, init_mode="uniform", theta0=2.0, round_to=4, tolerance=0.1
+    )
+    steps_seen = []
+    plan, history = search_plan(
+        student,
+        digits8[0],
+        (3, 8, 8),
+        config,
+        calib=calib,
+        on_step=lambda step, record: steps_seen.append(step),
+        progress=False,
+    )
+    assert steps_seen == [0] and len(history) == 1
+    widths = MacModel(student, (3, 8, 8)).current_widths()
+    assert all(w % 4 == 0 for groups in widths.values() for w in groups.values())
+    ratio = count_macs(student, (3, 8, 8)) / count_macs(teacher, (3, 8, 8))
+    assert 0.5 <= ratio <= 0.6
+    assert plan.to_json() == current_plan(student).to_json()
+    # one step of lr 0.1 moves θ = 2 by at most ~0.1: the uniform init reached the gates
+    logits = torch.cat([g.logits.detach().flatten() for g in _gates(student)])
+    assert logits.min() > 1.7 and logits.max() < 2.3
+    with pytest.raises(ValueError, match="init_mode must be one of"):
+        SearchConfig(target=0.5, init_mode="attn")
+
+
+def _gates(model):
+    return [g for m in prunable_modules(model).values() for g in m.gates.values()]
 
 
 @pytest.mark.parametrize("mode", INIT_MODES)

@@ -1,0 +1,89 @@
+"""The Tune objects of a sweep, built from its experiment: searcher, scheduler, trainable, Tuner.
+
+Optuna (through OptunaSearch, define-by-run) chooses the trials as a two-objective study (max
+top-1, min MACs) whose metric/mode lists live *only* on the searcher: a metric on
+``TuneConfig`` would silently make the study single-objective. ASHA stops weak trials within
+MAC buckets; ``FailureConfig`` retries a failed trial from its checkpoint. Imported by the
+driver only when a sweep runs (it loads Ray, Optuna and, through the trial, torch).
+"""
+
+from __future__ import annotations
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+
+from orchestrator import space as space_mod
+from orchestrator.scheduler import MacBucketASHA
+from orchestrator.schema import Experiment
+from orchestrator.searcher import FailureAwareOptunaSearch
+from orchestrator.trial import run_trial
+
+
+def make_searcher(exp: Experiment) -> FailureAwareOptunaSearch:
+    """Optuna over the experiment's explored settings (space.py), both objectives, seeded."""
+    s = exp.sweep
+    if s.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=exp.seed)
+    elif s.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=exp.seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=exp.seed)
+    return FailureAwareOptunaSearch(
+        space=space_mod.DefineByRun(exp.tunable_sections),
+        metric=["top1", "macs"],
+        mode=["max", "min"],
+        sampler=sampler,
+        study_name=exp.name,
+        points_to_evaluate=[space_mod.flatten_point(p) for p in s.points_to_evaluate] or None,
+    )
+
+
+def make_scheduler(exp: Experiment):
+    """ASHA within ``sweep.asha.mac_buckets`` MAC bands, or FIFO when ``sweep.asha`` is null."""
+    a = exp.sweep.asha
+    if a is None:
+        return FIFOScheduler()
+    return MacBucketASHA(
+        buckets=a.mac_buckets,
+        metric=a.metric,
+        mode=a.mode,
+        time_attr="training_iteration",
+        max_t=exp.finetune.epochs + 1,
+        grace_period=a.grace_period,
+        reduction_factor=a.reduction_factor,
+    )
+
+
+def make_trainable(exp: Experiment, teacher_state: dict):
+    """``run_trial`` with the experiment and the teacher's weights (object store), and the
+    per-trial resources."""
+    r = exp.resources
+    trainable = tune.with_parameters(run_trial, experiment=exp, teacher_state=teacher_state)
+    return tune.with_resources(trainable, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
+
+
+def trial_name(trial) -> str:
+    """Short, stable names (Tune's default puts every parameter in the directory name)."""
+    return f"trial_{trial.trial_id}"
+
+
+def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
+    """A fresh Tuner of the sweep (``--resume`` restores one from ``exp.tune_dir`` instead)."""
+    tune_config = tune.TuneConfig(
+        search_alg=make_searcher(exp),
+        scheduler=make_scheduler(exp),
+        num_samples=exp.sweep.num_samples,
+        max_concurrent_trials=exp.sweep.max_concurrent_trials,
+        reuse_actors=exp.sweep.reuse_actors,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
+    )
+    run_config = tune.RunConfig(
+        name=exp.name,
+        storage_path=exp.storage_uri,
+        failure_config=tune.FailureConfig(max_failures=exp.sweep.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=callbacks,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
