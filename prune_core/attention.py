@@ -46,6 +46,7 @@ class PrunableAttention(PrunableModule):
         proj_bias: bool = True,
         v_aligned: bool = False,
         positive_qk_reweight: bool = False,
+        qk_prunable: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ) -> None:
@@ -58,20 +59,27 @@ class PrunableAttention(PrunableModule):
         self.proj = nn.Linear(num_heads * v_dim, dim, bias=proj_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.gates = nn.ModuleDict(
-            {
-                "qk": ChannelGate(num_heads, qk_dim),
-                "v": ChannelGate(num_heads, v_dim, aligned=v_aligned),
-            }
-        )
+        # qk_prunable=False: a layer that transforms q/k over the whole head before q·kᵀ
+        # (qk-norm, cosine attention, rotary pairs) cannot lose a qk channel exactly, so it
+        # has no qk gate and no qk reweight: q/k keep their full width, v and MLP are pruned.
+        gates = {"v": ChannelGate(num_heads, v_dim, aligned=v_aligned)}
+        if qk_prunable:
+            gates = {"qk": ChannelGate(num_heads, qk_dim), **gates}
+        self.gates = nn.ModuleDict(gates)
         # Reweight modules (idea 3): per-head, per-channel scales on kept channels, learned in
         # search and fine-tune to compensate what removed channels carried; folded at surgery.
-        self.qk_reweight = Reweight(num_heads, qk_dim, positive=positive_qk_reweight)
+        if qk_prunable:
+            self.qk_reweight = Reweight(num_heads, qk_dim, positive=positive_qk_reweight)
         self.v_reweight = Reweight(num_heads, v_dim)
+
+    @property
+    def qk_prunable(self) -> bool:
+        return "qk" in self.gates
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         for name in ("qk_reweight", "v_reweight"):  # v0.1 checkpoints: a bare parameter
-            upgrade_state_dict(getattr(self, name), state_dict, prefix + name)
+            if hasattr(self, name):
+                upgrade_state_dict(getattr(self, name), state_dict, prefix + name)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -89,8 +97,11 @@ class PrunableAttention(PrunableModule):
                 if value is not None:
                     self.tap[name] = value.detach()
 
-    def _qk_multiplier(self) -> Tensor:
-        """(H, qk_dim) multiplier of q: reweight (× sqrt(d/k) if on) × straight-through mask."""
+    def _qk_multiplier(self) -> Tensor | None:
+        """(H, qk_dim) multiplier of q: reweight (× sqrt(d/k) if on) × straight-through mask;
+        None when the qk group is not prunable (q is used as it is)."""
+        if not self.qk_prunable:
+            return None
         gate = self.gates["qk"]
         m = gate()
         kept = gate.kept_per_head() if self.qk_reweight.width_compensation else None
@@ -103,6 +114,8 @@ class PrunableAttention(PrunableModule):
         return r if m is None else r * m
 
     def _shrink_projections(self, kept: dict[str, list[list[int]]]) -> None:
+        if not self.qk_prunable:  # every q/k channel stays (see __init__)
+            kept = {**kept, "qk": [list(range(self.qk_dim))] * self.num_heads}
         check_kept("qk", kept["qk"], self.num_heads, self.qk_dim, False)
         check_kept("v", kept["v"], self.num_heads, self.v_dim, self.gates["v"].aligned)
         hq = self.num_heads * self.qk_dim
@@ -111,9 +124,9 @@ class PrunableAttention(PrunableModule):
         v_idx = flat_index(kept["v"], self.v_dim, offset=2 * hq)
         slice_rows(self.qkv, torch.cat([q_idx, k_idx, v_idx]))
         slice_cols(self.proj, flat_index(kept["v"], self.v_dim))
-        for name, reweight in (("qk", self.qk_reweight), ("v", self.v_reweight)):
-            reweight.shrink_(kept[name])
-            shrink_gate(self.gates[name], kept[name])
+        for name, gate in self.gates.items():
+            getattr(self, f"{name}_reweight").shrink_(kept[name])
+            shrink_gate(gate, kept[name])
         self.qk_dim = len(kept["qk"][0])
         self.v_dim = len(kept["v"][0])
 
@@ -147,6 +160,7 @@ class SoftmaxAttention(PrunableAttention):
         proj_bias: bool = True,
         scale: float | None = None,
         window_size: tuple[int, int] | None = None,
+        qk_prunable: bool = True,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ) -> None:
@@ -158,6 +172,7 @@ class SoftmaxAttention(PrunableAttention):
             v_dim or head,
             qkv_bias=qkv_bias,
             proj_bias=proj_bias,
+            qk_prunable=qk_prunable,
             attn_drop=attn_drop,
             proj_drop=proj_drop,
         )
@@ -184,12 +199,21 @@ class SoftmaxAttention(PrunableAttention):
                 f"this prunable window attention is fixed at {self.window_size}"
             )
 
-    def _attn_bias(self, batch: int, tokens: int, mask: Tensor | None) -> Tensor | None:
-        if self.window_size is None:
-            return None
+    def _position_bias(self) -> Tensor:
+        """(1, H, n, n) Swin relative position bias over a window of n tokens."""
         n = self.window_size[0] * self.window_size[1]
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)  # (1, H, N, N)
+        return bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+
+    def _transform_qk(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """What a family does to q, k (B, H, N, d) before q·kᵀ (norms, rotary); none here."""
+        return q, k
+
+    def _attn_bias(self, batch: int, tokens: int, mask: Tensor | None) -> Tensor | None:
+        """The additive bias of the scores: window position bias (+ Swin's shift mask)."""
+        if self.window_size is None:
+            return None
+        bias = self._position_bias()  # (1, H, N, N)
         if mask is not None:
             windows = mask.shape[0]
             mask = mask.view(1, windows, 1, tokens, tokens)
@@ -204,8 +228,11 @@ class SoftmaxAttention(PrunableAttention):
         q = q.view(B, N, H, self.qk_dim).transpose(1, 2)
         k = k.view(B, N, H, self.qk_dim).transpose(1, 2)
         v = v.view(B, N, H, self.v_dim).transpose(1, 2)
+        q, k = self._transform_qk(q, k)
         self._record(q=q, k=k, v=v)
-        q = q * self._qk_multiplier()[:, None, :]  # q only: module doc (one-sided qk mask)
+        qk_multiplier = self._qk_multiplier()
+        if qk_multiplier is not None:  # q only: module doc (one-sided qk mask)
+            q = q * qk_multiplier[:, None, :]
         v = v * self._v_multiplier()[:, None, :]
         bias = self._attn_bias(B, N, mask)
         self._record(attn_bias=bias)  # the map the layer computes includes it (init)
@@ -226,7 +253,7 @@ class SoftmaxAttention(PrunableAttention):
 
     def macs(self, widths: dict[str, MacValue], tokens: int, batch: int = 1) -> MacValue:
         H, C, N = self.num_heads, self.dim, tokens
-        kq, kv = widths["qk"], widths["v"]
+        kq, kv = widths.get("qk", self.qk_dim), widths["v"]
         per_sequence = (
             N * C * H * (2 * kq + kv)  # qkv projection
             + N * N * H * kq  # q kᵀ
@@ -240,6 +267,9 @@ class SoftmaxAttention(PrunableAttention):
 
     def fold_reweight_(self) -> None:
         """q·r enters q kᵀ linearly, so the qk reweight folds into W_q's rows exactly."""
+        if not self.qk_prunable:  # no qk reweight (q is transformed before q·kᵀ)
+            self._fold_v_reweight_()
+            return
         hq = self.num_heads * self.qk_dim
         r = self.qk_reweight.take_(self.gates["qk"].kept_per_head()).reshape(-1)
         with torch.no_grad():

@@ -1,12 +1,17 @@
-"""timm ViT/DeiT/Swin -> prunable modules, weights kept, outputs unchanged.
+"""timm models -> prunable modules, weights kept, outputs unchanged.
 
-``make_prunable`` swaps each module our prunable classes represent *exactly* — timm
-``Attention``, Swin ``WindowAttention``, a plain ``Mlp`` — for its prunable twin, reusing the
-original ``Linear`` modules, bias table, activation and dropouts. Reusing (rather than copying)
-keeps parameter identity, device, dtype and ``requires_grad``, so an optimizer or EMA built
-before conversion still points at the live weights. Anything it cannot represent exactly
-(qk-norm, scale-norm, gated output, a different output width, GLU MLPs, other attention kinds)
-is left alone and named in one warning: an approximate swap would silently change the model.
+``make_prunable`` swaps each module our prunable classes represent *exactly* for its prunable
+twin: timm ``Attention`` (ViT, DeiT, DeiT3, DINOv2, qk-norm ViTs), Swin ``WindowAttention``,
+BEiT/BEiTv2 ``Attention``, Swin V2 ``WindowAttention``, EVA/EVA-02 ``EvaAttention``, and the
+MLPs ``Mlp``, ``SwiGLU`` and ``GluMlp``. It reuses the original ``Linear`` modules, tables,
+norms, activation and dropouts; reusing (rather than copying) keeps parameter identity,
+device, dtype and ``requires_grad``, so an optimizer or EMA built before conversion still points
+at the live weights (the exceptions, fused q/v biases and EVA's separate projections, are in
+``prune_core.timm_attention``). Layers that transform q/k over the head (qk-norm, cosine
+attention, rotary embedding) keep q/k at full width and are reported once. Anything it cannot
+represent exactly (scale-norm, gated output, a different output width, a hidden norm in the
+MLP, other attention kinds) is left alone and named in one warning: an approximate swap would
+silently change the model.
 """
 
 from __future__ import annotations
@@ -14,49 +19,30 @@ from __future__ import annotations
 import logging
 import warnings
 
-import torch
-from timm.layers import Mlp
-from timm.layers.attention import Attention, resolve_self_attn_mask
+from timm.layers import GluMlp, Mlp, SwiGLU
+from timm.layers.attention import Attention
+from timm.models import beit, eva, swin_transformer_v2
 from timm.models.swin_transformer import WindowAttention
-from torch import Tensor, nn
+from torch import nn
 
-from prune_core.attention import SoftmaxAttention, attention_modules
-from prune_core.mlp import PrunableMlp
+from prune_core.attention import attention_modules
+from prune_core.converters import (
+    ATTENTION,
+    BEIT,
+    CONVERTERS,
+    EVA,
+    EVA_ROPE,
+    GLU_MLP,
+    MLP,
+    MLP_KINDS,
+    SWIN_V2,
+    WINDOW_ATTENTION,
+    is_identity,
+)
 from prune_core.prunable import PrunableModule
+from prune_core.timm_attention import TimmBlockAttention
 
 logger = logging.getLogger(__name__)
-
-ATTENTION, WINDOW_ATTENTION, MLP = "attention", "window_attention", "mlp"
-
-
-class TimmBlockAttention(SoftmaxAttention):
-    """``SoftmaxAttention`` that also takes timm ``Block``'s call, ``attn(x, attn_mask=, ...)``.
-
-    timm's ViT blocks pass ``attn_mask`` and ``is_causal`` by keyword; this subclass resolves
-    them to one additive bias with timm's own helper (same semantics for bool and float masks)
-    and hands it to the parent through ``mask``, so everything else (gates, MACs, surgery)
-    is the parent's unchanged code.
-    """
-
-    def forward(
-        self,
-        x: Tensor,
-        mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-    ) -> Tensor:
-        if mask is not None and (attn_mask is not None or is_causal):
-            raise ValueError("pass either mask or attn_mask/is_causal, not both")
-        if attn_mask is not None or is_causal:
-            mask = resolve_self_attn_mask(x.shape[1], x, attn_mask, is_causal)
-        return super().forward(x, mask)
-
-    def _attn_bias(self, batch: int, tokens: int, mask: Tensor | None) -> Tensor | None:
-        return mask  # global attention: the mask is already an additive (…, N, N) bias
-
-
-def _is_identity(module: object) -> bool:
-    return module is None or isinstance(module, nn.Identity)
 
 
 def _attention_issue(m: nn.Module) -> str | None:
@@ -64,9 +50,7 @@ def _attention_issue(m: nn.Module) -> str | None:
     qkv, proj = getattr(m, "qkv", None), getattr(m, "proj", None)
     if not isinstance(qkv, nn.Linear) or not isinstance(proj, nn.Linear):
         return "no fused qkv / proj Linear (separate q/k/v projections)"
-    if not (_is_identity(getattr(m, "q_norm", None)) and _is_identity(getattr(m, "k_norm", None))):
-        return "qk_norm (q_norm/k_norm are not Identity)"
-    if not _is_identity(getattr(m, "norm", None)):
+    if not is_identity(getattr(m, "norm", None)):
         return "scale_norm (norm before proj is not Identity)"
     if getattr(m, "gate", None) is not None:
         return "gated attention output"
@@ -89,10 +73,43 @@ def _window_issue(m: WindowAttention) -> str | None:
     return None
 
 
+def _fused_issue(m: nn.Module) -> str | None:
+    """BEiT / Swin V2 / EVA (fused): one bias-free ``qkv`` Linear, q/v biases apart."""
+    if not isinstance(m.qkv, nn.Linear) or not isinstance(m.proj, nn.Linear):
+        return "no fused qkv / proj Linear"
+    if m.qkv.bias is not None or m.qkv.out_features % (3 * m.num_heads):
+        return "qkv layout differs from timm's (3 x heads x head_dim, bias apart)"
+    if m.proj.out_features != m.qkv.in_features:
+        return "output width differs from input width"
+    return None
+
+
+def _eva_issue(m: nn.Module) -> str | None:
+    if not is_identity(m.norm):
+        return "scale_norm (a norm over all heads' v before proj: v cannot lose a channel exactly)"
+    if m.gate is not None:
+        return "gated attention output"
+    if m.qkv is None:
+        parts = (m.q_proj, m.k_proj, m.v_proj)
+        return None if all(isinstance(p, nn.Linear) for p in parts) else "no q/k/v Linear"
+    return _fused_issue(m)
+
+
+def _glu_issue(m: nn.Module) -> str | None:
+    linears = (m.fc1_g, m.fc1_x, m.fc2) if isinstance(m, SwiGLU) else (m.fc1, m.fc2)
+    if not all(isinstance(x, nn.Linear) for x in linears):
+        return "use_conv GLU MLP (1x1 convs, not Linear)"
+    if not isinstance(m, SwiGLU) and m.chunk_dim != -1:
+        return f"GluMlp with chunk_dim={m.chunk_dim}"
+    if not is_identity(m.norm):
+        return "GLU MLP with a hidden norm (scale_mlp: a unit cannot go exactly)"
+    return None
+
+
 def _mlp_issue(m: Mlp) -> str | None:
     if not isinstance(m.fc1, nn.Linear) or not isinstance(m.fc2, nn.Linear):
         return "use_conv Mlp (1x1 convs, not Linear)"
-    if not _is_identity(m.norm):
+    if not is_identity(m.norm):
         return "Mlp with a hidden norm"
     return None
 
@@ -102,6 +119,8 @@ def _survey(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
     convert: dict[str, str] = {}
     skipped: dict[str, str] = {}
     done: list[str] = []  # subtrees that are already ours or will be replaced
+    # EVA passes its rotary table to every block at call time: the model says whether it has one
+    rotary = getattr(model, "rope", None) is not None
     for path, m in model.named_modules():
         if any(path == p or path.startswith(p + ".") for p in done):
             continue
@@ -116,8 +135,16 @@ def _survey(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
             kind, issue = ATTENTION, _attention_issue(m)
         elif type(m) is WindowAttention:
             kind, issue = WINDOW_ATTENTION, _window_issue(m)
+        elif type(m) is beit.Attention:
+            kind, issue = BEIT, _fused_issue(m)
+        elif type(m) is swin_transformer_v2.WindowAttention:
+            kind, issue = SWIN_V2, _fused_issue(m)
+        elif type(m) is eva.EvaAttention:
+            kind, issue = (EVA_ROPE if rotary else EVA), _eva_issue(m)
         elif type(m) is Mlp:
             kind, issue = MLP, _mlp_issue(m)
+        elif type(m) in (SwiGLU, GluMlp):
+            kind, issue = GLU_MLP, _glu_issue(m)
         elif "Attention" in name:
             issue = f"unsupported attention class {qualified}"
         elif "Mlp" in name or "SwiGLU" in name:
@@ -131,87 +158,9 @@ def _survey(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def supported_modules(model: nn.Module) -> dict[str, str]:
-    """Dry run: path -> kind (attention / window_attention / mlp) that make_prunable converts."""
+    """Dry run: path -> kind that make_prunable converts (attention, window_attention, beit,
+    swin_v2, eva, eva_rope, mlp, glu_mlp)."""
     return _survey(model)[0]
-
-
-def _adopt(new: PrunableModule, old: nn.Module, reuse: dict[str, nn.Module]) -> PrunableModule:
-    """Give ``new`` the original's device, dtype and mode, then move the original parts in.
-
-    Parts are assigned *after* ``.to``/``.train`` so each keeps its own device, dtype and mode.
-    """
-    ref = next(old.parameters())
-    new.to(device=ref.device, dtype=ref.dtype)
-    new.train(old.training)
-    for name, part in reuse.items():
-        setattr(new, name, part)
-    return new
-
-
-def _convert_attention(m: Attention) -> PrunableModule:
-    new = TimmBlockAttention(
-        m.qkv.in_features,
-        m.num_heads,
-        qk_dim=m.head_dim,
-        v_dim=m.head_dim,
-        qkv_bias=m.qkv.bias is not None,
-        proj_bias=m.proj.bias is not None,
-        scale=m.scale,
-        attn_drop=m.attn_drop.p,
-        proj_drop=m.proj_drop.p,
-    )
-    return _adopt(
-        new, m, {"qkv": m.qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
-    )
-
-
-def _convert_window(m: WindowAttention) -> PrunableModule:
-    head_dim = m.qkv.out_features // (3 * m.num_heads)
-    new = SoftmaxAttention(
-        m.qkv.in_features,
-        m.num_heads,
-        qk_dim=head_dim,
-        v_dim=head_dim,
-        qkv_bias=m.qkv.bias is not None,
-        proj_bias=m.proj.bias is not None,
-        scale=m.scale,
-        window_size=tuple(m.window_size),
-        attn_drop=m.attn_drop.p,
-        proj_drop=m.proj_drop.p,
-    )
-    # Our index is recomputed, not copied: it must be timm's, or the bias table is misread.
-    if not torch.equal(new.relative_position_index, m.relative_position_index.cpu()):
-        raise RuntimeError("relative_position_index differs from timm's; conversion aborted")
-    return _adopt(
-        new,
-        m,
-        {
-            "qkv": m.qkv,
-            "proj": m.proj,
-            "attn_drop": m.attn_drop,
-            "proj_drop": m.proj_drop,
-            "relative_position_bias_table": m.relative_position_bias_table,
-        },
-    )
-
-
-def _convert_mlp(m: Mlp) -> PrunableModule:
-    # act_layer=Identity, then the original act instance: its arguments (e.g. GELU's
-    # approximate='tanh') cannot be recovered from its class alone.
-    new = PrunableMlp(
-        m.fc1.in_features,
-        m.fc1.out_features,
-        m.fc2.out_features,
-        act_layer=nn.Identity,
-        bias=m.fc1.bias is not None,
-        drop=m.drop1.p,
-    )
-    return _adopt(
-        new, m, {"fc1": m.fc1, "act": m.act, "drop1": m.drop1, "fc2": m.fc2, "drop2": m.drop2}
-    )
-
-
-_CONVERTERS = {ATTENTION: _convert_attention, WINDOW_ATTENTION: _convert_window, MLP: _convert_mlp}
 
 
 def make_prunable(model: nn.Module, *, verbose: bool = True) -> nn.Module:
@@ -223,16 +172,16 @@ def make_prunable(model: nn.Module, *, verbose: bool = True) -> nn.Module:
     attention, since the method has nothing to search then. ``verbose`` logs a summary at INFO.
     """
     convert, skipped = _survey(model)
-    if not attention_modules(model) and not any(k != MLP for k in convert.values()):
+    if not attention_modules(model) and not any(k not in MLP_KINDS for k in convert.values()):
         detail = f"; left alone: {skipped}" if skipped else ""
         raise ValueError(
             f"make_prunable: {type(model).__name__} has no attention module it can "
-            "prune (supported: timm Attention, Swin WindowAttention, prune_core "
-            f"attention){detail}"
+            "prune (supported: timm Attention, Swin and Swin V2 WindowAttention, BEiT "
+            f"Attention, EvaAttention, prune_core attention){detail}"
         )
     for path, kind in convert.items():
         old = model.get_submodule(path)
-        new = _CONVERTERS[kind](old)
+        new = CONVERTERS[kind](old)
         if not path:
             model = new
             continue
@@ -247,13 +196,22 @@ def make_prunable(model: nn.Module, *, verbose: bool = True) -> nn.Module:
         )
     if verbose:
         counts = {kind: list(convert.values()).count(kind) for kind in set(convert.values())}
+        whole = qk_kept_whole(model)
         logger.info(
-            "make_prunable(%s): converted %s, left alone %d",
+            "make_prunable(%s): converted %s, left alone %d; q/k kept at full width in %d "
+            "layer(s) (a norm or rotation over the head: only v and the MLP are pruned there)",
             type(model).__name__,
             counts or "nothing new",
             len(skipped),
+            len(whole),
         )
     return model
 
 
-__all__ = ["TimmBlockAttention", "make_prunable", "supported_modules"]
+def qk_kept_whole(model: nn.Module) -> list[str]:
+    """Attention layers whose q/k keep every channel (qk-norm, cosine attention, rotary
+    embedding transform q/k over the whole head: prune_core.timm_attention explains why)."""
+    return [name for name, m in attention_modules(model).items() if not m.qk_prunable]
+
+
+__all__ = ["TimmBlockAttention", "make_prunable", "qk_kept_whole", "supported_modules"]

@@ -40,6 +40,21 @@ class PrunableModule(nn.Module, ABC):
         # (detached) for similarity weights and attention-difference initialisation.
         self.tap: dict[str, Tensor] | None = None
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` calls this first: refuse with the way that works instead.
+
+        The forward passes use Python that TorchScript does not take (calibration taps,
+        optional gates, keyword hooks), and TorchScript is in maintenance in PyTorch in favour
+        of ``torch.export``. A pruned model leaves Python through ``prune_core.export_onnx``
+        (torch.export + ONNX), ``torch.export.export`` or ``torch.jit.trace``; all three are
+        tested to match the eager model (tests/test_deploy.py).
+        """
+        raise RuntimeError(
+            f"torch.jit.script does not support prune_core's {type(self).__name__}: use "
+            "prune_core.export_onnx(model, path), torch.export.export(model, (x,)) or "
+            "torch.jit.trace(model, x) on the pruned model (after prune_core.prune)"
+        )
+
     def widths(self) -> dict[str, int]:
         """Kept channels per head of every group under the gates' current mode."""
         return {name: gate.kept_per_head() for name, gate in self.gates.items()}

@@ -30,7 +30,7 @@ def unit_magnitude(module: PrunableModule, group: str) -> torch.Tensor:
     H, d = gate.num_heads, gate.channels
     with torch.no_grad():
         if group == "mlp":
-            w = module.fc1.weight.abs().sum(1) + module.fc2.weight.abs().sum(0)
+            w = module.input_weights().sum(1) + module.fc2.weight.abs().sum(0)
             return w.reshape(H, d)
         rows = module.qkv.weight.abs().sum(1)
         hq = module.num_heads * module.qk_dim

@@ -131,13 +131,13 @@ def test_unsupported_variant_is_left_alone_and_named() -> None:
     model = _build("vit_small_patch16_224", **SMALL_VIT)
     torch.manual_seed(1)
     model.blocks[1].attn = Attention(
-        384, num_heads=6, qkv_bias=True, qk_norm=True, norm_layer=nn.LayerNorm
+        384, num_heads=6, qkv_bias=True, scale_norm=True, norm_layer=nn.LayerNorm
     ).eval()
     model.blocks[1].mlp = Mlp(384, 96, norm_layer=nn.LayerNorm).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         before = model(x)
-    with pytest.warns(UserWarning, match=r"blocks\.1\.attn: qk_norm") as record:
+    with pytest.warns(UserWarning, match=r"blocks\.1\.attn: scale_norm") as record:
         make_prunable(model, verbose=False)
     message = str(record[0].message)
     assert "blocks.1.mlp: Mlp with a hidden norm" in message and "blocks.0" not in message
@@ -147,12 +147,24 @@ def test_unsupported_variant_is_left_alone_and_named() -> None:
         assert (before - model(x)).abs().max().item() <= 1e-5
 
 
+class ForeignAttention(nn.Module):
+    """Someone's own attention, named like timm's (below): not something make_prunable knows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+
+    def forward(self, x):
+        return self.qkv(x)[..., :8]
+
+
+ForeignAttention.__name__ = ForeignAttention.__qualname__ = "Attention"
+
+
 def test_an_unknown_class_is_named_in_full_not_by_a_supported_bare_name() -> None:
-    """BEiT's own ``Attention`` is not timm.layers' ``Attention``: the message must say which."""
-    model = timm.create_model("beit_base_patch16_224", img_size=32, depth=1, num_classes=5)
-    with pytest.raises(
-        ValueError, match=r"unsupported attention class timm\.models\.beit\.Attention"
-    ):
+    """A foreign ``Attention`` is not timm.layers' ``Attention``: the message must say which."""
+    model = nn.Sequential(ForeignAttention(), Mlp(8, 16))
+    with pytest.raises(ValueError, match=r"unsupported attention class test_convert\.Attention"):
         make_prunable(model, verbose=False)
 
 

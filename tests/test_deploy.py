@@ -21,16 +21,39 @@ FAMILIES = {
         "swin_tiny_patch4_window7_224",
         {"img_size": 64, "window_size": 4, "depths": (1, 1, 1, 1), "num_classes": 10},
     ),
+    "timm_vit_qk_norm": (
+        "vit_small_patch16_224",
+        {"img_size": 32, "patch_size": 8, "depth": 2, "qk_norm": True, "num_classes": 10},
+    ),
+    "timm_beitv2": (
+        "beitv2_base_patch16_224",
+        {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 96, "num_heads": 4},
+    ),
+    "timm_swinv2": (
+        "swinv2_tiny_window8_256",
+        {"img_size": 64, "window_size": 4, "embed_dim": 32, "depths": (1, 1), "num_heads": (2, 4)},
+    ),
+    "timm_eva02": ("eva02_tiny_patch14_224", {"img_size": 28, "depth": 2, "num_classes": 10}),
 }
+
+
+def pruned(family: str) -> torch.nn.Module:
+    """The family's model, off its init (zero-initialised tables would hide an error), at half
+    of every group's channels by magnitude, pruned."""
+    name, kwargs = FAMILIES[family]
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model = pc.make_prunable(model, verbose=False)
+    pc.apply_plan(model, pc.magnitude_plan(model, 0.5))
+    return pc.prune(model)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_onnx_export_of_a_pruned_model_matches_pytorch(family, tmp_path) -> None:
-    name, kwargs = FAMILIES[family]
-    torch.manual_seed(0)
-    model = pc.make_prunable(timm.create_model(name, **kwargs), verbose=False).eval()
-    pc.apply_plan(model, pc.magnitude_plan(model, 0.5))
-    pc.prune(model)
+    model = pruned(family)
     size = pc.default_input_size(model)
     path = pc.export_onnx(model, tmp_path / "pruned.onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -42,3 +65,17 @@ def test_onnx_export_of_a_pruned_model_matches_pytorch(family, tmp_path) -> None
             want = model(x).numpy()
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-4
+
+
+def test_trace_and_torch_export_match_eager_and_script_says_what_works() -> None:
+    """torch.jit.trace and torch.export take a pruned model; torch.jit.script (in maintenance
+    in PyTorch) is refused with one message naming the ways that work."""
+    model = pruned("timm_vit")
+    x, other = torch.randn(2, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+        assert (traced(other) - model(other)).abs().max().item() <= 1e-5
+        exported = torch.export.export(model, (x,)).module()
+        assert (exported(x) - model(x)).abs().max().item() <= 1e-5
+    with pytest.raises(RuntimeError, match="torch.jit.script does not support prune_core"):
+        torch.jit.script(model)

@@ -1,0 +1,267 @@
+"""Converters: one timm module -> its prunable twin, with the original parts moved in.
+
+Each ``_convert_*`` builds the prunable class with the original's sizes and hands it the
+original ``Linear`` modules, tables, norms, activation and dropouts (``_adopt``), so weights,
+device, dtype and ``requires_grad`` carry over and an optimizer built before conversion still
+points at the live weights. Where timm keeps q/v biases apart from the ``qkv`` weight, or EVA
+keeps separate q/k/v projections, ``_fused_qkv`` makes the one ``qkv`` Linear the prunable
+classes use (weight Parameter reused when it is one tensor; the fused bias is new).
+``prune_core.convert.make_prunable`` decides which modules to convert (the ``kind``).
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import GluMlp, Mlp, SwiGLU
+from timm.layers.attention import Attention
+from timm.models import beit, eva, swin_transformer_v2
+from timm.models.swin_transformer import WindowAttention
+from torch import nn
+
+from prune_core.attention import SoftmaxAttention
+from prune_core.mlp import PrunableGluMlp, PrunableMlp
+from prune_core.prunable import PrunableModule
+from prune_core.timm_attention import (
+    BeitAttention,
+    EvaAttention,
+    SwinV2WindowAttention,
+    TimmBlockAttention,
+)
+
+ATTENTION, WINDOW_ATTENTION, MLP = "attention", "window_attention", "mlp"
+BEIT, SWIN_V2, EVA, EVA_ROPE, GLU_MLP = "beit", "swin_v2", "eva", "eva_rope", "glu_mlp"
+MLP_KINDS = (MLP, GLU_MLP)
+
+
+def is_identity(module: object) -> bool:
+    """An absent or ``nn.Identity`` optional part (timm's way of switching one off)."""
+    return module is None or isinstance(module, nn.Identity)
+
+
+def _adopt(new: PrunableModule, old: nn.Module, reuse: dict[str, nn.Module]) -> PrunableModule:
+    """Give ``new`` the original's device, dtype and mode, then move the original parts in.
+
+    Parts are assigned *after* ``.to``/``.train`` so each keeps its own device, dtype and mode.
+    """
+    ref = next(old.parameters())
+    new.to(device=ref.device, dtype=ref.dtype)
+    new.train(old.training)
+    for name, part in reuse.items():
+        setattr(new, name, part)
+    return new
+
+
+def _norm_or_none(module: nn.Module | None) -> nn.Module | None:
+    return None if is_identity(module) else module
+
+
+def _convert_attention(m: Attention) -> PrunableModule:
+    q_norm, k_norm = _norm_or_none(m.q_norm), _norm_or_none(m.k_norm)
+    new = TimmBlockAttention(
+        m.qkv.in_features,
+        m.num_heads,
+        qk_dim=m.head_dim,
+        v_dim=m.head_dim,
+        qkv_bias=m.qkv.bias is not None,
+        proj_bias=m.proj.bias is not None,
+        scale=m.scale,
+        attn_drop=m.attn_drop.p,
+        proj_drop=m.proj_drop.p,
+        q_norm=q_norm,
+        k_norm=k_norm,
+    )
+    reuse = {"qkv": m.qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
+    if q_norm is not None or k_norm is not None:
+        reuse.update(q_norm=m.q_norm, k_norm=m.k_norm)
+    return _adopt(new, m, reuse)
+
+
+def _fused_qkv(m: nn.Module) -> nn.Linear:
+    """One ``qkv`` Linear for BEiT / Swin V2 / EVA: the original weight Parameter, and the
+    q | 0 | v biases (k has none) as one new bias; EVA's separate q/k/v projections fused."""
+    ref = next(m.parameters())
+    if getattr(m, "qkv", None) is not None:
+        weight = m.qkv.weight
+        bias = None if m.q_bias is None else torch.cat((m.q_bias, m.k_bias, m.v_bias))
+    else:  # EVA with qkv_fused=False
+        parts = (m.q_proj, m.k_proj, m.v_proj)
+        weight = torch.cat([p.weight for p in parts])
+        biases = [p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0]) for p in parts]
+        bias = None if all(p.bias is None for p in parts) else torch.cat(biases)
+    qkv = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=bias is not None, device=ref.device, dtype=ref.dtype
+    )
+    with torch.no_grad():
+        if isinstance(weight, nn.Parameter):
+            qkv.weight = weight  # reuse: an optimizer over the model still sees it
+        else:
+            qkv.weight.copy_(weight)
+        if bias is not None:
+            qkv.bias.copy_(bias)
+    return qkv
+
+
+def _convert_beit(m: beit.Attention) -> PrunableModule:
+    head_dim = m.qkv.out_features // (3 * m.num_heads)
+    qkv = _fused_qkv(m)
+    new = BeitAttention(
+        m.qkv.in_features,
+        m.num_heads,
+        qk_dim=head_dim,
+        v_dim=head_dim,
+        qkv_bias=qkv.bias is not None,
+        proj_bias=m.proj.bias is not None,
+        scale=m.scale,
+        attn_drop=m.attn_drop.p,
+        proj_drop=m.proj_drop.p,
+        relative_position_index=m.relative_position_index,
+    )
+    reuse = {"qkv": qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
+    if m.relative_position_bias_table is not None:
+        reuse["relative_position_bias_table"] = m.relative_position_bias_table
+    return _adopt(new, m, reuse)
+
+
+def _convert_swin_v2(m: swin_transformer_v2.WindowAttention) -> PrunableModule:
+    head_dim = m.qkv.out_features // (3 * m.num_heads)
+    qkv = _fused_qkv(m)
+    new = SwinV2WindowAttention(
+        m.qkv.in_features,
+        m.num_heads,
+        qk_dim=head_dim,
+        v_dim=head_dim,
+        qkv_bias=qkv.bias is not None,
+        proj_bias=m.proj.bias is not None,
+        window_size=tuple(m.window_size),
+        cpb_mlp=m.cpb_mlp,
+        relative_coords_table=m.relative_coords_table,
+        relative_position_index=m.relative_position_index,
+        attn_drop=m.attn_drop.p,
+        proj_drop=m.proj_drop.p,
+    )
+    reuse = {
+        "qkv": qkv,
+        "proj": m.proj,
+        "attn_drop": m.attn_drop,
+        "proj_drop": m.proj_drop,
+        "logit_scale": m.logit_scale,
+        "cpb_mlp": m.cpb_mlp,
+    }
+    return _adopt(new, m, reuse)
+
+
+def _convert_eva(m: eva.EvaAttention, rotary: bool) -> PrunableModule:
+    qkv = _fused_qkv(m)
+    q_norm, k_norm = _norm_or_none(m.q_norm), _norm_or_none(m.k_norm)
+    new = EvaAttention(
+        qkv.in_features,
+        m.num_heads,
+        qk_dim=m.head_dim,
+        v_dim=m.head_dim,
+        qkv_bias=qkv.bias is not None,
+        proj_bias=m.proj.bias is not None,
+        scale=m.scale,
+        qk_prunable=not rotary and q_norm is None and k_norm is None,
+        num_prefix_tokens=m.num_prefix_tokens,
+        rotate_half=getattr(m, "rotate_half", False),
+        q_norm=q_norm,
+        k_norm=k_norm,
+        attn_drop=m.attn_drop.p,
+        proj_drop=m.proj_drop.p,
+    )
+    reuse = {"qkv": qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
+    if q_norm is not None or k_norm is not None:
+        reuse.update(q_norm=m.q_norm, k_norm=m.k_norm)
+    return _adopt(new, m, reuse)
+
+
+def _convert_window(m: WindowAttention) -> PrunableModule:
+    head_dim = m.qkv.out_features // (3 * m.num_heads)
+    new = SoftmaxAttention(
+        m.qkv.in_features,
+        m.num_heads,
+        qk_dim=head_dim,
+        v_dim=head_dim,
+        qkv_bias=m.qkv.bias is not None,
+        proj_bias=m.proj.bias is not None,
+        scale=m.scale,
+        window_size=tuple(m.window_size),
+        attn_drop=m.attn_drop.p,
+        proj_drop=m.proj_drop.p,
+    )
+    # Our index is recomputed, not copied: it must be timm's, or the bias table is misread.
+    if not torch.equal(new.relative_position_index, m.relative_position_index.cpu()):
+        raise RuntimeError("relative_position_index differs from timm's; conversion aborted")
+    return _adopt(
+        new,
+        m,
+        {
+            "qkv": m.qkv,
+            "proj": m.proj,
+            "attn_drop": m.attn_drop,
+            "proj_drop": m.proj_drop,
+            "relative_position_bias_table": m.relative_position_bias_table,
+        },
+    )
+
+
+def _convert_mlp(m: Mlp) -> PrunableModule:
+    # act_layer=Identity, then the original act instance: its arguments (e.g. GELU's
+    # approximate='tanh') cannot be recovered from its class alone.
+    new = PrunableMlp(
+        m.fc1.in_features,
+        m.fc1.out_features,
+        m.fc2.out_features,
+        act_layer=nn.Identity,
+        bias=m.fc1.bias is not None,
+        drop=m.drop1.p,
+    )
+    return _adopt(
+        new, m, {"fc1": m.fc1, "act": m.act, "drop1": m.drop1, "fc2": m.fc2, "drop2": m.drop2}
+    )
+
+
+def _convert_glu(m: SwiGLU | GluMlp) -> PrunableModule:
+    ref = next(m.parameters())
+    if isinstance(m, SwiGLU):
+        fc1_g, fc1_x = m.fc1_g, m.fc1_x
+    else:  # GluMlp packs [x1 | x2] in fc1: act(x2) * x1 if gate_last, else act(x1) * x2
+        fc1_g, fc1_x = (
+            nn.Linear(
+                m.fc1.in_features,
+                m.fc1.out_features // 2,
+                bias=m.fc1.bias is not None,
+                device=ref.device,
+                dtype=ref.dtype,
+            )
+            for _ in range(2)
+        )
+        halves = (1, 0) if m.gate_last else (0, 1)  # (gate half, value half)
+        with torch.no_grad():
+            w, b = m.fc1.weight.chunk(2), (m.fc1.bias.chunk(2) if m.fc1.bias is not None else None)
+            for linear, half in zip((fc1_g, fc1_x), halves, strict=True):
+                linear.weight.copy_(w[half])
+                if b is not None:
+                    linear.bias.copy_(b[half])
+    new = PrunableGluMlp(
+        fc1_g.in_features,
+        fc1_g.out_features,
+        m.fc2.out_features,
+        act_layer=nn.Identity,
+        bias=fc1_g.bias is not None,
+        drop=m.drop1.p,
+    )
+    reuse = {"fc1_g": fc1_g, "fc1_x": fc1_x, "act": m.act, "drop1": m.drop1, "fc2": m.fc2}
+    return _adopt(new, m, {**reuse, "drop2": m.drop2})
+
+
+CONVERTERS = {
+    ATTENTION: _convert_attention,
+    WINDOW_ATTENTION: _convert_window,
+    BEIT: _convert_beit,
+    SWIN_V2: _convert_swin_v2,
+    EVA: lambda m: _convert_eva(m, rotary=False),
+    EVA_ROPE: lambda m: _convert_eva(m, rotary=True),
+    MLP: _convert_mlp,
+    GLU_MLP: _convert_glu,
+}
