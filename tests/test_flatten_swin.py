@@ -175,3 +175,30 @@ def test_masked_model_prunes_exactly() -> None:
     with torch.no_grad():
         assert (model(x) - masked).abs().max() <= 1e-4
     assert count_macs(model, (3, 32, 32)) == predicted
+
+
+@pytest.mark.parametrize(
+    "name,params_m,macs_g,embed",
+    [("flatten_swin_small", 51, 8.7, 96), ("flatten_swin_base", 89, 15.4, 128)],
+)
+def test_small_and_base_match_the_paper_and_load_the_official_layout(
+    tmp_path, name: str, params_m: float, macs_g: float, embed: int
+) -> None:
+    """The paper's headline models: parameter and MAC counts as published (FLatten paper,
+    Table: S 51 M / 8.7 G, B 89 M / 15.4 G), and a checkpoint in the official layout loads
+    strictly into a fresh model and reproduces it."""
+    torch.manual_seed(0)
+    source = timm.create_model(name).eval()
+    assert abs(count_params(source) - params_m * 1e6) <= 0.02 * params_m * 1e6
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        want = source(x)
+    assert abs(counter.get_total_flops() // 2 - macs_g * 1e9) <= 0.02 * macs_g * 1e9
+    blocks = [len(layer.blocks) for layer in source.layers]
+    assert blocks == [2, 2, 18, 2] and source.head.weight.shape == (1000, 8 * embed)
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": official_state_dict(source)}, path)
+    torch.manual_seed(1)
+    target = load_flatten_checkpoint(timm.create_model(name).eval(), path)
+    with torch.no_grad():
+        assert (target(x) - want).abs().max() <= 1e-5

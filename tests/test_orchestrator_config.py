@@ -27,12 +27,21 @@ def test_shipped_configs_validate(monkeypatch, tmp_path):
         "variable FLATTEN_SWIN_T_CKPT is not set",
     ):
         load_config(ROOT / "experiments" / "imagenet.yaml")
-    for var in ("FLATTEN_SWIN_T_CKPT", "IMAGENET", "SHARED"):
+    for var in ("FLATTEN_SWIN_T_CKPT", "FLATTEN_SWIN_S_CKPT", "FLATTEN_SWIN_B_CKPT"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    imagenet = load_config(ROOT / "experiments" / "imagenet.yaml")
-    assert imagenet.data.train == tmp_path / "imagenet" / "train"
-    assert imagenet.model.name == "flatten_swin_tiny" and imagenet.model.num_classes == 1000
-    assert imagenet.resources.gpus_per_trial == 1 and imagenet.finetune.workers > 1
+    for var in ("IMAGENET", "SHARED"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    for file, model in (
+        ("imagenet.yaml", "flatten_swin_tiny"),
+        ("imagenet_swin_s.yaml", "flatten_swin_small"),
+        ("imagenet_swin_b.yaml", "flatten_swin_base"),
+    ):
+        imagenet = load_config(ROOT / "experiments" / file)
+        assert imagenet.data.train == tmp_path / "imagenet" / "train"
+        assert imagenet.model.name == model and imagenet.model.num_classes == 1000
+        assert imagenet.resources.gpus_per_trial == 1 and imagenet.finetune.workers > 1
+        letter = model.removeprefix("flatten_swin_")[0].upper()
+        assert imagenet.model.checkpoint == tmp_path / f"flatten_swin_{letter.lower()}_ckpt"
 
 
 def test_init_modes_match_prune_core():

@@ -322,6 +322,27 @@ def flatten_swin_tiny(pretrained: bool = False, **kwargs) -> FlattenSwinTransfor
 
 
 @register_model
+def flatten_swin_small(pretrained: bool = False, **kwargs) -> FlattenSwinTransformer:
+    """FLatten-Swin-S: 224, patch 4, embed 96, depths 2-2-18-2, heads 3-6-12-24, "LLSS",
+    drop path 0.3 (official cfgs/flatten_swin_s.yaml; paper: 51 M params, 8.7 G MACs)."""
+    defaults = {"depths": (2, 2, 18, 2), "drop_path_rate": 0.3}
+    return _create("flatten_swin_small", pretrained, defaults, kwargs)
+
+
+@register_model
+def flatten_swin_base(pretrained: bool = False, **kwargs) -> FlattenSwinTransformer:
+    """FLatten-Swin-B: 224, patch 4, embed 128, depths 2-2-18-2, heads 4-8-16-32, "LLSS",
+    drop path 0.5 (official cfgs/flatten_swin_b.yaml; paper: 89 M params, 15.4 G MACs)."""
+    defaults = {
+        "embed_dim": 128,
+        "depths": (2, 2, 18, 2),
+        "num_heads": (4, 8, 16, 32),
+        "drop_path_rate": 0.5,
+    }
+    return _create("flatten_swin_base", pretrained, defaults, kwargs)
+
+
+@register_model
 def flatten_swin_micro(pretrained: bool = False, **kwargs) -> FlattenSwinTransformer:
     """CPU-test size: 32x32 in 2x2 patches, embed 32, depths 1-1-2-1, heads 1-2-4-8.
 
@@ -341,7 +362,9 @@ def flatten_swin_micro(pretrained: bool = False, **kwargs) -> FlattenSwinTransfo
 
 __all__ = [
     "FlattenSwinTransformer",
+    "flatten_swin_base",
     "flatten_swin_micro",
+    "flatten_swin_small",
     "flatten_swin_tiny",
     "load_flatten_checkpoint",
     "shift_mask",
