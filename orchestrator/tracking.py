@@ -91,14 +91,24 @@ def client(uri: str):
     return MlflowClient(tracking_uri=check_uri(uri))
 
 
+# MLflow 3's UI opens an untagged experiment in its GenAI view (traces, evaluations); this
+# tag opens the runs table, where a sweep's parent and trial runs are (the UI's own values).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(uri: str, name: str, artifact_root: Path | None) -> str:
-    """Get or create the MLflow experiment; local stores keep artifacts next to the database."""
+    """Get or create the MLflow experiment, tagged to open in the runs view (EXPERIMENT_KIND;
+    an existing experiment without a kind gets it). Local stores keep artifacts next to the
+    database."""
     c = client(uri)
+    key, value = EXPERIMENT_KIND
     found = c.get_experiment_by_name(name)
     if found is not None:
+        if key not in found.tags:  # never overrule a kind the user chose in the UI
+            c.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-    return c.create_experiment(name, artifact_location=location)
+    return c.create_experiment(name, artifact_location=location, tags={key: value})
 
 
 def git_commit() -> str:
