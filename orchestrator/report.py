@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator import pareto
+from orchestrator import importance, pareto
 from orchestrator.tracking import client
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     pareto.plot(trials, front, out, teacher=teacher, title="top-1 vs MACs")
     print(f"plot: {out}")
+    for line in importance.summary(importance.param_importance(trials.to_pylist())):
+        print(line)
     return 0
 
 

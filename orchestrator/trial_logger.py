@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from mlflow.entities import Metric, Param
 from ray.tune import Callback, Checkpoint
 
-from orchestrator import pareto
+from orchestrator import importance, pareto
 from orchestrator.outbox import Outbox, plain_dict
 from orchestrator.space import flatten_point
 from orchestrator.tracking import (
@@ -271,10 +271,29 @@ class TrialLogger(Callback):
         self.submit(self._op("refresh"))
 
     def end_sweep(self, status: str) -> bool:
-        """Replay what is buffered, then end the parent run; True when nothing is left over."""
+        """Replay what is buffered, log the parameter importances, then end the parent run;
+        True when nothing is left over."""
         self.flush(force=True)
+        try:  # insight, not bookkeeping: a failure here never costs the sweep's results
+            for line in self.log_importance():
+                print(line, flush=True)
+        except Exception as err:  # any error, on purpose
+            print(f"param importance: not computed ({type(err).__name__}: {err})", flush=True)
         self.submit(self._op("end_parent", status=status))
         return not Outbox(self.sweep_dir).pending()
+
+    def log_importance(self) -> list[str]:
+        """``param_importance.json`` / ``.png`` (orchestrator.importance) from the sweep's
+        ``trials.parquet``, in the sweep folder and on the parent run; the console lines."""
+        path = Path(self.sweep_dir) / "trials.parquet"
+        if not path.is_file():
+            return []
+        result = importance.param_importance(pq.read_table(path).to_pylist())
+        files = importance.write(result, Path(self.sweep_dir))
+        c = client(self.uri)
+        for file in files.values():
+            c.log_artifact(self.parent_id, str(file))
+        return importance.summary(result)
 
     def summary(self) -> dict:
         """The front for the closing line: from MLflow, else from the local trials table."""

@@ -49,6 +49,10 @@ def sweep(tmp_path_factory):
     return {"tmp": tmp, "dir": tmp / "results" / "e2e", "code": code}
 
 
+def parent_experiment_kind(client, parent) -> str:
+    return client.get_experiment(parent.info.experiment_id).tags.get("mlflow.experimentKind")
+
+
 def test_sweep_exits_zero_and_parent_holds_the_artifacts(sweep):
     assert sweep["code"] == 0
     state = json.loads((sweep["dir"] / "sweep.json").read_text())
@@ -57,6 +61,8 @@ def test_sweep_exits_zero_and_parent_holds_the_artifacts(sweep):
     assert parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto.parquet", "pareto.png", "trials.parquet", "config.json"} <= artifacts
+    assert {"param_importance.json", "param_importance.png"} <= artifacts
+    assert parent_experiment_kind(client, parent) == "custom_model_development"
     assert parent.data.params["model.name"] == "flatten_vit_micro"
     assert len(parent.data.tags["git_commit"]) >= 40
     history = client.get_metric_history(parent.info.run_id, "hypervolume")
