@@ -233,41 +233,52 @@ def print_front(
     title: str = "Pareto front",
     console: Console | None = None,
 ) -> None:
-    """The front as a rich table, cheapest first, with the teacher as the reference row."""
+    """The front as a rich table, cheapest first, with the teacher as the reference row.
+
+    Once the front has been timed side by side (orchestrator.speed: ``latency_ms``,
+    ``speedup``, ``fraction_of_limit``), those replace the trials' own ``img/s``, which each
+    trial measured while others shared its node.
+    """
+    timed = "speedup" in front.column_names
+    speed = ("ms/batch", "speed-up", "of limit") if timed else ("img/s",)
     table = Table(title=title, title_justify="left")
-    for column in (
-        "trial",
-        "top-1 %",
-        "MACs",
-        "MAC ratio",
-        "params",
-        "img/s",
-        "search/target",
-        "search/init_mode",
-    ):
+    columns = ("trial", "top-1 %", "MACs", "MAC ratio", "params", *speed)
+    for column in (*columns, "search/target", "search/init_mode"):
         left = column in ("trial", "search/init_mode")
         table.add_column(column, justify="left" if left else "right")
     if teacher is not None:
+        if timed:
+            teacher_speed = (f"{teacher.get('latency_ms', float('nan')):.2f}", "1.00×", "")
+        else:
+            teacher_speed = (f"{teacher.get('throughput', 0):,.0f}",)
         table.add_row(
             "teacher",
             f"{teacher['top1']:.2f}",
             f"{int(teacher['macs']):,}",
             "1.000",
             f"{int(teacher['params']):,}",
-            f"{teacher.get('throughput', 0):,.0f}",
+            *teacher_speed,
             "",
             "",
             style="dim",
         )
     for r in front.to_pylist():
         target = r.get("param_search/target")
+        if timed:
+            row_speed = (
+                f"{r['latency_ms']:.2f}",
+                f"{r['speedup']:.2f}×",
+                f"{100 * r['fraction_of_limit']:.0f} %",
+            )
+        else:
+            row_speed = (f"{r['throughput'] or 0:,.0f}",)
         table.add_row(
             str(r["trial_id"]),
             f"{r['top1']:.2f}",
             f"{r['macs']:,}",
             f"{r['macs_ratio']:.3f}",
             f"{r['params'] or 0:,}",
-            f"{r['throughput'] or 0:,.0f}",
+            *row_speed,
             f"{target:.3f}" if isinstance(target, float) else "",
             str(r.get("param_search/init_mode") or ""),
         )

@@ -1,0 +1,212 @@
+"""Measured speed of the Pareto front: the teacher and every front model timed side by side.
+
+Each trial times itself while other trials share the node, so the per-trial ``throughput`` can
+contradict the MACs (a 0.26-MAC model slower than the teacher). At the end of a sweep the
+teacher and the front's pruned models are timed in one process, on one device, with the same
+threads and batch: a warm-up call each, then interleaved rounds (teacher, model 1, model 2, ...,
+teacher, ...) so any load from elsewhere hits every model alike, and the median of the rounds
+(``torch.utils.benchmark.Timer``, which also pins the thread count). On a cluster it runs as one
+Ray task with the teacher's resources (``resources.teacher_cpus`` / ``teacher_gpus``): on a GPU
+worker when those ask for a GPU.
+
+Columns added to ``pareto.parquet`` (and the console table): ``latency_ms`` (median ms per batch
+of ``data.eval_batch_size``), ``speedup`` (teacher latency / model latency) and
+``fraction_of_limit`` (speed-up / (1 / MAC ratio): 1 would mean time scales with MACs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: the driver may have no display
+import matplotlib.pyplot as plt
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+import prune_core
+from orchestrator import pareto
+from orchestrator.schema import Experiment
+from orchestrator.teacher import create_model, load_teacher
+from orchestrator.tracking import client
+
+ROUNDS = 7  # interleaved rounds; the median of them is reported
+TEACHER = "teacher"
+
+
+def latencies(
+    models: dict[str, nn.Module],
+    x: torch.Tensor,
+    *,
+    threads: int,
+    rounds: int = ROUNDS,
+    min_run_time: float = 0.2,
+) -> dict[str, float]:
+    """Median latency (ms per call on ``x``) of each model, timed in interleaved rounds.
+
+    Args:
+        models: name -> model, on ``x``'s device, in eval mode.
+        x: one batch (B, C, H, W).
+        threads: torch threads for every timing (``benchmark.Timer(num_threads=...)``).
+        min_run_time: seconds each model runs per round (Timer.blocked_autorange).
+    Returns:
+        name -> median over ``rounds`` of the per-call time, in ms.
+    """
+    timers = {
+        name: benchmark.Timer(
+            stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads
+        )
+        for name, model in models.items()
+    }
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():  # warm-up: lazy inits, allocator, kernel selection
+            model(x)
+        for _ in range(rounds):
+            for name, timer in timers.items():
+                samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return {name: 1e3 * statistics.median(s) for name, s in samples.items()}
+
+
+def speed_columns(front: pa.Table, measured: dict[str, float]) -> pa.Table:
+    """``front`` with ``latency_ms``, ``speedup`` and ``fraction_of_limit`` per trial
+    (``measured``: trial id or ``teacher`` -> ms per batch)."""
+    teacher_ms = measured[TEACHER]
+    rows = front.to_pylist()
+    ms = [measured.get(r["trial_id"], math.nan) for r in rows]
+    speedup = [teacher_ms / m if m and math.isfinite(m) else math.nan for m in ms]
+    limit = [s * r["macs_ratio"] for s, r in zip(speedup, rows, strict=True)]
+    for name, values in (("latency_ms", ms), ("speedup", speedup), ("fraction_of_limit", limit)):
+        if name in front.column_names:
+            front = front.drop_columns([name])
+        front = front.append_column(name, pa.array(values, pa.float64()))
+    return front
+
+
+def time_front(
+    teacher: nn.Module,
+    pruned: dict[str, nn.Module],
+    input_size: tuple[int, int, int],
+    batch: int,
+    threads: int,
+    device: str | None = None,
+) -> dict[str, float]:
+    """The teacher and each pruned model (trial id -> model) timed side by side on one
+    device (CUDA when there is one, else CPU); ms per batch of ``batch`` images."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    models = {TEACHER: teacher, **pruned}
+    for model in models.values():
+        model.to(device).eval()
+    x = torch.randn(batch, *input_size, device=device)
+    return latencies(models, x, threads=threads)
+
+
+def _download_pruned(c, run_id: str, directory: Path) -> tuple[str, dict]:
+    """(plan JSON, weights) of a trial's child run: the artifacts every finished trial logs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    plan = Path(c.download_artifacts(run_id, "plan.json", str(directory))).read_text()
+    weights = Path(c.download_artifacts(run_id, "weights.pt", str(directory)))
+    return plan, torch.load(weights, map_location="cpu", weights_only=True)
+
+
+def _timing_task(exp: Experiment, teacher_state: dict, plans: dict[str, tuple[str, dict]]):
+    """One process, one device: rebuild the teacher and the pruned models, time them."""
+    threads = max(1, math.ceil(exp.resources.teacher_cpus))
+    torch.set_num_threads(threads)
+    teacher = load_teacher(exp, teacher_state)
+    pruned = {
+        trial: prune_core.load_pruned(
+            create_model(exp, load_checkpoint=False), prune_core.Plan.from_json(plan), weights
+        )
+        for trial, (plan, weights) in plans.items()
+    }
+    return time_front(teacher, pruned, exp.input_size, exp.data.eval_batch_size, threads)
+
+
+def measure_front(
+    exp: Experiment, uri: str, parent_id: str, teacher_state: dict, teacher: dict
+) -> pa.Table | None:
+    """Time the front side by side (module doc) in one Ray task; add the speed columns to
+    ``pareto.parquet``, plot ``speedup.png``, log both to the parent run, print the table.
+
+    Returns the front with its speed columns, or None when no trial finished.
+    """
+    path = exp.sweep_dir / "pareto.parquet"
+    front = pq.read_table(path) if path.is_file() else None
+    if front is None or front.num_rows == 0:
+        return None
+    c = client(uri)
+    with tempfile.TemporaryDirectory(prefix="front-speed-") as tmp:
+        plans = {
+            r["trial_id"]: _download_pruned(c, r["run_id"], Path(tmp) / r["trial_id"])
+            for r in front.to_pylist()
+        }
+    r = exp.resources
+    task = ray.remote(num_cpus=r.teacher_cpus, num_gpus=r.teacher_gpus)(_timing_task)
+    measured = ray.get(task.remote(exp, teacher_state, plans))
+    front = speed_columns(front, measured)
+    tmp_path = path.with_name(f".{path.name}.speed.tmp")
+    pq.write_table(front, tmp_path)
+    os.replace(tmp_path, path)
+    png = plot_speedup(front, exp.sweep_dir / "speedup.png", teacher=teacher)
+    for file in (path, png):
+        c.log_artifact(parent_id, str(file))
+    c.log_metric(parent_id, "teacher_latency_ms", measured[TEACHER])
+    pareto.print_front(
+        front,
+        teacher={**teacher, "latency_ms": measured[TEACHER]},
+        title=f"Pareto front, timed side by side (batch {exp.data.eval_batch_size}, "
+        f"{'GPU' if r.teacher_gpus else f'{max(1, math.ceil(r.teacher_cpus))} CPU thread(s)'})",
+    )
+    return front
+
+
+def plot_speedup(front: pa.Table, png: Path, *, teacher: dict) -> Path:
+    """top-1 vs measured speed-up: the front (filled) and its 1/MAC-ratio limit (hollow)."""
+    rows = [r for r in front.to_pylist() if math.isfinite(r["speedup"])]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    ax.scatter(
+        [r["speedup"] for r in rows],
+        [r["top1"] for r in rows],
+        c="tab:red",
+        marker="D",
+        label="Pareto front, measured",
+        zorder=3,
+    )
+    ax.scatter(
+        [1 / r["macs_ratio"] for r in rows],
+        [r["top1"] for r in rows],
+        facecolors="none",
+        edgecolors="tab:gray",
+        label="1 / MAC ratio (limit)",
+        zorder=2,
+    )
+    for r in rows:
+        ax.plot([r["speedup"], 1 / r["macs_ratio"]], [r["top1"]] * 2, c="tab:gray", lw=0.6)
+    ax.scatter(
+        [1.0],
+        [teacher["top1"]],
+        s=160,
+        c="gold",
+        marker="*",
+        edgecolors="black",
+        label=f"teacher ({teacher['top1']:.1f} %)",
+        zorder=4,
+    )
+    ax.set_xlabel("speed-up over the teacher (×, same process, same batch)")
+    ax.set_ylabel("top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
