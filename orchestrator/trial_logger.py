@@ -106,9 +106,12 @@ class TrialLogger(Callback):
         param_names: list[str],
         teacher: dict,
         storage_uri: str = "",
+        print_fronts: bool = True,
     ) -> None:
         self.uri, self.parent_id, self.sweep_dir = uri, parent_id, sweep_dir
         self.storage_uri = storage_uri
+        # the front after every finished trial (-v); the compact console shows it once, timed
+        self.print_fronts = print_fronts
         self.sweep_name, self.param_names, self.teacher = sweep_name, param_names, teacher
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
@@ -352,11 +355,12 @@ class TrialLogger(Callback):
         if not logged or max(m.step for m in logged) < finished:  # once per trial count
             c.log_metric(self.parent_id, "hypervolume", hv, step=finished)
             c.log_metric(self.parent_id, "front_size", front.num_rows, step=finished)
-        pareto.print_front(
-            front,
-            teacher=self.teacher,
-            title=f"Pareto front after {finished} trials (hypervolume {hv:.4f})",
-        )
+        if getattr(self, "print_fronts", True):  # a logger pickled before the flag: printed
+            pareto.print_front(
+                front,
+                teacher=self.teacher,
+                title=f"Pareto front after {finished} trials (hypervolume {hv:.4f})",
+            )
         return {"hypervolume": hv, "finished": finished, "front": front}
 
 
