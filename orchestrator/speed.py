@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
+from rich.console import Console
 from torch import nn
 from torch.utils import benchmark
 
@@ -133,7 +134,12 @@ def _timing_task(exp: Experiment, teacher_state: dict, plans: dict[str, tuple[st
 
 
 def measure_front(
-    exp: Experiment, uri: str, parent_id: str, teacher_state: dict, teacher: dict
+    exp: Experiment,
+    uri: str,
+    parent_id: str,
+    teacher_state: dict,
+    teacher: dict,
+    console: Console | None = None,
 ) -> pa.Table | None:
     """Time the front side by side (module doc) in one Ray task; add the speed columns to
     ``pareto.parquet``, plot ``speedup.png``, log both to the parent run, print the table.
@@ -166,6 +172,7 @@ def measure_front(
         teacher={**teacher, "latency_ms": measured[TEACHER]},
         title=f"Pareto front, timed side by side (batch {exp.data.eval_batch_size}, "
         f"{'GPU' if r.teacher_gpus else f'{max(1, math.ceil(r.teacher_cpus))} CPU thread(s)'})",
+        console=console,
     )
     return front
 

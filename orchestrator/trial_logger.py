@@ -16,6 +16,7 @@ import csv
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -273,15 +274,15 @@ class TrialLogger(Callback):
         self.submit(self._op("error", trial, reason=_error_reason(trial)))
         self.submit(self._op("refresh"))
 
-    def end_sweep(self, status: str) -> bool:
-        """Replay what is buffered, log the parameter importances, then end the parent run;
-        True when nothing is left over."""
+    def end_sweep(self, status: str, say: Callable[[str], None] = print) -> bool:
+        """Replay what is buffered, log the parameter importances (lines to ``say``), then
+        end the parent run; True when nothing is left over."""
         self.flush(force=True)
         try:  # insight, not bookkeeping: a failure here never costs the sweep's results
             for line in self.log_importance():
-                print(line, flush=True)
+                say(line)
         except Exception as err:  # any error, on purpose
-            print(f"param importance: not computed ({type(err).__name__}: {err})", flush=True)
+            say(f"param importance: not computed ({type(err).__name__}: {err})")
         self.submit(self._op("end_parent", status=status))
         return not Outbox(self.sweep_dir).pending()
 
