@@ -40,6 +40,7 @@ from prune_core.training import (
     check_target,
     default_device,
     progress_bar,
+    require_batches,
     seed_everything,
     task_loss,
     teacher_forward,
@@ -268,13 +269,15 @@ def search(
         One record per step: task ``loss``, ``mac_loss``, ``soft_ratio``, ``macs_ratio``
         (hard masks, before the step), ``target_now``.
     Raises:
-        ValueError: no prunable module; FloatingPointError: a non-finite loss.
+        ValueError: no prunable module, or a loader that yields no batch;
+        FloatingPointError: a non-finite loss.
     """
     seed_everything(config.seed)
     device = default_device(device)
     model.to(device)
     if not prunable_modules(model):
         raise ValueError(f"{type(model).__name__} has no prunable modules: call make_prunable")
+    require_batches(loader, "search")
     gates = configure_gates(model, config.groups, config.min_width, GateMode.SEARCH)
     for module in prunable_modules(model).values():
         for gate in module.gates.values():
@@ -291,8 +294,11 @@ def search(
     joint_scale = 1.0 if config.logit_optimizer == "adamw" else 1.0 / pressure.scale
     if teacher is not None:
         teacher.to(device).eval()
-    calib = (next(iter(loader))[0] if calib is None else calib).to(device)
-    batches = batches_forever(loader)
+    batches = batches_forever(loader, "search")
+    calib = next(iter(loader), (None,))[0] if calib is None else calib
+    if calib is None:
+        raise ValueError("search: the loader yields no batch (and no calib was given)")
+    calib = calib.to(device)
     history = []
     model.train()
     with progress_bar(progress) as bar:

@@ -79,9 +79,42 @@ def progress_bar(enabled: bool) -> Progress:
     )
 
 
-def batches_forever(loader: DataLoader) -> Iterator[tuple[Tensor, Tensor]]:
+def _no_batch(loader, what: str) -> ValueError:
+    """The error for a loader without a batch, with the numbers that explain it."""
+    dataset, size = getattr(loader, "dataset", None), getattr(loader, "batch_size", None)
+    try:
+        samples = f"{len(dataset)} samples" if dataset is not None else "no length"
+    except TypeError:  # an IterableDataset without __len__
+        samples = "an iterable dataset"
+    drop = ", drop_last" if getattr(loader, "drop_last", False) else ""
+    return ValueError(
+        f"{what}: the loader yields no batch ({samples}, batch_size {size}{drop}); "
+        "a smaller batch size or more data"
+    )
+
+
+def require_batches(loader, what: str) -> None:
+    """ValueError when ``loader`` is known to yield no batch (``len`` 0: e.g. fewer samples
+    than ``batch_size`` with ``drop_last``). A loader without ``len`` is checked as it is
+    read (``train``, ``batches_forever``)."""
+    try:
+        count = len(loader)
+    except TypeError:
+        return
+    if count == 0:
+        raise _no_batch(loader, what)
+
+
+def batches_forever(loader: DataLoader, what: str = "search") -> Iterator[tuple[Tensor, Tensor]]:
+    """The loader's batches, pass after pass; ValueError if a pass yields none (it would
+    otherwise spin forever on an empty loader)."""
     while True:
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise _no_batch(loader, what)
 
 
 def all_finite(loss: Tensor) -> bool:
@@ -165,8 +198,10 @@ def train(
     Side effects: re-seeds the global generators (``config.seed`` + epoch) so that a resumed
     run sees the same batches, and folds the reweights into the weights at the end (outputs
     unchanged). Gate logits are never trained here; frozen reweights stay frozen.
-    Raises FloatingPointError on a non-finite loss (on any data-parallel rank).
+    Raises FloatingPointError on a non-finite loss (on any data-parallel rank); ValueError
+    when the loader yields no batch (nothing would be trained, silently).
     """
+    require_batches(loader, "train")
     seed_everything(config.seed)
     device = default_device(device)
     model.to(device)
@@ -220,6 +255,8 @@ def train(
                 scheduler.step()
                 total += loss.item() * len(labels)
                 count += len(labels)
+            if count == 0:  # a loader without len() that turned out empty
+                raise _no_batch(loader, "train")
             metrics = {
                 "epoch": epoch,
                 "train_loss": total / max(1, count),

@@ -158,3 +158,32 @@ def test_finetune_resumes_from_its_state(digits8) -> None:
     assert [h["epoch"] for h in history] == [1]
     x = torch.randn(2, 3, 8, 8)
     assert (resumed.eval()(x) - straight.eval()(x)).abs().max() <= 1e-5
+
+
+def test_empty_loader_is_a_value_error_in_train_and_search() -> None:
+    """Never a bare StopIteration or 0 steps of training: batch 64 over 10 samples with
+    drop_last (issue 12: a teacher 'trained' 0 steps was kept at chance)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.zeros(10, 3, 8, 8), torch.zeros(10, dtype=torch.long))
+    empty = DataLoader(data, batch_size=64, drop_last=True)
+    model = tiny_vit()
+    expected = r"the loader yields no batch \(10 samples, batch_size 64, drop_last\)"
+    with pytest.raises(ValueError, match="train: " + expected):
+        train(model, empty, TrainConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="search: " + expected):
+        search(model, empty, (3, 8, 8), SearchConfig(target=0.5, steps=2), progress=False)
+
+    class Dry(torch.utils.data.IterableDataset):  # claims 5 samples, yields none
+        def __len__(self) -> int:
+            return 5
+
+        def __iter__(self):
+            return iter(())
+
+    stream = DataLoader(Dry(), batch_size=4)  # len() 2: found empty only while reading
+    calib = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="train: the loader yields no batch"):
+        train(model, stream, TrainConfig(epochs=1), progress=False)
+    with pytest.raises(ValueError, match="search: the loader yields no batch"):
+        search(model, stream, (3, 8, 8), SearchConfig(target=0.5, steps=2), calib=calib)
