@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from ray import tune
 
+from orchestrator.schema import REPORTED_METRICS
+
 PLAN, WEIGHTS, STATE, MODEL, META, SEARCH_LOG, WIDTHS = (
     "plan.json",
     "weights.pt",
@@ -78,11 +80,20 @@ class Reporter:
         )
 
     def report(self, metrics: dict[str, Any], files: dict[str, Any]) -> None:
-
-        result = self.result(metrics)
+        """Send a result and its checkpoint to Tune (``check_reported`` first)."""
+        result = check_reported(self.result(metrics))
         with tempfile.TemporaryDirectory(prefix="trial-ckpt-") as tmp:
             self.write(tmp, result, files)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def check_reported(result: dict[str, Any]) -> dict[str, Any]:
+    """``result``, or RuntimeError when it lacks one of ``schema.REPORTED_METRICS``: the config
+    check promised those to ASHA, and Tune would stop the whole sweep at the first gap."""
+    missing = [name for name in REPORTED_METRICS if name not in result]
+    if missing:
+        raise RuntimeError(f"a trial report lacks {missing} (schema.REPORTED_METRICS)")
+    return result
 
 
 def read_checkpoint(directory: Path) -> dict[str, Any]:

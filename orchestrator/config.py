@@ -170,6 +170,19 @@ def _cross_checks(config: Experiment, source: str) -> None:
             "must be > 0 when neither "
             "model.checkpoint nor teacher.checkpoint is given (nothing to prune)",
         )
+    kwargs = config.model.kwargs
+    for key in ("num_classes", "img_size"):  # teacher.create_model passes these itself
+        if key in kwargs:
+            raise ConfigError(
+                source,
+                f"model.kwargs.{key}",
+                f"{kwargs[key]!r} clashes with model.{key} ({getattr(config.model, key)}): "
+                f"set it once, in model.{key}",
+            )
+    if "pretrained" in kwargs:
+        raise ConfigError(
+            source, "model.kwargs.pretrained", "weights are never downloaded: use model.checkpoint"
+        )
     if config.data.kind in BUNDLED_KINDS and config.model.num_classes != 10:
         raise ConfigError(source, "model.num_classes", f"{config.data.kind} has 10 classes")
     # digits, imagefolder and parquet give RGB (3 channels); fashion_mnist grey or repeated to 3

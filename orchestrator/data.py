@@ -33,6 +33,7 @@ from timm.data import create_transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import find_classes
 
 from orchestrator.schema import Experiment, resolve_split
 from prune_core.digits import DigitsDataset, digits_datasets
@@ -44,9 +45,6 @@ class Datasets:
     train: Dataset
     val: Dataset
     calib: Tensor  # un-augmented training images for the indicator initialisation
-
-
-# ----------------------------------------------------------------------------- file lookup
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -177,6 +175,35 @@ class ParquetImages(IterableDataset):
         return self.transform(decode(image)), int(label)
 
 
+# ----------------------------------------------------------------------------- imagefolder
+def unknown_classes(split_dir: str | Path, classes: list[str]) -> list[str]:
+    """Class folders of ``split_dir`` that are not in ``classes`` (the training split's)."""
+    return sorted(set(find_classes(str(split_dir))[0]) - set(classes))
+
+
+class SplitFolder(ImageFolder):
+    """An ImageFolder split labelled with the *training* split's class list.
+
+    torchvision numbers each tree's own sorted folders, so a val split lacking class ``b`` of
+    {a, b, c} would score its ``c`` images as ``b`` without a word. Here the indices come from
+    ``classes``: a class missing from this split is fine (it has no images), a class the
+    training split lacks is a ValueError (the model has no output for it).
+    """
+
+    def __init__(self, root: str | Path, classes: list[str], **kwargs) -> None:
+        self.train_classes = list(classes)
+        extra = unknown_classes(root, self.train_classes)
+        if extra:
+            raise ValueError(
+                f"{root}: class folder(s) {', '.join(map(repr, extra))} not in the training "
+                f"split ({len(self.train_classes)} classes)"
+            )
+        super().__init__(str(root), allow_empty=True, **kwargs)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self.train_classes, {c: i for i, c in enumerate(self.train_classes)}
+
+
 # ----------------------------------------------------------------------------- building
 def _calibration(dataset: Dataset, count: int, seed: int) -> Tensor:
     """``count`` images from a (non-augmented) view of the training split, fixed by the seed."""
@@ -215,7 +242,7 @@ def build_datasets(config: Experiment, *, distributed: bool = False) -> Datasets
     if d.kind == "imagefolder":
         train_dir, val_dir = resolve_split(d, "train")[0], resolve_split(d, "val")[0]
         train = ImageFolder(str(train_dir), transform=train_tf)
-        val = ImageFolder(str(val_dir), transform=eval_tf)
+        val = SplitFolder(val_dir, train.classes, transform=eval_tf)
         calib = _calibration(
             ImageFolder(str(train_dir), transform=eval_tf), d.calib_images, config.seed
         )

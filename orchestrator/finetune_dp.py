@@ -34,6 +34,7 @@ from orchestrator.checkpoint import (
     STATE,
     WEIGHTS,
     Reporter,
+    check_reported,
     epoch_metrics,
     failure_result,
     final_metrics,
@@ -123,6 +124,7 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
         if rank != 0 or files is None:
             ray.train.report(result)
             return
+        check_reported(result)  # rank 0's reports are the ones Tune sees
         with tempfile.TemporaryDirectory(prefix="dp-ckpt-") as tmp:
             reporter.write(tmp, result, files)
             ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(tmp))

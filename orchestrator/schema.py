@@ -151,12 +151,39 @@ class FinetuneSettings(Strict):
     workers: int = Field(1, ge=1)  # > 1: Ray Train data-parallel fine-tune inside the trial
 
 
+# The metrics in *every* report of every trial (search, each fine-tune epoch, the final one):
+# checkpoint.Reporter refuses to send a report without them, and they (with what Tune adds to
+# every result) are the only metrics ASHA can rank on: Tune stops the sweep at the first result
+# that lacks the scheduler's metric, after the teacher and the first search were paid for.
+REPORTED_METRICS = (
+    "top1",
+    "macs",
+    "macs_ratio",
+    "pruned_top1",
+    "search_final_loss",
+    "search_soft_ratio",
+    "epoch",
+    "fully_trained",
+)
+TUNE_METRICS = ("training_iteration", "time_total_s", "time_this_iter_s")  # Tune adds these
+
+
 class AshaConfig(Strict):
-    metric: str = "top1"  # reported every epoch by every trial
+    metric: str = "top1"  # one of REPORTED_METRICS or TUNE_METRICS
     mode: Literal["max", "min"] = "max"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     mac_buckets: int = Field(1, ge=1)  # rank trials only against trials of similar MACs
+
+    @field_validator("metric")
+    @classmethod
+    def _reported(cls, metric: str) -> str:
+        if metric not in REPORTED_METRICS + TUNE_METRICS:
+            raise ValueError(
+                f"{metric!r} is not reported by every trial; one of "
+                f"{', '.join(REPORTED_METRICS + TUNE_METRICS)}"
+            )
+        return metric
 
 
 class SweepConfig(Strict):

@@ -25,8 +25,10 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator import preflight
 from orchestrator import space as space_mod
 from orchestrator.config import ConfigError, check_inputs, load_config
+from orchestrator.lock import SweepBusy, SweepLock, init_sqlite
 from orchestrator.schema import Experiment
 from orchestrator.tracking import TrackingError, check_uri, ping
 
@@ -83,8 +85,9 @@ def fail(message: str, code: int = 2) -> int:
 
 
 # ----------------------------------------------------------------------------- dry run
-def print_plan(exp: Experiment, uri: str, source: str) -> None:
-    """What --dry-run shows: the space Optuna explores and what each trial costs."""
+def print_plan(exp: Experiment, uri: str, source: str, checks: list[str]) -> None:
+    """What --dry-run shows: the space Optuna explores, what each trial costs, and what the
+    checks before a run found (preflight.py)."""
     r, f = exp.resources, exp.finetune
     table = Table(title=f"search space of {exp.name} ({source})", title_justify="left")
     table.add_column("parameter")
@@ -141,7 +144,7 @@ def print_plan(exp: Experiment, uri: str, source: str) -> None:
             + (f" (driver files in {exp.sweep_dir.resolve()})" if exp.storage.is_uri else ""),
         ),
         ("tracking", uri),
-    ]
+    ] + [("checked", note) for note in checks]
     plan = Table(title="resources and schedule", title_justify="left", show_header=False)
     plan.add_column()
     plan.add_column()
@@ -204,13 +207,36 @@ def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
     return parent
 
 
-def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
+def _resume_hint(source: str, exp: Experiment) -> str:
+    from ray import tune
+
+    if tune.Tuner.can_restore(exp.tune_dir):
+        return f"resume with: python -m orchestrator.sweep {source} --resume"
+    return f"start it again with: python -m orchestrator.sweep {source}"
+
+
+def _check_cluster(exp: Experiment, source: str) -> None:
+    """A joined cluster (``--address``): every request must fit a node it has or may add.
+
+    ConfigError when it cannot; when the autoscaler's node types are unknown, a warning (a
+    node type not yet listed may still come), since refusing could stop a valid sweep.
+    """
+    nodes, known = preflight.cluster_nodes()
+    try:
+        preflight.check_resources(exp, source, nodes, "the cluster")
+    except ConfigError as err:
+        if known:
+            raise
+        console.print(f"[yellow]warning: {err}, unless the autoscaler adds a larger node[/]")
+
+
+def run(exp: Experiment, uri: str, *, address: str | None, resume: bool, source: str) -> int:
     import ray
     from ray import tune
 
     from orchestrator import mirror, tracking, trial_logger
     from orchestrator.teacher import prepare_teacher
-    from orchestrator.tuner import make_trainable, make_tuner
+    from orchestrator.tuner import interrupted, make_trainable, make_tuner
 
     started = time.perf_counter()
     # A checkpoint per epoch is the point (restarts resume from it): no snapshot warnings.
@@ -222,10 +248,10 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         ray.init(address=address, **init)
     except ConnectionError as err:
         return fail(f"orchestrator.sweep: --address {address}: {str(err).splitlines()[0]}")
-    fresh = not exp.sweep_dir.exists()
-    exp.sweep_dir.mkdir(parents=True, exist_ok=True)
     parent, status, logger = None, "FAILED", None
     try:
+        if address is not None:
+            _check_cluster(exp, source)  # local Ray was checked before it started
         if resume and (pulled := mirror.pull(exp)):  # a new head: the driver's files come back
             console.print(
                 f"{pulled} driver files from {mirror.mirror_uri(exp).partition('?')[0]}",
@@ -258,6 +284,9 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
             tuner = make_tuner(exp, trainable, callbacks)
         grid = tuner.fit()
         logger.flush()
+        if interrupted(grid, exp.sweep.num_samples):
+            status = "KILLED"
+            return fail(f"orchestrator.sweep: interrupted; {_resume_hint(source, exp)}", 130)
         summary = logger.summary()
         errors = sum(
             1 for result in grid if result.error is not None or (result.metrics or {}).get("failed")
@@ -271,10 +300,11 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
         if errors == len(grid):
             return fail("orchestrator.sweep: every trial failed (see the Ray logs above)", 1)
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before Tune's own handler (teacher), or a second Ctrl-C
         status = "KILLED"
-        again = "--resume" if tune.Tuner.can_restore(exp.tune_dir) else "again"
-        return fail(f"orchestrator.sweep: interrupted; run it {again} to continue", 130)
+        return fail(f"orchestrator.sweep: interrupted; {_resume_hint(source, exp)}", 130)
+    except ConfigError as err:  # the joined cluster cannot run it (_check_cluster)
+        return fail(str(err))
     except ray.exceptions.RayTaskError as err:  # the teacher task: one line, not a traceback
         cause = getattr(err, "cause", None) or err
         return fail(f"orchestrator.sweep: teacher: {str(cause).splitlines()[0]}", 1)
@@ -289,8 +319,6 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool) -> int:
                 )
         elif parent is not None:
             tracking.end_parent(uri, parent, status)
-        elif fresh and not any(exp.sweep_dir.iterdir()):
-            exp.sweep_dir.rmdir()  # failed before writing anything: leave no empty sweep
         if parent is not None:
             mirror.push_or_warn(exp)  # the final tables and any buffered tracking
         ray.shutdown()
@@ -313,13 +341,29 @@ def main(argv: list[str] | None = None) -> int:
             )
         check_inputs(exp, args.config)
         uri = check_uri(args.tracking_uri or exp.tracking_uri())
+        checks = preflight.check(exp, args.config, local=args.address is None)
     except ConfigError as err:
         return fail(str(err))
     except TrackingError as err:
         return fail(f"{args.config}: tracking.uri: {err}")
     if args.dry_run:
-        print_plan(exp, uri, args.config)
+        print_plan(exp, uri, args.config, checks)
         return 0
+    try:
+        ping(uri)  # a dead tracking server stops the sweep here, before any teacher or trial
+    except TrackingError as err:
+        return fail(f"orchestrator.sweep: {err}")
+    try:
+        with SweepLock(exp.sweep_dir):  # held until the driver ends (lock.py)
+            return _locked_main(args, exp, uri)
+    except SweepBusy as err:
+        return fail(f"{args.config}: {err}")
+    except TrackingError as err:
+        return fail(f"{args.config}: tracking: {err}")
+
+
+def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:
+    """What only the folder's owner may do: look at the folder, then run the sweep."""
     from ray import tune
 
     path = exp.tune_dir
@@ -331,14 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.config}: {path} already holds sweep {exp.name!r}: pass --resume to "
             "continue it, or change name / storage.path"
         )
-    try:
-        ping(uri)  # a dead tracking server stops the sweep here, before any teacher or trial
-    except TrackingError as err:
-        return fail(f"orchestrator.sweep: {err}")
-    try:
-        return run(exp, uri, address=args.address, resume=args.resume)
-    except TrackingError as err:
-        return fail(f"{args.config}: tracking: {err}")
+    init_sqlite(uri)  # first use of a shared SQLite store: its migration, once
+    return run(exp, uri, address=args.address, resume=args.resume, source=args.config)
 
 
 if __name__ == "__main__":

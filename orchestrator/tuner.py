@@ -9,8 +9,11 @@ driver only when a sweep runs (it loads Ray, Optuna and, through the trial, torc
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import optuna
 from ray import tune
+from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler
 
 from orchestrator import space as space_mod
@@ -84,6 +87,38 @@ def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
         storage_path=exp.storage_uri,
         failure_config=tune.FailureConfig(max_failures=exp.sweep.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=callbacks,
+        callbacks=[*callbacks, EndWatch()],
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+class EndWatch(Callback):
+    """Whether ``Tuner.fit`` returned with work left: Ctrl-C, not the end of the sweep.
+
+    Tune traps the first SIGINT, saves its state and returns a normal ResultGrid, and on its
+    way out it stops the running trials, which then read TERMINATED in the grid: the grid
+    cannot tell an interrupted sweep from a finished one. The trials' statuses at the end of
+    the loop's last step can: a finished sweep has created every trial and each one ended.
+
+    The count is a class attribute on purpose: ``Tuner.restore`` runs its own unpickled copy
+    of the callbacks, and this process-wide value is what the driver can read after ``fit``.
+    """
+
+    undone: ClassVar[int | None] = None  # trials not ended (or not created) at the last step
+    _total: ClassVar[int] = 0
+
+    def setup(self, total_num_samples: int | None = None, **info) -> None:
+        EndWatch._total = total_num_samples or 0
+        EndWatch.undone = None
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+        EndWatch.undone = max(EndWatch._total, len(trials)) - ended
+
+
+def interrupted(grid, num_samples: int) -> bool:
+    """Whether the sweep stopped with trials left (see :class:`EndWatch`). A sweep restored
+    from before the watch existed falls back to the grid: trials never created, or not ended."""
+    if EndWatch.undone is not None:
+        return EndWatch.undone > 0
+    return len(grid) < num_samples or grid.num_terminated + grid.num_errors < len(grid)

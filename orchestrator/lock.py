@@ -1,0 +1,109 @@
+"""One driver per sweep folder: an exclusive lock held for the driver's lifetime.
+
+Two drivers of the same sweep started seconds apart both passed the "already holds a sweep"
+check (Tune's state appears only after the teacher), both trained a teacher, and raced on the
+MLflow SQLite file's first schema migration, which broke it for good. So the driver takes an
+operating-system lock (``filelock``: ``flock`` on ``<sweep>/.driver.lock``, released by the
+kernel when the process dies, even by SIGKILL, so a crashed driver never leaves it stuck)
+before it looks at the folder, and keeps it until it exits; a second driver is refused at once
+with the first one's pid, host and start time (``<sweep>/.driver.json``). Both files start with
+a dot: the bucket mirror (mirror.py) skips them.
+
+The lock is local to one machine (and to NFS where ``flock`` is supported); two heads sharing
+only a bucket are not protected by it.
+
+:func:`init_sqlite` creates or migrates a SQLite tracking store under a second lock next to the
+database, which several sweeps of one storage path share.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+LOCK, OWNER = ".driver.lock", ".driver.json"
+SQLITE_INIT_TIMEOUT_S = 300  # another driver migrating the same database: wait for it
+
+
+class SweepBusy(RuntimeError):
+    """Another driver holds the sweep folder; ``str()`` is the one line the CLI prints."""
+
+
+class SweepLock:
+    """``with SweepLock(folder):`` the folder is this process's until the block ends.
+
+    Creates the folder; raises :class:`SweepBusy` (writing nothing) when another process holds
+    it. A folder this lock created and nobody wrote into is removed again on exit, so a driver
+    that fails before its first file leaves nothing behind.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.fresh = False
+        self._lock: FileLock | None = None
+
+    def __enter__(self) -> SweepLock:
+        self.fresh = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.folder / LOCK, timeout=0)  # never wait: refuse at once
+        try:
+            lock.acquire()
+        except Timeout:
+            raise SweepBusy(
+                f"{self.folder} is in use by another sweep driver ({self.owner()}); wait for it "
+                "to end or stop it"
+            ) from None
+        self._lock = lock
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        tmp = self.folder / f"{OWNER}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.folder / OWNER)
+        return self
+
+    def owner(self) -> str:
+        """The holder as the holder recorded it ("pid 123 on host, since 12:00:01")."""
+        try:
+            record = json.loads((self.folder / OWNER).read_text())
+        except (OSError, ValueError):  # the holder is between its lock and its record
+            return "its owner record is not written yet"
+        since = time.strftime("%H:%M:%S", time.localtime(record["started"]))
+        return f"pid {record['pid']} on {record['host']}, since {since}"
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is None:
+            return
+        own = {LOCK, OWNER}
+        (self.folder / OWNER).unlink(missing_ok=True)
+        if self.fresh and {p.name for p in self.folder.iterdir()} <= own:
+            # nothing but our lock: leave no empty sweep. Removed while still held; filelock
+            # re-checks the file after it locks, so a driver starting now never owns a ghost.
+            (self.folder / LOCK).unlink(missing_ok=True)
+            try:
+                self.folder.rmdir()
+            except OSError:  # another driver created a file in it just now: it is theirs
+                pass
+        self._lock.release()
+        self._lock = None
+
+
+def init_sqlite(uri: str) -> None:
+    """Create or migrate a ``sqlite:///`` tracking store once, under a lock beside the file.
+
+    MLflow migrates a SQLite store's schema on first use; two processes doing it at once fail
+    ("table _alembic_tmp_metrics already exists") and leave the file half-migrated. Sweeps of
+    one storage path share the database, so this lock is the database's, not the sweep's.
+    Other URIs: nothing to do (a server migrates its own store).
+    """
+    if not uri.lower().startswith("sqlite:///"):
+        return
+    from orchestrator.tracking import client  # here: MLflow loads in about a second
+
+    path = Path(uri[len("sqlite:///") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock", timeout=SQLITE_INIT_TIMEOUT_S):
+        client(uri).search_experiments(max_results=1)  # creates or migrates the tables

@@ -1,0 +1,263 @@
+"""Checks that a sweep can run, done before anything runs (``--dry-run`` and every start).
+
+The schema (schema.py) checks each field and config.py the files; this module checks what only
+the machine, the data and the model can tell, because each of these passed validation once and
+then hung or failed late, after the teacher was paid for:
+
+- a resource request (teacher task, trial, fine-tune worker) larger than Ray will ever have
+  never starts: Ray waits forever ("No available node types can fulfill resource request");
+- ImageFolder splits whose class folders disagree with each other or with
+  ``model.num_classes``, empty class folders, empty splits;
+- a batch size larger than the training split: with ``drop_last`` an epoch has no batch, the
+  teacher "trains" 0 steps and is kept at chance;
+- a model timm cannot build from ``model.kwargs``, or that ``make_prunable`` cannot prune.
+
+Each failure is a :class:`~orchestrator.config.ConfigError`: one line naming the file and the
+field. torch, timm and torchvision are imported inside the functions that need them, so
+importing this module (and the CLI) stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+
+from orchestrator.config import ConfigError
+from orchestrator.schema import Experiment, resolve_split
+
+DIGITS_IMAGES = 1797  # scikit-learn's bundled digits: a fixed set
+FASHION_TRAIN_IMAGES = 60_000
+
+
+def check(exp: Experiment, source: str | Path, *, local: bool) -> list[str]:
+    """Run every check; ``local``: Ray will be started here (not ``--address``).
+
+    Returns notes for ``--dry-run``; raises ConfigError at the first problem.
+    """
+    notes = []
+    if local:
+        cpus, gpus = local_resources(exp)
+        check_resources(exp, source, [{"CPU": cpus, "GPU": gpus}], "local Ray")
+        notes.append(f"local Ray: {cpus:g} CPU, {gpus:g} GPU; every request fits")
+    notes.append(check_data(exp, source))
+    notes.append(check_model(exp, source))
+    return notes
+
+
+# ----------------------------------------------------------------------------- resources
+def local_resources(exp: Experiment) -> tuple[float, float]:
+    """(CPUs, GPUs) a Ray started here gets: ``resources.num_cpus/num_gpus``, else detected."""
+    r = exp.resources
+    if r.num_cpus is not None:
+        cpus = float(r.num_cpus)
+    else:  # what this process may run on (a container's or taskset's limit), as Ray counts
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if r.num_gpus is not None:
+        return cpus, float(r.num_gpus)
+    if max(r.teacher_gpus, r.gpus_per_trial, r.gpus_per_worker) == 0:
+        return cpus, 0.0  # nothing asks for a GPU: do not initialise CUDA to count them
+    import torch  # here: only a config that asks for GPUs pays for importing torch to count
+
+    return cpus, float(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+
+
+def requests(exp: Experiment) -> list[tuple[str, str, dict[str, float]]]:
+    """(field, what, resources) of every Ray request a sweep makes, one node each."""
+    r, workers = exp.resources, exp.finetune.workers
+    out = [
+        ("resources.teacher_cpus", "the teacher task", {"CPU": r.teacher_cpus}),
+        ("resources.teacher_gpus", "the teacher task", {"GPU": r.teacher_gpus}),
+        ("resources.cpus_per_trial", "a trial", {"CPU": r.cpus_per_trial}),
+        ("resources.gpus_per_trial", "a trial", {"GPU": r.gpus_per_trial}),
+    ]
+    if workers > 1:
+        out += [
+            ("resources.cpus_per_worker", "a fine-tune worker", {"CPU": r.cpus_per_worker}),
+            ("resources.gpus_per_worker", "a fine-tune worker", {"GPU": r.gpus_per_worker}),
+        ]
+    return out
+
+
+def check_resources(
+    exp: Experiment, source: str | Path, nodes: list[dict[str, float]], where: str
+) -> None:
+    """Every request fits on one of ``nodes`` (resource name -> amount), and a trial with its
+    data-parallel workers fits in their sum (the trial holds its share while the workers
+    start, so a sum that does not fit waits forever). ConfigError naming the field."""
+    for field, what, need in requests(exp):
+        for kind, amount in need.items():
+            have = max((n.get(kind, 0.0) for n in nodes), default=0.0)
+            if amount > have:
+                raise ConfigError(
+                    source,
+                    field,
+                    f"{what} asks for {amount:g} {kind}, but {where} has at most {have:g} per "
+                    "node: it would wait forever",
+                )
+    r, workers = exp.resources, exp.finetune.workers
+    if workers > 1:
+        for kind, trial, worker in (
+            ("CPU", r.cpus_per_trial, r.cpus_per_worker),
+            ("GPU", r.gpus_per_trial, r.gpus_per_worker),
+        ):
+            need, have = trial + workers * worker, sum(n.get(kind, 0.0) for n in nodes)
+            if need > have:
+                raise ConfigError(
+                    source,
+                    "finetune.workers",
+                    f"a trial and its {workers} fine-tune workers need {need:g} {kind} at once, "
+                    f"{where} has {have:g}: it would wait forever",
+                )
+
+
+def cluster_nodes() -> tuple[list[dict[str, float]], bool]:
+    """(the resources of every node the joined cluster has or may add, whether the node types
+    the autoscaler may add are known). Call after ``ray.init``."""
+    import ray
+
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    try:  # the autoscaler's node types: Ray's own private accessor (Ray Data uses it too)
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:  # any error, on purpose: an older Ray or no GCS config; then unknown
+        config = None
+    if config is None or not config.node_group_configs:
+        return nodes, False
+    for group in config.node_group_configs:
+        if group.max_count != 0:
+            nodes.append({k: float(v) for k, v in group.resources.items()})
+    return nodes, True
+
+
+# ----------------------------------------------------------------------------- data
+def check_data(exp: Experiment, source: str | Path) -> str:
+    """Classes and image counts per split; the batch size against the training split."""
+    d = exp.data
+    if d.kind == "digits":
+        train = DIGITS_IMAGES - math.ceil(d.test_fraction * DIGITS_IMAGES)  # sklearn's split
+        note = f"digits: {train} training images"
+    elif d.kind == "fashion_mnist":
+        train = d.train_subset or FASHION_TRAIN_IMAGES
+        note = f"fashion_mnist: {train} training images"
+    elif d.kind == "parquet":
+        train, val = (_parquet_rows(resolve_split(d, s)) for s in ("train", "val"))
+        for split, rows in (("train", train), ("val", val)):
+            if rows == 0:
+                raise ConfigError(source, f"data.{split}", f"no rows in {getattr(d, split)}")
+        note = f"parquet: {train} training rows, {val} validation rows"
+    else:
+        train, note = _check_folders(exp, source)
+    workers = exp.finetune.workers
+    share = train // workers  # each data-parallel rank sees its share of the split
+    if d.batch_size > share:
+        per = (
+            f" per fine-tune worker ({train} over finetune.workers {workers})"
+            if workers > 1
+            else ""
+        )
+        raise ConfigError(
+            source,
+            "data.batch_size",
+            f"{d.batch_size} is larger than the {share} training images{per}: with drop_last "
+            "an epoch would have no batch",
+        )
+    return note
+
+
+def _parquet_rows(files: list[Path]) -> int:
+    import pyarrow.parquet as pq  # here: the footers only, and only for parquet data
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def _check_folders(exp: Experiment, source: str | Path) -> tuple[int, str]:
+    """ImageFolder: the training split's class folders are the classes (data.SplitFolder)."""
+    # torchvision's own scan (the one ImageFolder does), so the counts are the dataset's
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    d = exp.data
+    counts: dict[str, Counter] = {}
+    classes: list[str] = []
+    for split in ("train", "val"):
+        root = resolve_split(d, split)[0]
+        try:
+            found = find_classes(str(root))[0]
+        except FileNotFoundError:
+            raise ConfigError(source, f"data.{split}", f"no class folders in {root}") from None
+        if split == "train":
+            classes = found
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise ConfigError(
+                source,
+                "data.val",
+                f"class folder {extra[0]!r} is not in data.train's {len(classes)} classes "
+                f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})",
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        samples = make_dataset(str(root), index, extensions=IMG_EXTENSIONS, allow_empty=True)
+        counts[split] = Counter(classes[label] for _, label in samples)
+        if not samples:
+            raise ConfigError(source, f"data.{split}", f"no images in {root}")
+    empty = [c for c in classes if not counts["train"][c]]
+    if empty:
+        raise ConfigError(
+            source, "data.train", f"class folder {empty[0]!r} has no images ({len(empty)} empty)"
+        )
+    if len(classes) != exp.model.num_classes:
+        raise ConfigError(
+            source,
+            "model.num_classes",
+            f"{exp.model.num_classes}, but data.train has {len(classes)} class folders",
+        )
+    train, val = sum(counts["train"].values()), sum(counts["val"].values())
+    missing = len(classes) - len(counts["val"])
+    lacks = f", {missing} class(es) without validation images" if missing else ""
+    return train, f"imagefolder: {len(classes)} classes, {train} training, {val} validation{lacks}"
+
+
+# ----------------------------------------------------------------------------- model
+def check_model(exp: Experiment, source: str | Path) -> str:
+    """Build the model as the trials will and make it prunable, on the meta device (shapes
+    only: no memory, no time); a model the meta device cannot build is built on the CPU."""
+    import timm  # here: parsing a config stays torch-free; only the checks pay for torch
+    import torch
+
+    import prune_core  # registers the FLatten models with timm
+
+    m = exp.model
+    field = "model.kwargs" if m.kwargs else "model.name"
+
+    def build() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = timm.create_model(
+                m.name, pretrained=False, num_classes=m.num_classes, img_size=m.img_size, **m.kwargs
+            )
+            prune_core.make_prunable(model, verbose=False)
+        return [str(w.message) for w in caught if "make_prunable" in str(w.message)]
+
+    def refuse(err: Exception) -> ConfigError:
+        text = (str(err).strip().splitlines() or [""])[0]
+        text = text if len(text) <= 300 else text[:300] + " ..."
+        return ConfigError(source, field, f"{m.name}: {type(err).__name__}: {text}")
+
+    device = "the meta device"
+    try:
+        with torch.device("meta"):
+            left = build()
+    except (NotImplementedError, RuntimeError):
+        # Meta tensors have no data: a model that reads a value while it is built (FLatten's
+        # torch.linspace(...).tolist(), Swin's relative position check) fails there; the CPU
+        # build answers instead (seconds for a large model), and reproduces a real error.
+        device = "CPU (not buildable on the meta device)"
+        try:
+            left = build()
+        except Exception as err:  # any error: timm and the model's own checks raise anything
+            raise refuse(err) from None
+    except Exception as err:  # TypeError (unknown kwarg), ValueError (make_prunable), ...
+        raise refuse(err) from None
+    partly = f"; {left[0]}" if left else ""
+    return f"model: {m.name} built on {device} and made prunable{partly}"

@@ -1,0 +1,118 @@
+"""One driver per sweep folder, and one first use of a shared SQLite store (orchestrator/lock.py).
+
+The end-to-end case (a second ``python -m orchestrator.sweep`` of a running sweep) is in
+test_orchestrator_interrupt.py; these check the lock's own promises with plain processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.lock import LOCK, OWNER, SweepBusy, SweepLock
+
+HOLD = """
+import sys, time
+from orchestrator.lock import SweepLock
+with SweepLock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+TRY = """
+import sys
+from orchestrator.lock import SweepBusy, SweepLock
+try:
+    with SweepLock(sys.argv[1]):
+        print("acquired")
+except SweepBusy as err:
+    print(err)
+"""
+
+
+def python(code: str, *args: str, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        **kwargs,
+    )
+
+
+def test_a_second_holder_is_refused_and_told_who_holds_it(tmp_path):
+    folder = tmp_path / "sweep"
+    with SweepLock(folder):
+        (folder / "teacher.pt").write_text("x")
+        out = python(TRY, str(folder)).stdout.strip()
+        assert out.startswith(f"{folder} is in use by another sweep driver (pid {os.getpid()} on ")
+        assert out.endswith("); wait for it to end or stop it")
+        with pytest.raises(SweepBusy):  # the same process, a second driver object: refused too
+            SweepLock(folder).__enter__()
+    assert python(TRY, str(folder)).stdout.strip() == "acquired"  # released at the end
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK, "teacher.pt"]  # record removed
+
+
+def test_a_sigkilled_holder_frees_the_folder(tmp_path):
+    folder = tmp_path / "sweep"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert f"(pid {holder.pid} on " in python(TRY, str(folder)).stdout
+        os.kill(holder.pid, signal.SIGKILL)  # no cleanup runs: the kernel drops the lock
+        holder.wait(timeout=30)
+        assert python(TRY, str(folder)).stdout.strip() == "acquired"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_fresh_folder_nobody_wrote_into_is_removed(tmp_path):
+    folder = tmp_path / "results" / "sweep"
+    with SweepLock(folder):
+        assert sorted(p.name for p in folder.iterdir()) == sorted([LOCK, OWNER])
+    assert not folder.exists()
+    folder.mkdir()
+    with SweepLock(folder):  # not created by the lock: left in place, even if empty
+        pass
+    assert folder.is_dir()
+
+
+def test_concurrent_first_use_of_one_sqlite_store(tmp_path):
+    """Four drivers meet a fresh SQLite tracking store at once: MLflow's schema migration
+    runs once, under the lock, and every process can then use the store."""
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    code = (
+        "import sys, time\n"
+        "from orchestrator.lock import init_sqlite\n"
+        "from mlflow import MlflowClient\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"  # start together
+        "init_sqlite(sys.argv[1])\n"
+        "MlflowClient(sys.argv[1]).create_experiment(sys.argv[3])\n"
+    )
+    start = str(time.time() + 8)  # after every interpreter has imported MLflow
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, uri, start, f"sweep{i}"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [e[-1500:] for e in errors]
+    from mlflow import MlflowClient
+
+    names = {e.name for e in MlflowClient(uri).search_experiments()}
+    assert names == {"Default", "sweep0", "sweep1", "sweep2", "sweep3"}
+    assert Path(tmp_path / "results" / "mlflow.db.lock").exists()
