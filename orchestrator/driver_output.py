@@ -19,6 +19,15 @@ from typing import TextIO
 
 from rich.console import Console
 
+_ACTIVE: DriverOutput | None = None  # the one a running sweep entered
+
+
+def warn(message: str) -> None:
+    """A driver-side warning (tracking outage, mirror failure) on the terminal's stderr, also
+    while Ray's output goes to the log file."""
+    stream = _ACTIVE.err if _ACTIVE is not None else sys.stderr
+    print(message, file=stream, flush=True)
+
 
 class DriverOutput:
     """Context manager: ``console`` / ``err`` reach the terminal; in compact mode fds 1 and 2
@@ -36,6 +45,8 @@ class DriverOutput:
         self.console = Console(width=None if sys.stdout.isatty() else 120)
 
     def __enter__(self) -> DriverOutput:
+        global _ACTIVE
+        _ACTIVE = self
         if self.verbose:
             return self
         sys.stdout.flush()
@@ -60,6 +71,8 @@ class DriverOutput:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        global _ACTIVE
+        _ACTIVE = None
         if self._saved is None:
             return
         sys.stdout.flush()

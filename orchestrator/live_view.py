@@ -16,6 +16,16 @@ from ray.tune import Callback
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+_CONSOLE: Console | None = None  # the driver's terminal console (use), for every LiveView
+
+
+def use(console: Console | None) -> None:
+    """Print the live view on ``console`` (the driver's terminal, when Ray's output goes to a
+    file). A module setting, not an attribute: Tune pickles its callbacks with the sweep's
+    state, and a view restored by ``--resume`` must print where the new driver says."""
+    global _CONSOLE
+    _CONSOLE = console
+
 
 class LiveView(Callback):
     """Tune callback: one line per trial event and a bar over the sweep's trials.
@@ -24,25 +34,45 @@ class LiveView(Callback):
         num_samples: trials the sweep runs (the bar's total).
         explored: the explored parameter names (``search/target``, ...): only those are shown
             when a trial starts (the fixed ones are the same for every trial).
-        console: where to print (the driver's terminal, even when Ray's output goes to a file).
+        console: where to print; default the one set by ``use`` (else a new stdout console).
     """
 
-    def __init__(self, num_samples: int, explored: list[str], console: Console) -> None:
-        self.console = console
+    def __init__(
+        self, num_samples: int, explored: list[str], console: Console | None = None
+    ) -> None:
+        self.num_samples = num_samples
         self.explored = set(explored)
-        self.progress = Progress(
-            TextColumn("trials"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[best]}"),
-            console=console,
-            transient=True,
-        )
-        self.task = self.progress.add_task("trials", total=num_samples, best="")
         self.done: set[str] = set()
         self.best = -math.inf
         self.searched: set[str] = set()
+        self._console = console
+        self._progress: Progress | None = None
+
+    def __getstate__(self) -> dict:  # the console and the live bar stay in this process
+        return {**self.__dict__, "_console": None, "_progress": None}
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = _CONSOLE or Console()
+        return self._console
+
+    @property
+    def progress(self) -> Progress:
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("trials"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[best]}"),
+                console=self.console,
+                transient=True,
+            )
+            self.task = self._progress.add_task(
+                "trials", total=self.num_samples, completed=len(self.done), best=""
+            )
+        return self._progress
 
     def _line(self, trial: Any, text: str) -> None:
         self.console.print(f"[bold]{trial.trial_id}[/] {text}", highlight=False)
@@ -103,7 +133,8 @@ class LiveView(Callback):
         self._line(trial, "[red]error[/] (retries spent; its Ray log is in ray.log)")
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        self.progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
 
     def _finish(self, trial: Any) -> None:
         if trial.trial_id not in self.done:

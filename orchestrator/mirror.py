@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
+from orchestrator import driver_output
 from orchestrator.schema import Experiment
 
 SUFFIX = ".driver"
@@ -99,7 +100,9 @@ def push_or_warn(exp: Experiment) -> None:
     try:
         push(exp)
     except OSError as err:
-        print(f"orchestrator.sweep: could not mirror {exp.sweep_dir} to {mirror_uri(exp)}: {err}")
+        driver_output.warn(
+            f"orchestrator.sweep: could not mirror {exp.sweep_dir} to {mirror_uri(exp)}: {err}"
+        )
 
 
 class DriverMirror(Callback):

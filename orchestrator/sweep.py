@@ -23,11 +23,12 @@ import sys
 import time
 
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator import preflight
 from orchestrator import space as space_mod
 from orchestrator.config import ConfigError, check_inputs, load_config
+from orchestrator.driver_output import DriverOutput
+from orchestrator.dry_run import print_plan
 from orchestrator.lock import SweepBusy, SweepLock, init_sqlite
 from orchestrator.schema import Experiment
 from orchestrator.tracking import TrackingError, check_uri, ping
@@ -76,81 +77,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="validate, print the space and the resources, run nothing",
     )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Ray's and Tune's full output and the front after every trial (default: a "
+        "compact live view; Ray's output goes to <storage.path>/<name>/ray.log)",
+    )
     return p.parse_args(argv)
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(message, file=sys.stderr)
+    print(message, file=_err or sys.stderr)
     return code
 
 
-# ----------------------------------------------------------------------------- dry run
-def print_plan(exp: Experiment, uri: str, source: str, checks: list[str]) -> None:
-    """What --dry-run shows: the space Optuna explores, what each trial costs, and what the
-    checks before a run found (preflight.py)."""
-    r, f = exp.resources, exp.finetune
-    table = Table(title=f"search space of {exp.name} ({source})", title_justify="left")
-    table.add_column("parameter")
-    table.add_column("values")
-    for name, text in space_mod.describe(exp.tunable_sections):
-        table.add_row(name, text)
-    console.print(table)
-    asha = exp.sweep.asha
-    stopping = (
-        f"ASHA on {asha.metric} ({asha.mode}) in {asha.mac_buckets} MAC bucket(s)"
-        if asha
-        else "no early stopping"
-    )
-    checkpoint = f", from {exp.model.checkpoint}" if exp.model.checkpoint else ""
-    files = f" ({exp.data.train}, {exp.data.val})" if exp.data.kind != "digits" else ""
-    if exp.data.kind == "fashion_mnist":
-        from prune_core.fashion_mnist import fashion_mnist_dir
-
-        subset = exp.data.train_subset
-        files = (
-            f" ({subset if subset else 'all'} of the 60,000 training images, "
-            f"{fashion_mnist_dir(exp.data.root)})"
-        )
-    teacher_from = f" from {exp.teacher.checkpoint}" if exp.teacher.checkpoint else ""
-    finetune = (
-        "in the trial"
-        if f.workers == 1
-        else f"Ray Train, {f.workers} workers x ({r.cpus_per_worker:g} CPU, "
-        f"{r.gpus_per_worker:g} GPU)"
-    )
-    m = exp.model
-    rows = [
-        ("model", f"{m.name}, {m.num_classes} classes, {m.img_size} px{checkpoint}"),
-        ("data", exp.data.kind + files),
-        ("teacher", f"{exp.teacher.epochs} epochs{teacher_from}"),
-        ("trial", f"search {exp.search.steps} steps, fine-tune {f.epochs} epochs"),
-        (
-            "sweep",
-            (
-                f"{exp.sweep.num_samples} trials, {exp.sweep.sampler} sampler, objectives "
-                f"max top1 / min macs, {stopping}, {exp.sweep.max_failures} retries"
-            ),
-        ),
-        (
-            "per trial",
-            (f"{r.cpus_per_trial:g} CPU, {r.gpus_per_trial:g} GPU, {r.threads()} torch threads"),
-        ),
-        ("fine-tune", finetune),
-        ("concurrency", f"{exp.sweep.max_concurrent_trials} trials at once"),
-        ("teacher task", f"{r.teacher_cpus:g} CPU, {r.teacher_gpus:g} GPU"),
-        (
-            "storage",
-            exp.tune_dir
-            + (f" (driver files in {exp.sweep_dir.resolve()})" if exp.storage.is_uri else ""),
-        ),
-        ("tracking", uri),
-    ] + [("checked", note) for note in checks]
-    plan = Table(title="resources and schedule", title_justify="left", show_header=False)
-    plan.add_column()
-    plan.add_column()
-    for key, value in rows:
-        plan.add_row(key, value)
-    console.print(plan)
+_err = None  # the terminal's stderr while Ray's output goes to ray.log (DriverOutput)
 
 
 # ----------------------------------------------------------------------------- running
@@ -230,11 +172,39 @@ def _check_cluster(exp: Experiment, source: str) -> None:
         console.print(f"[yellow]warning: {err}, unless the autoscaler adds a larger node[/]")
 
 
-def run(exp: Experiment, uri: str, *, address: str | None, resume: bool, source: str) -> int:
+def run(
+    exp: Experiment,
+    uri: str,
+    *,
+    address: str | None,
+    resume: bool,
+    source: str,
+    verbose: bool = False,
+) -> int:
+    """Run (or resume) the sweep; the driver's lines on the terminal and, unless ``verbose``,
+    Ray's output in ``<sweep folder>/ray.log`` (driver_output.py)."""
+    from orchestrator import live_view  # Tune's Callback: loads Ray (module note above)
+
+    global console, _err
+    saved = console, _err
+    with DriverOutput(exp.sweep_dir / "ray.log", verbose=verbose) as out:
+        console, _err = out.console, (None if verbose else out.err)
+        live_view.use(out.console)
+        try:
+            return _run(exp, uri, address=address, resume=resume, source=source, verbose=verbose)
+        finally:
+            live_view.use(None)
+            console, _err = saved
+
+
+def _run(
+    exp: Experiment, uri: str, *, address: str | None, resume: bool, source: str, verbose: bool
+) -> int:
     import ray
     from ray import tune
 
-    from orchestrator import mirror, tracking, trial_logger
+    from orchestrator import mirror, pareto, speed, tracking, trial_logger
+    from orchestrator.live_view import LiveView
     from orchestrator.teacher import prepare_teacher
     from orchestrator.tuner import interrupted, make_trainable, make_tuner
 
@@ -270,6 +240,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool, source:
             list(space_mod.leaves(exp.tunable_sections)),
             teacher,
             storage_uri=exp.storage_uri,
+            print_fronts=verbose,
         )
         mirror.push(exp)  # teacher + sweep.json: what a new head needs to resume
         trainable = make_trainable(exp, teacher_state)
@@ -281,13 +252,23 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool, source:
             )
         else:
             callbacks = [logger] + ([mirror.DriverMirror(exp)] if exp.storage.is_uri else [])
+            if not verbose:
+                explored = space_mod.explored(exp.tunable_sections)
+                callbacks.append(LiveView(exp.sweep.num_samples, explored))
             tuner = make_tuner(exp, trainable, callbacks)
         grid = tuner.fit()
         logger.flush()
         if interrupted(grid, exp.sweep.num_samples):
             status = "KILLED"
             return fail(f"orchestrator.sweep: interrupted; {_resume_hint(source, exp)}", 130)
+        timed = None
+        try:  # insight, not bookkeeping: a failure here never costs the sweep's results
+            timed = speed.measure_front(exp, uri, parent, teacher_state, teacher, console=console)
+        except Exception as err:  # any error, on purpose
+            console.print(f"front speed: not measured ({type(err).__name__}: {err})")
         summary = logger.summary()
+        if timed is None and not verbose and summary.get("front") is not None:
+            pareto.print_front(summary["front"], teacher=teacher, console=console)
         errors = sum(
             1 for result in grid if result.error is not None or (result.metrics or {}).get("failed")
         )
@@ -310,7 +291,7 @@ def run(exp: Experiment, uri: str, *, address: str | None, resume: bool, source:
         return fail(f"orchestrator.sweep: teacher: {str(cause).splitlines()[0]}", 1)
     finally:
         if logger is not None:
-            if not logger.end_sweep(status):
+            if not logger.end_sweep(status, say=console.print):
                 print(
                     f"orchestrator.sweep: MLflow at {uri} did not take every record; they are "
                     f"kept in {exp.sweep_dir / 'tracking-outbox.jsonl'}: run with --resume "
@@ -328,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     # torch.utils.benchmark (imported by prune_core) warns about CUDA on CPU-only machines; an
     # error must stay the only line on stderr.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating tables"
     for var, value in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(var, value)
     args = parse_args(argv)
@@ -347,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingError as err:
         return fail(f"{args.config}: tracking.uri: {err}")
     if args.dry_run:
-        print_plan(exp, uri, args.config, checks)
+        print_plan(exp, uri, args.config, checks, console)
         return 0
     try:
         ping(uri)  # a dead tracking server stops the sweep here, before any teacher or trial
@@ -376,7 +358,14 @@ def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:
             "continue it, or change name / storage.path"
         )
     init_sqlite(uri)  # first use of a shared SQLite store: its migration, once
-    return run(exp, uri, address=args.address, resume=args.resume, source=args.config)
+    return run(
+        exp,
+        uri,
+        address=args.address,
+        resume=args.resume,
+        source=args.config,
+        verbose=args.verbose,
+    )
 
 
 if __name__ == "__main__":

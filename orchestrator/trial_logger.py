@@ -13,7 +13,6 @@ number of finished trials as its step.
 from __future__ import annotations
 
 import csv
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ import pyarrow.parquet as pq
 from mlflow.entities import Metric, Param
 from ray.tune import Callback, Checkpoint
 
-from orchestrator import importance, pareto
+from orchestrator import driver_output, importance, pareto
 from orchestrator.outbox import Outbox, plain_dict
 from orchestrator.space import flatten_point
 from orchestrator.tracking import (
@@ -52,7 +51,7 @@ RESULT_KEYS = METRICS + (
 
 
 def _warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    driver_output.warn(message)  # the terminal, also while Ray's output goes to ray.log
 
 
 def _checkpoint_uri(checkpoint, storage_uri: str = "") -> str | None:

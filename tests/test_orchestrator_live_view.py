@@ -38,3 +38,23 @@ def test_one_line_per_event_and_only_explored_settings() -> None:
     assert "c failed: non-finite loss: nan at step 3" in lines
     assert len(lines) == 7
     assert view.done == {"a", "b", "c"} and view.best == 95.5
+
+
+def test_the_view_pickles_with_the_sweep_state_and_prints_where_the_driver_says() -> None:
+    import pickle
+
+    from orchestrator import live_view
+
+    view = LiveView(2, ["search/target"])
+    view.on_step_begin(0, [])
+    view.done.add("a")
+    restored = pickle.loads(pickle.dumps(view))
+    view.on_experiment_end([])
+    out = io.StringIO()
+    live_view.use(Console(file=out, width=80))
+    try:
+        restored.on_trial_start(0, [], trial("b", 0.25))
+    finally:
+        live_view.use(None)
+    assert restored.done == {"a"}
+    assert "b started: target 0.25" in out.getvalue()
