@@ -40,7 +40,7 @@ from orchestrator.schema import Experiment
 from orchestrator.teacher import create_model, load_teacher
 from orchestrator.tracking import client
 
-ROUNDS = 7  # interleaved rounds; the median of them is reported
+ROUNDS = 5  # interleaved rounds; the median of them is reported
 TEACHER = "teacher"
 
 
@@ -50,7 +50,7 @@ def latencies(
     *,
     threads: int,
     rounds: int = ROUNDS,
-    min_run_time: float = 0.2,
+    min_run_time: float = 0.1,
 ) -> dict[str, float]:
     """Median latency (ms per call on ``x``) of each model, timed in interleaved rounds.
 
@@ -140,9 +140,12 @@ def measure_front(
     teacher_state: dict,
     teacher: dict,
     console: Console | None = None,
+    *,
+    local: bool = False,
 ) -> pa.Table | None:
-    """Time the front side by side (module doc) in one Ray task; add the speed columns to
-    ``pareto.parquet``, plot ``speedup.png``, log both to the parent run, print the table.
+    """Time the front side by side (module doc) in one Ray task (in the driver when Ray is
+    ``local`` and no GPU is asked for); add the speed columns to ``pareto.parquet``, plot
+    ``speedup.png``, log both to the parent run, print the table.
 
     Returns the front with its speed columns, or None when no trial finished.
     """
@@ -157,8 +160,12 @@ def measure_front(
             for r in front.to_pylist()
         }
     r = exp.resources
-    task = ray.remote(num_cpus=r.teacher_cpus, num_gpus=r.teacher_gpus)(_timing_task)
-    measured = ray.get(task.remote(exp, teacher_state, plans))
+    if local and not r.teacher_gpus:  # the trials are done: the driver's own CPU is free, and
+        # a fresh worker would first spend seconds importing torch
+        measured = _timing_task(exp, teacher_state, plans)
+    else:
+        task = ray.remote(num_cpus=r.teacher_cpus, num_gpus=r.teacher_gpus)(_timing_task)
+        measured = ray.get(task.remote(exp, teacher_state, plans))
     front = speed_columns(front, measured)
     tmp_path = path.with_name(f".{path.name}.speed.tmp")
     pq.write_table(front, tmp_path)

@@ -263,7 +263,9 @@ def _run(
             return fail(f"orchestrator.sweep: interrupted; {_resume_hint(source, exp)}", 130)
         timed = None
         try:  # insight, not bookkeeping: a failure here never costs the sweep's results
-            timed = speed.measure_front(exp, uri, parent, teacher_state, teacher, console=console)
+            timed = speed.measure_front(
+                exp, uri, parent, teacher_state, teacher, console=console, local=address is None
+            )
         except Exception as err:  # any error, on purpose
             console.print(f"front speed: not measured ({type(err).__name__}: {err})")
         summary = logger.summary()
