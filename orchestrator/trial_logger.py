@@ -12,8 +12,6 @@ number of finished trials as its step.
 
 from __future__ import annotations
 
-import csv
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +20,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from mlflow.entities import Metric, Param
-from ray.tune import Callback, Checkpoint
+from ray.tune import Callback
 
 from orchestrator import driver_output, importance, pareto
 from orchestrator.outbox import Outbox, plain_dict
 from orchestrator.space import flatten_point
 from orchestrator.tracking import (
-    ARTIFACTS,
     METRICS,
     PARENT_TAG,
     SWEEP_TAG,
@@ -39,7 +36,7 @@ from orchestrator.tracking import (
     first_line,
     trial_rows,
 )
-from prune_core.widths import plot_widths
+from orchestrator.trial_artifacts import log_trial_artifacts
 
 RESULT_KEYS = METRICS + (
     "training_iteration",
@@ -205,7 +202,7 @@ class TrialLogger(Callback):
         if kind in ("result", "complete"):
             self._log_result(op["trial"], run_id, op["result"])
         if kind == "complete":
-            self._log_artifacts(run_id, op.get("checkpoint"), op["result"])
+            log_trial_artifacts(self.uri, run_id, op.get("checkpoint"), op["result"])
             failed = op["result"].get("failed")
             self._finish(
                 run_id,
@@ -344,22 +341,6 @@ class TrialLogger(Callback):
             c.set_tag(run_id, "error", reason[:5000])
         c.set_terminated(run_id, status=run_status)
 
-    def _log_artifacts(self, run_id: str, checkpoint_uri: str | None, result: dict) -> None:
-        """plan.json, weights.pt and the search curve from the trial's last checkpoint."""
-
-        if result.get("checkpoint_path"):  # reported by a Ray Train (data-parallel) fine-tune
-            checkpoint_uri = result["checkpoint_path"]
-        if not checkpoint_uri:
-            return
-        with Checkpoint(checkpoint_uri).as_directory() as d:
-            for name in ARTIFACTS:
-                if name == "weights.pt" and not result.get("fully_trained"):
-                    continue
-                if (Path(d) / name).is_file():
-                    client(self.uri).log_artifact(run_id, str(Path(d) / name))
-            if (Path(d) / "widths.csv").is_file():
-                log_widths_plot(self.uri, run_id, Path(d) / "widths.csv")
-
     # ------------------------------------------------------------------ the parent's front
     def refresh(self) -> dict:
         """Rebuild the tables and plot from the child runs; log them and the hypervolume."""
@@ -385,19 +366,3 @@ class TrialLogger(Callback):
                 title=f"Pareto front after {finished} trials (hypervolume {hv:.4f})",
             )
         return {"hypervolume": hv, "finished": finished, "front": front}
-
-
-def log_widths_plot(uri: str, run_id: str, csv_path: Path) -> None:
-    """widths.png (learned vs uniform keep fraction per layer) from a trial's widths.csv."""
-    with csv_path.open() as f:
-        rows = [
-            {
-                **r,
-                "keep_fraction": float(r["keep_fraction"]),
-                "reference_fraction": float(r["reference_fraction"] or 0.0),
-            }
-            for r in csv.DictReader(f)
-        ]
-    with tempfile.TemporaryDirectory(prefix="widths-") as tmp:
-        png = plot_widths(rows, Path(tmp) / "widths.png", title=f"learned widths ({run_id[:8]})")
-        client(uri).log_artifact(run_id, str(png))

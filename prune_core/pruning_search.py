@@ -7,28 +7,23 @@ descends linearly from 1 to t over the first ``ramp_fraction`` of the steps, the
 search starts at the full model: every gate is anchored (``ChannelGate.anchor_``), so the first
 hard model keeps every channel and sits at exactly t_s = 1.
 
-**MAC pressure in proportion to cost.** Adam normalises each parameter's step, so a MAC gradient
-that is 1.5× larger for a costlier unit would move it exactly as far as a cheap one. The logits
-therefore take two steps per iteration: the task gradient through ``logit_optimizer`` (AdamW or
-SGD), and the MAC gradient as a plain gradient step, normalised once by the mean cost
-sensitivity at the start (so ``logit_lr`` means the same on every model size). A unit whose
-removal saves twice the MACs feels twice the pressure.
+The MAC penalty and its step in proportion to each unit's cost (``mac_step``) are in
+``mac_pressure.py``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from prune_core.calibration import INIT_MODES, initialize, update_similarity
 from prune_core.finalize import finalize
 from prune_core.indicator import ChannelGate, GateMode
+from prune_core.mac_pressure import PENALTIES, MacPressure
 from prune_core.macs import MacModel
 from prune_core.optim import weight_decay_groups
 from prune_core.prunable import GROUPS, check_groups, prunable_modules
@@ -46,7 +41,6 @@ from prune_core.training import (
     teacher_forward,
 )
 
-PENALTIES = ("squared", "one_sided", "log")
 LOGIT_OPTIMIZERS = ("adamw", "sgd")
 MAC_STEPS = ("joint", "cost_proportional")
 QK_REWEIGHT_INITS = ("one", "sqrt_ratio")
@@ -142,15 +136,6 @@ class SearchConfig:
         check_groups(self.groups, self.min_width)
 
 
-def mac_penalty(ratio: Tensor, target: float, kind: str) -> Tensor:
-    """Penalty of the soft MAC ratio against the running target (dimensionless)."""
-    if kind == "squared":  # pulls from both sides: neither over- nor under-shoots
-        return (ratio - target) ** 2
-    if kind == "one_sided":
-        return F.relu(ratio - target) ** 2
-    return (torch.log(ratio) - math.log(target)) ** 2
-
-
 def running_target(step: int, config: SearchConfig) -> float:
     """t_s: 1 at step 0, linearly down to ``config.target`` at ``ramp_fraction``, then flat."""
     ramp = max(1, round(config.ramp_fraction * config.steps))
@@ -172,34 +157,6 @@ def configure_gates(
             else:
                 gate.mode = GateMode.OFF
     return active
-
-
-class MacPressure:
-    """The MAC penalty's gradient step on the logits, in proportion to each unit's cost.
-
-    ``scale`` is the mean |∂(MACs/MACs_full)/∂θ| over the active units when the search starts,
-    so a step of ``lr · λ · penalty'`` moves the *average* unit by that much on any model size,
-    and a unit that saves twice the MACs by twice that.
-    """
-
-    def __init__(self, macs: MacModel, logits: list[nn.Parameter]) -> None:
-        self.macs, self.logits = macs, logits
-        grads = torch.autograd.grad(macs.soft_total() / macs.full, logits, allow_unused=True)
-        sensitivity = torch.cat([g.abs().flatten() for g in grads if g is not None])
-        self.scale = float(sensitivity.mean()) if sensitivity.numel() else 1.0
-        if not self.scale > 0:
-            raise ValueError("no prunable unit changes the MACs: nothing to search")
-
-    def loss(self, target_now: float, config: SearchConfig) -> tuple[Tensor, Tensor]:
-        ratio = self.macs.soft_total() / self.macs.full
-        return ratio, config.mac_loss_weight * mac_penalty(ratio, target_now, config.penalty)
-
-    @torch.no_grad()
-    def step(self, loss_mac: Tensor, lr: float) -> None:
-        grads = torch.autograd.grad(loss_mac, self.logits, allow_unused=True)
-        for theta, g in zip(self.logits, grads, strict=True):
-            if g is not None:
-                theta.sub_(lr * g / self.scale)
 
 
 def _optimizer(
@@ -321,7 +278,7 @@ def search(
                     config.distill_alpha,
                     config.distill_temperature,
                 )
-            ratio, loss_mac = pressure.loss(target_now, config)
+            ratio, loss_mac = pressure.loss(target_now, config.mac_loss_weight, config.penalty)
             if not torch.isfinite(loss_task + loss_mac):
                 raise FloatingPointError(
                     f"search loss is {float(loss_task + loss_mac)} at step {step}"

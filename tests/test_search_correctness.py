@@ -29,8 +29,9 @@ from prune_core import (
     search,
     train,
 )
+from prune_core.mac_pressure import MacPressure
 from prune_core.optim import weight_decay_groups
-from prune_core.pruning_search import MacPressure, configure_gates
+from prune_core.pruning_search import configure_gates
 from prune_core.reweight import reweights
 from prune_core.scoring import attention_difference
 
@@ -177,14 +178,14 @@ def test_mac_pressure_is_proportional_to_cost() -> None:
     config = SearchConfig(target=0.5)
     qk_gate, mlp_gate = model.blocks[2].attn.gates["qk"], model.blocks[2].mlp.gates["mlp"]
     start = qk_gate.logits.mean().item(), mlp_gate.logits.mean().item()
-    _, loss = pressure.loss(0.5, config)
+    _, loss = pressure.loss(0.5, config.mac_loss_weight, config.penalty)
     pressure.step(loss, 0.01)
     qk = start[0] - qk_gate.logits.mean().item()  # 12,288 MACs per unit
     mlp = start[1] - mlp_gate.logits.mean().item()  # 8,192 MACs per unit
     assert qk > 0 and mlp > 0
     assert qk / mlp == pytest.approx(12288 / 8192, rel=0.01)
     for _ in range(20):
-        _, loss = pressure.loss(0.5, config)
+        _, loss = pressure.loss(0.5, config.mac_loss_weight, config.penalty)
         pressure.step(loss, 0.1)
     qk_left = qk_gate.soft_keep_per_head().item() / qk_gate.channels
     mlp_left = mlp_gate.soft_keep_per_head().item() / mlp_gate.channels

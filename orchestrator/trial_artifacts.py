@@ -1,0 +1,46 @@
+"""What a finished trial leaves on its MLflow child run: its plan, weights, search curve and
+the plot of its learned widths, read from the trial's last Tune checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from pathlib import Path
+
+from ray.tune import Checkpoint
+
+from orchestrator.tracking import ARTIFACTS, client
+from prune_core.widths import plot_widths
+
+
+def log_trial_artifacts(uri: str, run_id: str, checkpoint_uri: str | None, result: dict) -> None:
+    """plan.json, weights.pt (fully trained trials only), search.json, widths.csv and
+    widths.png from the trial's last checkpoint (a local path or a storage URI)."""
+    if result.get("checkpoint_path"):  # reported by a Ray Train (data-parallel) fine-tune
+        checkpoint_uri = result["checkpoint_path"]
+    if not checkpoint_uri:
+        return
+    with Checkpoint(checkpoint_uri).as_directory() as d:
+        for name in ARTIFACTS:
+            if name == "weights.pt" and not result.get("fully_trained"):
+                continue
+            if (Path(d) / name).is_file():
+                client(uri).log_artifact(run_id, str(Path(d) / name))
+        if (Path(d) / "widths.csv").is_file():
+            log_widths_plot(uri, run_id, Path(d) / "widths.csv")
+
+
+def log_widths_plot(uri: str, run_id: str, csv_path: Path) -> None:
+    """widths.png (learned vs uniform keep fraction per layer) from a trial's widths.csv."""
+    with csv_path.open() as f:
+        rows = [
+            {
+                **r,
+                "keep_fraction": float(r["keep_fraction"]),
+                "reference_fraction": float(r["reference_fraction"] or 0.0),
+            }
+            for r in csv.DictReader(f)
+        ]
+    with tempfile.TemporaryDirectory(prefix="widths-") as tmp:
+        png = plot_widths(rows, Path(tmp) / "widths.png", title=f"learned widths ({run_id[:8]})")
+        client(uri).log_artifact(run_id, str(png))
