@@ -261,14 +261,14 @@ def _run(
         if interrupted(grid, exp.sweep.num_samples):
             status = "KILLED"
             return fail(f"orchestrator.sweep: interrupted; {_resume_hint(source, exp)}", 130)
+        summary = logger.summary()  # rebuilds trials.parquet / pareto.parquet from MLflow
         timed = None
         try:  # insight, not bookkeeping: a failure here never costs the sweep's results
-            timed = speed.measure_front(
+            timed = speed.measure_front(  # then adds the measured columns to pareto.parquet
                 exp, uri, parent, teacher_state, teacher, console=console, local=address is None
             )
         except Exception as err:  # any error, on purpose
             console.print(f"front speed: not measured ({type(err).__name__}: {err})")
-        summary = logger.summary()
         if timed is None and not verbose and summary.get("front") is not None:
             pareto.print_front(summary["front"], teacher=teacher, console=console)
         errors = sum(

@@ -61,7 +61,12 @@ def test_sweep_exits_zero_and_parent_holds_the_artifacts(sweep):
     assert parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto.parquet", "pareto.png", "trials.parquet", "config.json"} <= artifacts
-    assert {"param_importance.json", "param_importance.png"} <= artifacts
+    assert {"param_importance.json", "param_importance.png", "speedup.png"} <= artifacts
+    # the front was timed side by side, after the last rebuild of the tables (not lost to it)
+    front = pq.read_table(sweep["dir"] / "pareto.parquet").to_pylist()
+    assert front and all(r["speedup"] > 0 and r["latency_ms"] > 0 for r in front)
+    local = Path(client.download_artifacts(parent.info.run_id, "pareto.parquet", str(sweep["tmp"])))
+    assert "speedup" in pq.read_table(local).column_names
     assert parent_experiment_kind(client, parent) == "custom_model_development"
     assert parent.data.params["model.name"] == "flatten_vit_micro"
     assert len(parent.data.tags["git_commit"]) >= 40
