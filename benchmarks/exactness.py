@@ -70,19 +70,6 @@ FAMILIES = (  # (family as a user knows it, timm model, kwargs)
 )
 
 
-def half_masks(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for module in pc.prunable_modules(model).values():
-        for gate in module.gates.values():
-            k = max(1, gate.channels // 2)
-            mask = torch.zeros(gate.num_heads, gate.channels)
-            first = torch.randperm(gate.channels, generator=g)[:k]
-            for h in range(gate.num_heads):
-                rows = first if gate.aligned else torch.randperm(gate.channels, generator=g)[:k]
-                mask[h, rows] = 1.0
-            gate.set_hard(mask)
-
-
 def measure(family: str, name: str, kwargs: dict) -> dict:
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs).eval()
@@ -97,7 +84,7 @@ def measure(family: str, name: str, kwargs: dict) -> dict:
     model = pc.make_prunable(model, verbose=False)
     with torch.no_grad():
         converted = model(x)
-    half_masks(model)
+    pc.apply_plan(model, pc.random_plan(model, 0.5))  # half of every head, random
     macs = pc.MacModel(model, size)
     predicted = float(macs.total(macs.current_widths()))
     with torch.no_grad():

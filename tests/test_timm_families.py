@@ -91,20 +91,6 @@ def build(name: str, kwargs: dict) -> nn.Module:
     return model
 
 
-def half_masks(model: nn.Module, seed: int = 0) -> None:
-    """Keep a random half of every head's channels (the same positions where aligned)."""
-    g = torch.Generator().manual_seed(seed)
-    for module in pc.prunable_modules(model).values():
-        for gate in module.gates.values():
-            k = max(1, gate.channels // 2)
-            mask = torch.zeros(gate.num_heads, gate.channels)
-            first = torch.randperm(gate.channels, generator=g)[:k]
-            for h in range(gate.num_heads):
-                rows = first if gate.aligned else torch.randperm(gate.channels, generator=g)[:k]
-                mask[h, rows] = 1.0
-            gate.set_hard(mask)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_family_keeps_the_contract(case: str) -> None:
     name, kwargs, kinds, whole = CASES[case]
@@ -123,7 +109,7 @@ def test_family_keeps_the_contract(case: str) -> None:
     with torch.no_grad():
         assert (model(x) - original).abs().max().item() <= 1e-5
 
-    half_masks(model)
+    pc.apply_plan(model, pc.random_plan(model, 0.5))  # half of every head, random
     macs = pc.MacModel(model, size)
     predicted = float(macs.total(macs.current_widths()))
     with torch.no_grad():
