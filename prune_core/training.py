@@ -196,10 +196,12 @@ def train(
     """Train or fine-tune (with distillation when ``teacher`` is given); resumable.
 
     Side effects: re-seeds the global generators (``config.seed`` + epoch) so that a resumed
-    run sees the same batches, and folds the reweights into the weights at the end (outputs
-    unchanged). Gate logits are never trained here; frozen reweights stay frozen.
-    Raises FloatingPointError on a non-finite loss (on any data-parallel rank); ValueError
-    when the loader yields no batch (nothing would be trained, silently).
+    run sees the same batches, calls ``loader.sampler.set_epoch(epoch)`` when the sampler has
+    it (a ``DistributedSampler`` then shuffles each epoch anew, as PyTorch's DDP recipe asks),
+    and folds the reweights into the weights at the end (outputs unchanged). Gate logits are
+    never trained here; frozen reweights stay frozen. Raises FloatingPointError on a
+    non-finite loss (on any data-parallel rank); ValueError when the loader yields no batch
+    (nothing would be trained, silently).
     """
     require_batches(loader, "train")
     seed_everything(config.seed)
@@ -230,6 +232,9 @@ def train(
         )
         for epoch in range(start, config.epochs):
             seed_everything(config.seed + epoch)  # a resumed run sees the same batches
+            sampler = getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # DistributedSampler: without it, every epoch
+                sampler.set_epoch(epoch)  # repeats the first epoch's order on every rank
             model.train()
             total, count = 0.0, 0
             for images, labels in loader:
