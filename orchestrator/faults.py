@@ -13,8 +13,9 @@ and writes the trial id and the worker's pid there, so a test knows whom it hit.
 Points: ``before_finetune`` (the pruned model is built, no fine-tune epoch yet) and
 ``epoch_end`` (fine-tune epoch ``epoch``, 1-based, reported and checkpointed). Actions:
 ``raise`` (RuntimeError), ``nan`` (the caller poisons the model: its loss becomes NaN),
-``stall`` (sleep ``seconds``, 120 by default: the test kills the worker meanwhile) and
-``sigkill`` (the worker kills itself).
+``stall`` (sleep ``seconds``, 120 by default: the test kills the worker meanwhile; with
+``"until": "<name>"`` it ends early once that file exists next to the rules, so a test can
+hold a sweep open while it checks something) and ``sigkill`` (the worker kills itself).
 """
 
 from __future__ import annotations
@@ -62,8 +63,14 @@ def inject(point: str, epoch: int = 0, trial_id: str = "") -> str | None:
         if action == "raise":
             raise InjectedFault(f"injected fault at {point} {epoch}")
         if action == "stall":
-            time.sleep(float(rule.get("seconds", 120)))
+            _stall(float(rule.get("seconds", 120)), rule.get("until"), Path(spec).parent)
         elif action == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         return action
     return None
+
+
+def _stall(seconds: float, until: str | None, folder: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (until and (folder / until).exists()):
+        time.sleep(0.2)

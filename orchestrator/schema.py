@@ -194,9 +194,10 @@ class SweepConfig(Strict):
     asha: AshaConfig | None = AshaConfig()
     max_failures: int = Field(1, ge=-1)  # retries of a failed trial (-1: forever)
     # Run the next trial in a finished trial's process: saves the worker start-up (a fresh
-    # Python, torch and prune_core imports: seconds per trial on a small node). Off by default:
-    # with it on, the kill/restart fault tests lost a reported epoch or ran an extra trial.
-    reuse_actors: bool = False
+    # Python, torch and prune_core imports: seconds per trial on a small node). The two races
+    # it exposed are fixed: a trial retried at once lost result.json rows (tuner.KeepTrialLogs)
+    # and a trial Tune forgot with a killed driver stayed in the tables (TrialLogger LOST).
+    reuse_actors: bool = True
     # Settings tried first, in order (Optuna's enqueue_trial): a baseline to compare against,
     # or a known-good point. Each is nested like the file ({search: {target: 0.5}}) and sets
     # explored parameters; the rest are sampled.

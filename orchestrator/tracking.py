@@ -35,6 +35,12 @@ METRICS = (
     "time_total_s",
 )  # per iteration; the last one holds the finals
 ARTIFACTS = ("plan.json", "weights.pt", "search.json", "widths.csv")
+# The trial_status of a child run whose trial Tune lost with a killed driver (never finished).
+LOST = "LOST"
+LOST_REASON = (
+    "the driver was killed before Tune saved this trial in its state; --resume could not "
+    "restore it, so the searcher sampled again in its place"
+)
 
 
 def first_line(err: BaseException) -> str:
@@ -222,10 +228,13 @@ def as_number(value: Any) -> float | None:
 
 
 def trial_rows(uri: str, parent_id: str) -> list[dict]:
-    """One dict per child run (the source of ``trials.parquet``), from MLflow alone."""
+    """One dict per child run (the source of ``trials.parquet``), from MLflow alone; runs of
+    trials Tune lost (``trial_status = LOST``) are left out."""
     rows = []
     for run in children(uri, parent_id):
         m, tags = run.data.metrics, run.data.tags
+        if tags.get("trial_status") == LOST:
+            continue
         row = {
             "trial_id": tags.get(TRIAL_TAG),
             "status": tags.get("trial_status", run.info.status),

@@ -26,11 +26,14 @@ from orchestrator import driver_output, importance, pareto
 from orchestrator.outbox import Outbox, plain_dict
 from orchestrator.space import flatten_point
 from orchestrator.tracking import (
+    LOST,
+    LOST_REASON,
     METRICS,
     PARENT_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
     as_number,
+    children,
     client,
     end_parent,
     first_line,
@@ -142,6 +145,9 @@ class TrialLogger(Callback):
             self._pool.submit(lambda: None).result()
 
     def _submit_now(self, op: dict) -> None:
+        if op["op"] == "replay":  # the retry timer of on_step_end: no new event needed
+            self._flush(force=True, warn=False)
+            return
         box = Outbox(self.sweep_dir)
         if box.pending():
             box.append(op)
@@ -163,10 +169,11 @@ class TrialLogger(Callback):
         self.wait()
         return self._flush(force)
 
-    def _flush(self, force: bool = True) -> bool:
+    def _flush(self, force: bool = True, warn: bool | None = None) -> bool:
         box = Outbox(self.sweep_dir)
         ops = box.pending()
         if not ops:
+            self._next_try = 0.0
             return True
         if not force and time.monotonic() < getattr(self, "_next_try", 0.0):
             return False
@@ -180,13 +187,14 @@ class TrialLogger(Callback):
         except Exception as err:  # any error, on purpose
             box.replace(ops[done:])
             self._next_try = time.monotonic() + self.RETRY_S
-            if force:
+            if force if warn is None else warn:
                 _warn(
                     f"tracking: MLflow at {self.uri} still failing ({first_line(err)}); "
                     f"{len(ops) - done} operation(s) kept in {box.path}"
                 )
             return False
         box.replace([])
+        self._next_try = 0.0
         _warn(f"tracking: MLflow at {self.uri} is back; replayed {len(ops)} buffered operation(s)")
         return True
 
@@ -197,6 +205,9 @@ class TrialLogger(Callback):
             return
         if kind == "end_parent":
             end_parent(self.uri, self.parent_id, op["status"])
+            return
+        if kind == "lost":
+            self._mark_lost(set(op["known"]))
             return
         run_id = self._run_id(op["trial"], op.get("config", {}))
         if kind in ("result", "complete"):
@@ -269,6 +280,13 @@ class TrialLogger(Callback):
             client(self.uri).log_batch(run_id, metrics=metrics)
         self._last_step[tid] = step
 
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        """While records are buffered, retry every ``RETRY_S`` even when no trial reports:
+        the server's return is then caught mid-sweep, not only at the end."""
+        if getattr(self, "_next_try", 0.0) and time.monotonic() >= self._next_try:
+            self._next_try = time.monotonic() + self.RETRY_S
+            self.submit({"op": "replay"})
+
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self.submit(self._op("start", trial))
 
@@ -290,6 +308,27 @@ class TrialLogger(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self.submit(self._op("error", trial, reason=_error_reason(trial)))
         self.submit(self._op("refresh"))
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        """Tune's whole trial list, once at the end (finished or interrupted): a child run of
+        a trial it does not hold is one Tune lost (see :meth:`_mark_lost`)."""
+        self.submit(self._op("lost", known=sorted(t.trial_id for t in trials)))
+        self.submit(self._op("refresh"))
+
+    def _mark_lost(self, known: set[str]) -> None:
+        """End, as KILLED with ``trial_status = LOST``, every running child run whose trial
+        Tune does not hold. A driver killed between a trial's start and Tune's next snapshot
+        of its state leaves such a run: ``--resume`` restores the older snapshot, which never
+        saw that trial, so Tune will not finish it (the searcher samples again in its place).
+        The run stays in MLflow, with the reason; the tables leave it out."""
+        c = client(self.uri)
+        for run in children(self.uri, self.parent_id):
+            tid = run.data.tags.get(TRIAL_TAG)
+            if run.info.status != "RUNNING" or tid in known:
+                continue
+            c.set_tag(run.info.run_id, "trial_status", LOST)
+            c.set_tag(run.info.run_id, "error", LOST_REASON)
+            c.set_terminated(run.info.run_id, status="KILLED")
 
     def end_sweep(self, status: str, say: Callable[[str], None] = print) -> bool:
         """Replay what is buffered, log the parameter importances (lines to ``say``), then

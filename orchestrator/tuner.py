@@ -9,9 +9,11 @@ driver only when a sweep runs (it loads Ray, Optuna and, through the trial, torc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import optuna
+import pyarrow.fs
 from ray import tune
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler
@@ -87,9 +89,33 @@ def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
         storage_path=exp.storage_uri,
         failure_config=tune.FailureConfig(max_failures=exp.sweep.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[*callbacks, EndWatch()],
+        callbacks=[*callbacks, EndWatch(), KeepTrialLogs()],
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+class KeepTrialLogs(Callback):
+    """Copy a failed trial's ``result.json`` and ``progress.csv`` to storage before it restarts.
+
+    Tune's loggers write them in the driver's staging folder, which reaches storage only with
+    the next experiment snapshot (every ~10 s), and a restarted trial's loggers first copy them
+    *back* from storage. A trial retried within that window (a reused actor restarts it at
+    once) lost the results reported since the last snapshot: the epoch before its failure
+    vanished from ``result.json`` (seen with ``sweep.reuse_actors``; MLflow kept it).
+    """
+
+    FILES = ("result.json", "progress.csv")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        storage = trial.storage
+        for name in self.FILES:
+            local = Path(trial.local_path, name)
+            if local.is_file():
+                pyarrow.fs.copy_files(
+                    str(local),
+                    f"{storage.trial_fs_path}/{name}",
+                    destination_filesystem=storage.storage_filesystem,
+                )
 
 
 class EndWatch(Callback):

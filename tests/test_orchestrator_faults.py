@@ -256,10 +256,17 @@ class MlflowServer:
 
 
 def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
+    """The server dies once the parent run exists and comes back while a trial still runs
+    (held by a ``stall`` fault until the test releases it): the driver replays the outbox
+    mid-sweep, with no event to carry it, and no ``--resume`` is needed."""
     from mlflow import MlflowClient
 
     server = MlflowServer(tmp_path)
     server.start()
+    rules = tmp_path / "faults" / "rules.json"
+    rules.parent.mkdir()
+    hold = {"action": "stall", "until": "release", "seconds": 300}
+    rules.write_text(json.dumps([{"point": "epoch_end", "epoch": 1, **hold}]))
     config = write_config(
         tmp_path,
         "outage",
@@ -275,45 +282,45 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
     )
     sweep_dir = tmp_path / "results" / "outage"
     outbox = sweep_dir / "tracking-outbox.jsonl"
+    log_path = tmp_path / "driver.log"
     try:
         server.wait_up()
-        log = (tmp_path / "driver.log").open("w")
+        log = log_path.open("w")
         driver = subprocess.Popen(
             sweep_cmd(config, "--tracking-uri", server.uri),
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "ORCHESTRATOR_FAULTS": str(rules)},
             start_new_session=True,
         )
         deadline = time.monotonic() + 400
         while not (sweep_dir / "sweep.json").is_file():  # parent run created: cut the server
-            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
+            assert driver.poll() is None, log_path.read_text()[-4000:]
             assert time.monotonic() < deadline
             time.sleep(0.1)
         server.kill()
         buffered: list[str] = []
-        while "complete" not in buffered and driver.poll() is None:  # a trial ends unlogged
+        held = rules.with_name("fired-0.json")
+        while buffered.count("complete") < 2 or not held.exists():  # two trials end unlogged,
+            assert driver.poll() is None, log_path.read_text()[-4000:]  # the third is held
             assert time.monotonic() < deadline
             try:
                 buffered = [json.loads(x)["op"] for x in outbox.read_text().splitlines()]
             except (FileNotFoundError, ValueError):
                 pass
             time.sleep(0.3)
-        assert "complete" in buffered, (tmp_path / "driver.log").read_text()[-4000:]
         server.start()  # same port, same database: the server is back
         server.wait_up()
+        while outbox.exists():  # replayed by the driver's retry timer, mid-sweep
+            assert driver.poll() is None, log_path.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the outbox was not replayed mid-sweep"
+            time.sleep(0.3)
+        assert "is back; replayed" in log_path.read_text()
+        (rules.parent / "release").touch()  # let the held trial finish
         code = driver.wait(timeout=400)
-        text = (tmp_path / "driver.log").read_text()
+        text = log_path.read_text()
         assert code == 0, text[-4000:]
         assert f"tracking: MLflow at {server.uri} failed" in text
-        if outbox.exists():  # the sweep ended before the server was back: --resume replays
-            proc = subprocess.run(
-                sweep_cmd(config, "--tracking-uri", server.uri, "--resume"),
-                capture_output=True,
-                text=True,
-                timeout=400,
-                check=False,
-            )
-            assert proc.returncode == 0, proc.stderr[-3000:]
         assert not outbox.exists()
 
         client = MlflowClient(server.uri)
