@@ -44,11 +44,15 @@ class SweepLock:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self.disposable: set[str] = set()  # files that may go with a fresh folder (a log)
         self.fresh = False
+        self._created: list[Path] = []
         self._lock: FileLock | None = None
 
     def __enter__(self) -> SweepLock:
         self.fresh = not self.folder.exists()
+        missing = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        self._created = missing  # this folder and the parents made for it, innermost first
         self.folder.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.folder / LOCK, timeout=0)  # never wait: refuse at once
         try:
@@ -77,14 +81,17 @@ class SweepLock:
     def __exit__(self, *exc) -> None:
         if self._lock is None:
             return
-        own = {LOCK, OWNER}
+        own = {LOCK, OWNER} | self.disposable
         (self.folder / OWNER).unlink(missing_ok=True)
         if self.fresh and {p.name for p in self.folder.iterdir()} <= own:
             # nothing but our lock: leave no empty sweep. Removed while still held; filelock
             # re-checks the file after it locks, so a driver starting now never owns a ghost.
+            for name in self.disposable:
+                (self.folder / name).unlink(missing_ok=True)
             (self.folder / LOCK).unlink(missing_ok=True)
             try:
-                self.folder.rmdir()
+                for folder in self._created:  # the sweep folder, then parents made for it
+                    folder.rmdir()
             except OSError:  # another driver created a file in it just now: it is theirs
                 pass
         self._lock.release()

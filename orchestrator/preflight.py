@@ -1,5 +1,8 @@
 """Checks that a sweep can run, done before anything runs (``--dry-run`` and every start).
 
+A real start runs the model check (torch and timm: seconds) beside the teacher's task, which
+it cancels on a refusal, instead of before Ray starts; the rest comes first, as in ``--dry-run``.
+
 The schema (schema.py) checks each field and config.py the files; this module checks what only
 the machine, the data and the model can tell, because each of these passed validation once and
 then hung or failed late, after the teacher was paid for:
@@ -32,8 +35,9 @@ DIGITS_IMAGES = 1797  # scikit-learn's bundled digits: a fixed set
 FASHION_TRAIN_IMAGES = 60_000
 
 
-def check(exp: Experiment, source: str | Path, *, local: bool) -> list[str]:
-    """Run every check; ``local``: Ray will be started here (not ``--address``).
+def check(exp: Experiment, source: str | Path, *, local: bool, model: bool = True) -> list[str]:
+    """Run every check; ``local``: Ray will be started here (not ``--address``); ``model``:
+    also :func:`check_model` (the driver runs it beside the teacher instead, to start sooner).
 
     Returns notes for ``--dry-run``; raises ConfigError at the first problem.
     """
@@ -43,7 +47,8 @@ def check(exp: Experiment, source: str | Path, *, local: bool) -> list[str]:
         check_resources(exp, source, [{"CPU": cpus, "GPU": gpus}], "local Ray")
         notes.append(f"local Ray: {cpus:g} CPU, {gpus:g} GPU; every request fits")
     notes.append(check_data(exp, source))
-    notes.append(check_model(exp, source))
+    if model:
+        notes.append(check_model(exp, source))
     return notes
 
 

@@ -46,6 +46,7 @@ MLFLOW_HTTP_DEFAULTS = {
 }
 
 SWEEP_STATE = "sweep.json"  # parent run id and tracking URI, for --resume and report
+DRIVER_LOG = "ray.log"  # Ray's and Tune's output in compact mode (driver_output.py)
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
@@ -183,17 +184,15 @@ def run(
 ) -> int:
     """Run (or resume) the sweep; the driver's lines on the terminal and, unless ``verbose``,
     Ray's output in ``<sweep folder>/ray.log`` (driver_output.py)."""
-    from orchestrator import live_view  # Tune's Callback: loads Ray (module note above)
-
     global console, _err
     saved = console, _err
-    with DriverOutput(exp.sweep_dir / "ray.log", verbose=verbose) as out:
+    with DriverOutput(exp.sweep_dir / DRIVER_LOG, verbose=verbose) as out:
         console, _err = out.console, (None if verbose else out.err)
-        live_view.use(out.console)
         try:
             return _run(exp, uri, address=address, resume=resume, source=source, verbose=verbose)
         finally:
-            live_view.use(None)
+            if (view := sys.modules.get("orchestrator.live_view")) is not None:
+                view.use(None)  # _run imported it (it loads Tune) once the teacher had started
             console, _err = saved
 
 
@@ -201,12 +200,9 @@ def _run(
     exp: Experiment, uri: str, *, address: str | None, resume: bool, source: str, verbose: bool
 ) -> int:
     import ray
-    from ray import tune
 
-    from orchestrator import mirror, pareto, speed, tracking, trial_logger
-    from orchestrator.live_view import LiveView
-    from orchestrator.teacher import prepare_teacher
-    from orchestrator.tuner import interrupted, make_trainable, make_tuner
+    from orchestrator import mirror
+    from orchestrator.teacher_job import TeacherJob
 
     started = time.perf_counter()
     # A checkpoint per epoch is the point (restarts resume from it): no snapshot warnings.
@@ -218,7 +214,7 @@ def _run(
         ray.init(address=address, **init)
     except ConnectionError as err:
         return fail(f"orchestrator.sweep: --address {address}: {str(err).splitlines()[0]}")
-    parent, status, logger = None, "FAILED", None
+    parent, status, logger, job = None, "FAILED", None, None
     try:
         if address is not None:
             _check_cluster(exp, source)  # local Ray was checked before it started
@@ -229,7 +225,18 @@ def _run(
             )
         _check_gpu_room(exp)
         console.print(f"teacher: {exp.sweep_dir / 'teacher'}")
-        teacher_state, teacher = prepare_teacher(exp)
+        job = TeacherJob(exp)  # the teacher trains from here on, on its own CPUs; meanwhile:
+        preflight.check_model(exp, source)  # torch + timm (`--dry-run` ran it before Ray)
+        init_sqlite(uri)  # first use of a shared SQLite store: its migration, once
+        from ray import tune
+
+        from orchestrator import live_view, pareto, speed, tracking, trial_logger
+        from orchestrator.live_view import LiveView
+        from orchestrator.tuner import interrupted, make_trainable, make_tuner
+
+        live_view.use(console)
+
+        teacher_state, teacher = job.result()
         console.print(f"teacher top-1 {teacher['top1']:.2f} %, {teacher['macs']:,} MACs")
         parent = _parent_run(exp, uri, teacher, resume)
         logger = trial_logger.TrialLogger(
@@ -284,9 +291,13 @@ def _run(
             return fail("orchestrator.sweep: every trial failed (see the Ray logs above)", 1)
         return 0
     except KeyboardInterrupt:  # before Tune's own handler (teacher), or a second Ctrl-C
+        if job is not None:
+            job.cancel()
         status = "KILLED"
         return fail(f"orchestrator.sweep: interrupted; {_resume_hint(source, exp)}", 130)
-    except ConfigError as err:  # the joined cluster cannot run it (_check_cluster)
+    except ConfigError as err:  # the cluster cannot run it, or the model check refused it
+        if job is not None:
+            job.cancel()
         return fail(str(err))
     except ray.exceptions.RayTaskError as err:  # the teacher task: one line, not a traceback
         cause = getattr(err, "cause", None) or err
@@ -325,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         check_inputs(exp, args.config)
         uri = check_uri(args.tracking_uri or exp.tracking_uri())
-        checks = preflight.check(exp, args.config, local=args.address is None)
+        # the model check (torch, timm: seconds) runs beside the teacher in a real run
+        checks = preflight.check(exp, args.config, local=args.address is None, model=args.dry_run)
     except ConfigError as err:
         return fail(str(err))
     except TrackingError as err:
@@ -338,20 +350,34 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingError as err:
         return fail(f"orchestrator.sweep: {err}")
     try:
-        with SweepLock(exp.sweep_dir):  # held until the driver ends (lock.py)
-            return _locked_main(args, exp, uri)
+        with SweepLock(exp.sweep_dir) as lock:  # held until the driver ends (lock.py)
+            code = _locked_main(args, exp, uri)
+            if code == 2:  # refused input: Ray's start-up log is not worth a sweep folder
+                lock.disposable.add(DRIVER_LOG)
+            return code
     except SweepBusy as err:
         return fail(f"{args.config}: {err}")
     except TrackingError as err:
         return fail(f"{args.config}: tracking: {err}")
 
 
+def _restorable(path: str) -> bool:
+    """Whether ``path`` (a folder or a storage URI) holds a Tune experiment: Tune's
+    ``Tuner.can_restore`` (it looks for ``tuner.pkl``), without importing Tune (~1 s) before
+    the teacher starts."""
+    import pyarrow.fs
+
+    if "://" in path:
+        fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+    else:
+        fs, fs_path = pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    return fs.get_file_info(f"{fs_path.rstrip('/')}/tuner.pkl").type != pyarrow.fs.FileType.NotFound
+
+
 def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:
     """What only the folder's owner may do: look at the folder, then run the sweep."""
-    from ray import tune
-
     path = exp.tune_dir
-    restorable = tune.Tuner.can_restore(path)
+    restorable = _restorable(path)
     if args.resume and not restorable:
         return fail(f"{args.config}: --resume: no sweep to resume in {path}")
     if restorable and not args.resume:
@@ -359,7 +385,6 @@ def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:
             f"{args.config}: {path} already holds sweep {exp.name!r}: pass --resume to "
             "continue it, or change name / storage.path"
         )
-    init_sqlite(uri)  # first use of a shared SQLite store: its migration, once
     return run(
         exp,
         uri,

@@ -1,20 +1,17 @@
 """The unpruned model of a sweep: built, loaded or trained once, then shared by every trial.
 
 It is both where every trial starts (the weights to prune) and the distillation teacher. It is
-trained (or loaded) in one Ray task, with the teacher's resources, and written to the sweep's
-storage as ``teacher/teacher.pt`` (a plain state dict of the prunable model) plus
-``teacher/teacher.json`` (its metrics). A resumed sweep finds the file and never retrains.
+trained (or loaded) in one Ray task, with the teacher's resources (``train_teacher``, started
+and stored by ``teacher_job.TeacherJob``), and written to the sweep's storage as
+``teacher/teacher.pt`` plus ``teacher/teacher.json``. A resumed sweep never retrains.
 The driver hands the state dict to the trials through the object store
 (``tune.with_parameters``), so trials on other nodes need no shared file system for it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-import ray
 import timm
 import torch
 from timm.models import load_checkpoint
@@ -25,8 +22,6 @@ from orchestrator.data import build_datasets, loaders
 from orchestrator.schema import Experiment
 from orchestrator.trial_settings import teacher_config
 from prune_core.models.flatten_swin import load_flatten_checkpoint
-
-TEACHER_WEIGHTS, TEACHER_METRICS = "teacher.pt", "teacher.json"
 
 
 def create_model(config: Experiment, *, load_checkpoint: bool = True) -> nn.Module:
@@ -51,12 +46,9 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     load_checkpoint(model, str(path), strict=True, weights_only=True)
 
 
-def teacher_dir(config: Experiment) -> Path:
-    return config.sweep_dir / "teacher"
-
-
-def _train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
-    """Runs inside a Ray task: build/load, train if asked, evaluate. Returns CPU tensors."""
+def train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
+    """Runs inside the teacher's Ray task (orchestrator.teacher_job): build/load, train if
+    asked, evaluate. Returns (state dict of CPU tensors, metrics)."""
 
     torch.set_num_threads(
         config.resources.torch_threads or max(1, int(config.resources.teacher_cpus))
@@ -82,29 +74,6 @@ def _train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
     metrics = prune_core.evaluate(model, val_loader, config.input_size)
     metrics["epochs"] = t.epochs
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return state, metrics
-
-
-def prepare_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load the sweep's teacher from storage, or make it once in a Ray task and store it."""
-    directory = teacher_dir(config)
-    weights, meta = directory / TEACHER_WEIGHTS, directory / TEACHER_METRICS
-    if weights.is_file() and meta.is_file():
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        return state, json.loads(meta.read_text())
-
-    task = ray.remote(_train_teacher).options(
-        num_cpus=config.resources.teacher_cpus, num_gpus=config.resources.teacher_gpus
-    )
-    state, metrics = ray.get(task.remote(config))
-    directory.mkdir(parents=True, exist_ok=True)
-    for path, write in (
-        (weights, lambda p: torch.save(state, p)),
-        (meta, lambda p: p.write_text(json.dumps(metrics, indent=1))),
-    ):
-        tmp = path.with_name(f".{path.name}.tmp")
-        write(tmp)
-        os.replace(tmp, path)  # a killed driver never leaves a half-written teacher
     return state, metrics
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_config
 
 from orchestrator.lock import LOCK, OWNER, SweepBusy, SweepLock
 
@@ -81,8 +82,8 @@ def test_a_fresh_folder_nobody_wrote_into_is_removed(tmp_path):
     folder = tmp_path / "results" / "sweep"
     with SweepLock(folder):
         assert sorted(p.name for p in folder.iterdir()) == sorted([LOCK, OWNER])
-    assert not folder.exists()
-    folder.mkdir()
+    assert not (tmp_path / "results").exists()  # with the parent it made for the folder
+    folder.mkdir(parents=True)
     with SweepLock(folder):  # not created by the lock: left in place, even if empty
         pass
     assert folder.is_dir()
@@ -116,3 +117,23 @@ def test_concurrent_first_use_of_one_sqlite_store(tmp_path):
     names = {e.name for e in MlflowClient(uri).search_experiments()}
     assert names == {"Default", "sweep0", "sweep1", "sweep2", "sweep3"}
     assert Path(tmp_path / "results" / "mlflow.db.lock").exists()
+
+
+def test_the_existing_sweep_check_agrees_with_tunes_can_restore(tmp_path, capsys):
+    """The driver looks for Tune's state without importing Tune (~1 s before the teacher);
+    it must answer what ``Tuner.can_restore`` answers, and ``--resume`` of nothing is refused."""
+    from ray import tune
+
+    from orchestrator.sweep import _restorable, main
+
+    folder = tmp_path / "results" / "s"
+    folder.mkdir(parents=True)
+    assert _restorable(str(folder)) is tune.Tuner.can_restore(str(folder)) is False
+    (folder / "tuner.pkl").write_bytes(b"")
+    assert _restorable(str(folder)) is tune.Tuner.can_restore(str(folder)) is True
+    assert _restorable(f"file://{folder}") is True
+
+    config = write_config(tmp_path, "fresh")
+    assert main([str(config), "--resume"]) == 2
+    assert "--resume: no sweep to resume in" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "fresh").exists()
