@@ -27,8 +27,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from timm.data import create_transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
@@ -296,6 +294,11 @@ def export_digits(
     The split is the same stratified split as ``prune_core.digits_datasets`` (same seed), and
     the layout is the Hugging Face one: ``image: struct<bytes, path>``, ``label: int64``.
     """
+
+    # here, not at the top: every trial process imports this module, and scikit-learn
+    # (~0.7 s) is only needed to export digits
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
 
     data = load_digits()
     pixels = np.clip(data.images * 16, 0, 255).astype(np.uint8)

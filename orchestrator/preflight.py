@@ -118,6 +118,25 @@ def check_resources(
                 )
 
 
+def gpu_room_warning(exp: Experiment) -> str | None:
+    """Why data-parallel fine-tunes will queue, if they will: each waits for GPUs beyond the
+    ones its trial holds (``ray.cluster_resources()``: call after ``ray.init``)."""
+    import ray
+
+    r, f = exp.resources, exp.finetune
+    if f.workers == 1 or r.gpus_per_worker == 0:
+        return None
+    total = ray.cluster_resources().get("GPU", 0)
+    need = exp.sweep.max_concurrent_trials * r.gpus_per_trial + f.workers * r.gpus_per_worker
+    if need <= total:
+        return None
+    return (
+        f"{need:g} GPUs needed for {exp.sweep.max_concurrent_trials} concurrent trials plus "
+        f"one {f.workers}-worker fine-tune, the cluster has {total:g}; fine-tunes will queue "
+        "(or wait for the autoscaler)"
+    )
+
+
 def cluster_nodes() -> tuple[list[dict[str, float]], bool]:
     """(the resources of every node the joined cluster has or may add, whether the node types
     the autoscaler may add are known). Call after ``ray.init``."""
@@ -225,14 +244,17 @@ def _check_folders(exp: Experiment, source: str | Path) -> tuple[int, str]:
 
 # ----------------------------------------------------------------------------- model
 def check_model(exp: Experiment, source: str | Path) -> str:
-    """Build the model as the trials will and make it prunable, on the meta device (shapes
-    only: no memory, no time); a model the meta device cannot build is built on the CPU."""
+    """timm knows ``model.name``; build the model as the trials will and make it prunable, on
+    the meta device (shapes only: no memory, no time); a model the meta device cannot build
+    is built on the CPU."""
     import timm  # here: parsing a config stays torch-free; only the checks pay for torch
     import torch
 
     import prune_core  # registers the FLatten models with timm
 
     m = exp.model
+    if not timm.is_model(m.name):
+        raise ConfigError(source, "model.name", f"unknown timm model {m.name!r}")
     field = "model.kwargs" if m.kwargs else "model.name"
 
     def build() -> list[str]:

@@ -58,7 +58,8 @@ def latencies(
         models: name -> model, on ``x``'s device, in eval mode.
         x: one batch (B, C, H, W).
         threads: torch threads for every timing (``benchmark.Timer(num_threads=...)``).
-        min_run_time: seconds each model runs per round (Timer.blocked_autorange).
+        min_run_time: seconds each model runs per round: the calls one ``blocked_autorange``
+            of that length made (the warm-up), then one ``Timer.timeit`` block per round.
     Returns:
         name -> median over ``rounds`` of the per-call time, in ms.
     """
@@ -69,12 +70,16 @@ def latencies(
         for name, model in models.items()
     }
     samples: dict[str, list[float]] = {name: [] for name in models}
+    calls: dict[str, int] = {}
     with torch.inference_mode():
-        for model in models.values():  # warm-up: lazy inits, allocator, kernel selection
-            model(x)
+        for name, timer in timers.items():  # warm-up (lazy inits, allocator, kernels) and
+            # the block size, once: blocked_autorange re-estimates it on every call, which
+            # cost as much again as the timing itself
+            warm = timer.blocked_autorange(min_run_time=min_run_time)
+            calls[name] = max(1, warm.number_per_run * len(warm.raw_times))
         for _ in range(rounds):
-            for name, timer in timers.items():
-                samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+            for name, timer in timers.items():  # one block of >= min_run_time per round
+                samples[name].append(timer.timeit(calls[name]).median)
     return {name: 1e3 * statistics.median(s) for name, s in samples.items()}
 
 

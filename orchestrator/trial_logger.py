@@ -207,7 +207,8 @@ class TrialLogger(Callback):
             end_parent(self.uri, self.parent_id, op["status"])
             return
         if kind == "lost":
-            self._mark_lost(set(op["known"]))
+            if self._mark_lost(set(op["known"])):
+                self.refresh()  # the tables leave them out
             return
         run_id = self._run_id(op["trial"], op.get("config", {}))
         if kind in ("result", "complete"):
@@ -313,15 +314,14 @@ class TrialLogger(Callback):
         """Tune's whole trial list, once at the end (finished or interrupted): a child run of
         a trial it does not hold is one Tune lost (see :meth:`_mark_lost`)."""
         self.submit(self._op("lost", known=sorted(t.trial_id for t in trials)))
-        self.submit(self._op("refresh"))
 
-    def _mark_lost(self, known: set[str]) -> None:
+    def _mark_lost(self, known: set[str]) -> int:
         """End, as KILLED with ``trial_status = LOST``, every running child run whose trial
         Tune does not hold. A driver killed between a trial's start and Tune's next snapshot
         of its state leaves such a run: ``--resume`` restores the older snapshot, which never
         saw that trial, so Tune will not finish it (the searcher samples again in its place).
         The run stays in MLflow, with the reason; the tables leave it out."""
-        c = client(self.uri)
+        c, lost = client(self.uri), 0
         for run in children(self.uri, self.parent_id):
             tid = run.data.tags.get(TRIAL_TAG)
             if run.info.status != "RUNNING" or tid in known:
@@ -329,6 +329,8 @@ class TrialLogger(Callback):
             c.set_tag(run.info.run_id, "trial_status", LOST)
             c.set_tag(run.info.run_id, "error", LOST_REASON)
             c.set_terminated(run.info.run_id, status="KILLED")
+            lost += 1
+        return lost
 
     def end_sweep(self, status: str, say: Callable[[str], None] = print) -> bool:
         """Replay what is buffered, log the parameter importances (lines to ``say``), then
