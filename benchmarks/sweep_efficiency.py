@@ -71,6 +71,21 @@ def config_commit() -> str:
 CALLBACKS = ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error")
 
 
+def code_commit() -> str:
+    """HEAD, with ``-dirty`` when files other than the benchmark results differ from it
+    (the results CSV this run appends to must not mark the code it measured as dirty)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    changed = git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"
+    )
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
+
+
 def profiled_sweep(config: str, report: str) -> int:
     """The sweep CLI in this process, timing the driver-side tracking callbacks.
 
@@ -197,13 +212,7 @@ def overhead(args: argparse.Namespace) -> None:
     timing = run_sweep(config, None, SWEEPS / f"{name}.log", callbacks)
     times = trial_times(SWEEPS / name)
     work = timing["teacher_s"] - timing["startup_s"] + sum(times) / slots
-    code = subprocess.run(
-        ["git", "describe", "--always", "--dirty"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    code = code_commit()
     row = {
         "sweep": f"experiments/digits.yaml @ {config_commit()}",
         "code": code,
