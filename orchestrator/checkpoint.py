@@ -135,16 +135,30 @@ def newer_on_disk(checkpoint) -> list[Path]:
 
 
 def restore(checkpoint) -> dict[str, Any] | None:
-    """Everything a restarted trial needs, read into memory from its latest checkpoint."""
+    """Everything a restarted trial needs, read into memory from its latest checkpoint.
+
+    ``unreported`` lists the checkpoints persisted after the one Tune restored, oldest first:
+    the trial reports each again, in order, so that Tune numbers them as the first driver did
+    (re-reporting only the newest gave the final result the iteration of an epoch whose
+    report Tune had lost, and MLflow, which had that epoch, kept it as the last one).
+    """
     if checkpoint is None:
         return None
+    newer = []
     for directory in newer_on_disk(checkpoint):
         try:
-            return {**read_checkpoint(directory), "unreported": True}
+            newer.append(read_checkpoint(directory))
         except (OSError, ValueError, RuntimeError, KeyError):  # cut short by the kill
             continue
+    if newer:
+        return {**newer[0], "unreported": newer[::-1]}
     with checkpoint.as_directory() as tmp:
-        return {**read_checkpoint(Path(tmp)), "unreported": False}
+        return {**read_checkpoint(Path(tmp)), "unreported": []}
+
+
+def saved_files(saved: dict[str, Any]) -> dict[str, Any]:
+    """The state a checkpoint read by :func:`restore` held, to report it again."""
+    return {name: saved[name] for name in (WEIGHTS, STATE, MODEL) if name in saved}
 
 
 def epoch_metrics(epoch: int, metrics: dict[str, Any], top1: float) -> dict[str, Any]:

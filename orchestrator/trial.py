@@ -40,6 +40,7 @@ from orchestrator.checkpoint import (
     final_metrics,
     report_failure,
     restore,
+    saved_files,
     subsample_search_log,
 )
 from orchestrator.data import build_datasets, loaders
@@ -134,14 +135,11 @@ def _run_trial(
         )
     else:  # a restarted trial: rebuild the pruned model from its plan, skip the search
         reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"], saved["widths"])
-        if WEIGHTS in saved:  # it had finished; Tune may not know it yet: tell it, train nothing
-            if saved["unreported"]:
-                reporter.report(saved["result"], {WEIGHTS: saved[WEIGHTS]})
+        for old in saved["unreported"]:  # persisted, but their reports never reached Tune:
+            # tell it now, in order, or those epochs are missing from the trial's results
+            reporter.report(old["result"], saved_files(old))
+        if WEIGHTS in saved:  # it had finished (Tune knows it now): train nothing
             return
-        if saved["unreported"]:  # persisted, but its report never reached Tune: tell it now,
-            # or that epoch is missing from the trial's results (the run then goes on after it)
-            files = {STATE: saved[STATE]} if STATE in saved else {MODEL: saved[MODEL]}
-            reporter.report(saved["result"], files)
         weights = saved[STATE]["model"] if STATE in saved else saved[MODEL]
         student = prune_core.load_pruned(
             create_model(exp, load_checkpoint=False),

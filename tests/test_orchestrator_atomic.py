@@ -115,15 +115,21 @@ def test_half_copied_checkpoint_is_never_resumed_from(tmp_path, damage):
     with pytest.raises((OSError, ValueError, RuntimeError, KeyError)):
         checkpoint.read_checkpoint(newer)
     saved = checkpoint.restore(tune.Checkpoint.from_directory(str(older)))
-    assert saved["result"] == {"epoch": 1} and saved["unreported"] is False
+    assert saved["result"] == {"epoch": 1} and saved["unreported"] == []
     assert saved[checkpoint.STATE]["epoch"] == 1
 
 
 def test_intact_newer_checkpoint_is_preferred(tmp_path):
+    """And every checkpoint newer than Tune's comes back, oldest first, to be reported again
+    in order (a driver killed after a trial's last epochs: Tune's snapshot had only the
+    first; re-reporting the newest alone gave the final result an earlier epoch's number)."""
     from ray import tune
 
     older = _checkpoint(tmp_path, 1)
     _checkpoint(tmp_path, 2)
+    _checkpoint(tmp_path, 3)
     saved = checkpoint.restore(tune.Checkpoint.from_directory(str(older)))
-    assert saved["result"] == {"epoch": 2} and saved["unreported"] is True
+    assert saved["result"] == {"epoch": 3}
+    assert [old["result"] for old in saved["unreported"]] == [{"epoch": 2}, {"epoch": 3}]
+    assert [old[checkpoint.STATE]["epoch"] for old in saved["unreported"]] == [2, 3]
     assert json.loads((older / checkpoint.META).read_text())["files"][checkpoint.STATE] > 0
