@@ -170,6 +170,7 @@ def check_data(exp: Experiment, source: str | Path) -> str:
         for split, rows in (("train", train), ("val", val)):
             if rows == 0:
                 raise ConfigError(source, f"data.{split}", f"no rows in {getattr(d, split)}")
+            _check_parquet_labels(exp, source, split)
         note = f"parquet: {train} training rows, {val} validation rows"
     else:
         train, note = _check_folders(exp, source)
@@ -194,6 +195,34 @@ def _parquet_rows(files: list[Path]) -> int:
     import pyarrow.parquet as pq  # here: the footers only, and only for parquet data
 
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def _check_parquet_labels(exp: Experiment, source: str | Path, split: str) -> None:
+    """Both columns exist and every label is a class index below ``model.num_classes``: a
+    larger one failed only in the teacher task ("Target 12 is out of bounds"), after Ray
+    started. Reads the label column alone (8 bytes a row)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    d, classes = exp.data, exp.model.num_classes
+    for f in resolve_split(d, split):
+        names = set(pq.ParquetFile(f).schema_arrow.names)
+        for field in ("image_column", "label_column"):
+            if getattr(d, field) not in names:
+                raise ConfigError(
+                    source,
+                    f"data.{field}",
+                    f"{f} has no column {getattr(d, field)!r} (columns: {sorted(names)})",
+                )
+        labels = pq.read_table(f, columns=[d.label_column]).column(0)
+        low, high = pc.min_max(labels).values()
+        if low.is_valid and (low.as_py() < 0 or high.as_py() >= classes):
+            raise ConfigError(
+                source,
+                "model.num_classes",
+                f"{classes}, but {f} has labels {low.as_py()}..{high.as_py()} (class indices "
+                f"must be 0..{classes - 1})",
+            )
 
 
 def _check_folders(exp: Experiment, source: str | Path) -> tuple[int, str]:

@@ -303,3 +303,23 @@ def test_a_joined_clusters_nodes_are_what_requests_are_checked_against(tmp_path)
     assert [n["CPU"] for n in nodes] == [1.0] and not known
     with pytest.raises(ConfigError, match="teacher_cpus: the teacher task asks for 2 CPU, but "):
         preflight.check_resources(exp, "x.yaml", nodes, "the cluster")
+
+
+def test_parquet_labels_beyond_num_classes_or_a_missing_column_are_refused(tmp_path, capsys):
+    """Parquet data: labels are class indices below model.num_classes and both columns exist
+    (before, a label of 9 with num_classes 5 failed in the teacher task, after Ray started)."""
+    from orchestrator.data import export_digits
+
+    export_digits(tmp_path / "digits", shards=2)
+    data = {
+        "kind": "parquet",
+        "train": str(tmp_path / "digits" / "train"),
+        "val": str(tmp_path / "digits" / "val"),
+        "batch_size": 8,
+        "calib_images": 8,
+    }
+    model = {**write_model(), "num_classes": 5}
+    line = refused(tmp_path, capsys, data=data, model=model)
+    assert line.startswith("model.num_classes: 5, but ") and "labels 0..9" in line, line
+    line = refused(tmp_path, capsys, data={**data, "label_column": "y"}, model=model)
+    assert line.startswith("data.label_column: ") and "no column 'y'" in line, line
