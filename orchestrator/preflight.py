@@ -62,8 +62,9 @@ def local_resources(exp: Experiment) -> tuple[float, float]:
         cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     if r.num_gpus is not None:
         return cpus, float(r.num_gpus)
-    if max(r.teacher_gpus, r.gpus_per_trial, r.gpus_per_worker) == 0:
-        return cpus, 0.0  # nothing asks for a GPU: do not initialise CUDA to count them
+    worker_gpus = r.gpus_per_worker if exp.finetune.workers > 1 else 0.0  # unused below 2
+    if max(r.teacher_gpus, r.gpus_per_trial, worker_gpus) == 0:
+        return cpus, 0.0  # nothing asks for a GPU: neither import torch (~2 s) nor init CUDA
     import torch  # here: only a config that asks for GPUs pays for importing torch to count
 
     return cpus, float(torch.cuda.device_count() if torch.cuda.is_available() else 0)

@@ -189,6 +189,9 @@ def _run(
     started = time.perf_counter()
     # A checkpoint per epoch is the point (restarts resume from it): no snapshot warnings.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not resume:  # make_tuner adds Tune's JSON and CSV loggers, not its TensorBoard one; a
+        # restored sweep keeps Tune's defaults (one from before that change has none of its own)
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     init = {"include_dashboard": False}
     if address is None:
         init.update(num_cpus=exp.resources.num_cpus, num_gpus=exp.resources.num_gpus)

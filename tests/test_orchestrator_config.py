@@ -313,6 +313,23 @@ def test_the_sweep_cli_loads_no_torch_ray_or_mlflow_before_it_needs_them() -> No
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_the_checks_before_ray_starts_do_not_import_torch() -> None:
+    """What a run does before the teacher can start (config, inputs, local resources) is on the
+    critical path: the digits config asks for no GPU (``gpus_per_worker`` counts only with
+    ``finetune.workers`` > 1), so counting GPUs must not import torch (~2 s measured)."""
+    code = (
+        "import sys; from orchestrator import preflight; "
+        "from orchestrator.config import check_inputs, load_config; "
+        "exp = load_config('experiments/digits.yaml'); check_inputs(exp, 'x'); "
+        "preflight.check(exp, 'x', local=True, model=False); "
+        "print(preflight.local_resources(exp), 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "(2.0, 0.0) False", out.stdout + out.stderr
+
+
 def test_the_sections_cannot_drift_from_prune_cores_configs() -> None:
     """Every SearchConfig / TrainConfig field is set from exactly one place (the section's field
     of the same name, fixed or sampled, or the seed), with the same default and the same

@@ -74,6 +74,12 @@ def test_sweep_exits_zero_and_parent_holds_the_artifacts(sweep):
     assert [m.step for m in history] == [1, 2, 3, 4]  # once per finished trial
     assert 0.0 < history[-1].value <= 1.0
     assert parent.data.metrics["teacher_top1"] > 10.0  # better than chance after 2 epochs
+    # Tune's JSON and CSV logs per trial, not its TensorBoard files (tuner.make_tuner)
+    trial_dirs = sorted(sweep["dir"].glob("trial_*"))
+    assert len(trial_dirs) == 4
+    for d in trial_dirs:
+        assert (d / "result.json").stat().st_size > 0 and (d / "progress.csv").is_file()
+        assert not list(d.glob("events.out.tfevents*")), d
 
 
 def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
