@@ -7,7 +7,9 @@
 ``overhead`` runs ``python -m orchestrator.sweep`` on a copy of the digits config (own name and
 storage under ``benchmarks/.cache/sweeps``, everything else unchanged) and compares its wall
 time with the work it holds: the teacher (until the driver prints its top-1) plus each trial's
-own ``time_total_s`` (Ray's, measured inside the trial) spread over the concurrent slots.
+own time spread over the concurrent slots: Ray's ``time_total_s`` (measured inside the trial)
+less the ``teacher_wait_s`` of its first report (trials start while the teacher trains and
+wait for it before doing anything else: waiting is not work).
 Overhead = (wall - teacher - Σ trial time / slots) / wall: start-up (Python imports, Ray up,
 until the driver announces the teacher), MLflow, scheduling, trial actor start-up and the idle
 slot at the tail all count as overhead. Each run appends a row to results/sweep_overhead.csv.
@@ -169,13 +171,16 @@ def run_sweep(
 
 
 def trial_starts(sweep_dir: Path) -> dict[str, float]:
-    """trial_id -> when the trial started (first report's timestamp minus its duration)."""
+    """trial_id -> when the trial's own work started: its first report's timestamp minus its
+    duration, plus the time it waited for the teacher (trials start while it trains)."""
     starts = {}
     for result in sweep_dir.glob("trial_*/result.json"):
         first = result.read_text().split("\n", 1)[0]
         if first.strip():
             record = json.loads(first)
-            starts[str(record["trial_id"])] = record["timestamp"] - record["time_this_iter_s"]
+            starts[str(record["trial_id"])] = (
+                record["timestamp"] - record["time_this_iter_s"] + record.get("teacher_wait_s", 0)
+            )
     return starts
 
 
@@ -189,12 +194,14 @@ def trial_ends(sweep_dir: Path) -> list[float]:
 
 
 def trial_times(sweep_dir: Path) -> list[float]:
-    """Each trial's own time: the last ``time_total_s`` Ray recorded for it."""
+    """Each trial's own time: the last ``time_total_s`` Ray recorded for it, less the time it
+    waited for the teacher (``teacher_wait_s`` of its first report: waiting is not work)."""
     times = []
     for result in sorted(sweep_dir.glob("trial_*/result.json")):
         lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
         if lines:
-            times.append(float(lines[-1]["time_total_s"]))
+            waited = float(lines[0].get("teacher_wait_s", 0.0))
+            times.append(float(lines[-1]["time_total_s"]) - waited)
     if not times:
         raise SystemExit(f"no trial results under {sweep_dir}")
     return times

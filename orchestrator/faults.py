@@ -10,12 +10,15 @@ in the first trial that reaches that point: it claims the rule by creating
 ``fired-<index>.json`` next to the rules file with ``O_EXCL`` (atomic even across processes),
 and writes the trial id and the worker's pid there, so a test knows whom it hit.
 
-Points: ``before_finetune`` (the pruned model is built, no fine-tune epoch yet) and
-``epoch_end`` (fine-tune epoch ``epoch``, 1-based, reported and checkpointed). Actions:
+Points: ``teacher`` (the teacher's task, trained and evaluated, before it returns),
+``before_finetune`` (the pruned model is built, no fine-tune epoch yet) and ``epoch_end``
+(fine-tune epoch ``epoch``, 1-based, reported and checkpointed). Actions:
 ``raise`` (RuntimeError), ``nan`` (the caller poisons the model: its loss becomes NaN),
 ``stall`` (sleep ``seconds``, 120 by default: the test kills the worker meanwhile; with
 ``"until": "<name>"`` it ends early once that file exists next to the rules, so a test can
-hold a sweep open while it checks something) and ``sigkill`` (the worker kills itself).
+hold a sweep open while it checks something) and ``sigkill`` (the worker kills itself). Any
+other action with ``"until"`` first waits the same way, then acts (a teacher that fails only
+once the trials have started).
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def inject(point: str, epoch: int = 0, trial_id: str = "") -> str | None:
                 f,
             )
         action = rule["action"]
+        if action != "stall" and rule.get("until"):  # hold first, then act
+            _stall(float(rule.get("seconds", 120)), rule["until"], Path(spec).parent)
         if action == "raise":
             raise InjectedFault(f"injected fault at {point} {epoch}")
         if action == "stall":

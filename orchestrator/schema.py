@@ -212,6 +212,8 @@ class ResourcesConfig(Strict):
     cpus_per_worker: float = Field(1.0, gt=0)  # data-parallel fine-tune workers
     gpus_per_worker: float = Field(1.0, ge=0)
     torch_threads: int | None = Field(None, ge=1)  # default: cpus_per_trial, rounded up
+    # the teacher's threads; on a local Ray its task asks only for the CPUs the trial slots
+    # leave (trials start beside it and wait for it: teacher_job.reserved_cpus)
     teacher_cpus: float = Field(1.0, gt=0)
     teacher_gpus: float = Field(0.0, ge=0)
 

@@ -97,8 +97,8 @@ _err = None  # the terminal's stderr while Ray's output goes to ray.log (DriverO
 
 
 # ----------------------------------------------------------------------------- running
-def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
-    """The sweep's parent MLflow run: created once, found again on --resume."""
+def _parent_run(exp: Experiment, uri: str) -> tuple[str, bool]:
+    """The sweep's parent MLflow run, created once (True) or found again on --resume (False)."""
     from orchestrator import tracking
 
     state_file = exp.sweep_dir / SWEEP_STATE
@@ -110,7 +110,7 @@ def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
                 "(a restored sweep keeps its tracking URI)"
             )
         tracking.reopen_parent(uri, state["parent_run_id"])
-        return state["parent_run_id"]
+        return state["parent_run_id"], False
     artifact_root = (
         None if uri.startswith(("http:", "https:")) else (exp.sweep_dir.parent / "mlartifacts")
     )
@@ -121,7 +121,6 @@ def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
         exp.name,
         exp.model_dump(mode="json"),
         space_mod.describe(exp.tunable_sections),
-        teacher,
     )
     tmp = state_file.with_name(f".{SWEEP_STATE}.tmp")
     tmp.write_text(
@@ -130,7 +129,7 @@ def _parent_run(exp: Experiment, uri: str, teacher: dict, resume: bool) -> str:
         )
     )
     os.replace(tmp, state_file)
-    return parent
+    return parent, True
 
 
 def _resume_hint(source: str, exp: Experiment) -> str:
@@ -184,7 +183,7 @@ def _run(
 ) -> int:
     import ray
 
-    from orchestrator.teacher_job import TeacherJob
+    from orchestrator.teacher_job import TeacherJob, reserved_cpus
 
     started = time.perf_counter()
     # A checkpoint per epoch is the point (restarts resume from it): no snapshot warnings.
@@ -212,32 +211,38 @@ def _run(
         if warning := preflight.gpu_room_warning(exp):
             console.print(f"[yellow]warning: {warning}[/]")
         console.print(f"teacher: {exp.sweep_dir / 'teacher'}")
-        job = TeacherJob(exp)  # the teacher trains from here on, on its own CPUs; meanwhile:
+        # the teacher trains from here on; Tune starts beside it (teacher_job.py); first:
+        node_cpus = preflight.local_resources(exp)[0] if address is None else None
+        job = TeacherJob(exp, None if node_cpus is None else reserved_cpus(exp, node_cpus))
         preflight.check_model(exp, source)  # torch + timm (`--dry-run` ran it before Ray)
         init_sqlite(uri)  # first use of a shared SQLite store: its migration, once
         from ray import tune
 
         from orchestrator import live_view, mirror, pareto, speed, tracking, trial_logger
         from orchestrator.live_view import LiveView
-        from orchestrator.tuner import interrupted, make_trainable, make_tuner
+        from orchestrator.tuner import TeacherWatch, interrupted, make_trainable, make_tuner
 
         live_view.use(console)
-
-        teacher_state, teacher = job.result()
-        console.print(f"teacher top-1 {teacher['top1']:.2f} %, {teacher['macs']:,} MACs")
-        parent = _parent_run(exp, uri, teacher, resume)
+        parent, fresh = _parent_run(exp, uri)
         logger = trial_logger.TrialLogger(
             uri,
             parent,
             str(exp.sweep_dir.resolve()),
             exp.name,
             list(space_mod.leaves(exp.tunable_sections)),
-            teacher,
             storage_uri=exp.storage_uri,
             print_fronts=verbose,
         )
-        mirror.push(exp)  # teacher + sweep.json: what a new head needs to resume
-        trainable = make_trainable(exp, teacher_state)
+        mirror.push(exp)  # sweep.json (and a stored teacher): what a new head needs to resume
+
+        def teacher_ready(teacher: dict) -> None:  # from Tune's loop once the task has ended
+            console.print(f"teacher top-1 {teacher['top1']:.2f} %, {teacher['macs']:,} MACs")
+            if fresh or job.trained:  # a resumed parent has a stored teacher's numbers
+                logger.log_teacher(teacher)
+            mirror.push(exp)
+
+        TeacherWatch.watch(job, teacher_ready)
+        trainable = make_trainable(exp, job.state_ref())
         path = exp.tune_dir
         if resume:
             logger.flush()  # what an earlier run could not log (MLflow down), before new events
@@ -252,10 +257,14 @@ def _run(
             tuner = make_tuner(exp, trainable, callbacks)
         grid = tuner.fit()
         logger.flush()
+        if TeacherWatch.error is not None:
+            raise TeacherWatch.error
         if interrupted(grid, exp.sweep.num_samples):
+            job.cancel()
             status = "KILLED"
             return fail(f"orchestrator.sweep: interrupted; {_resume_hint(source, exp)}", 130)
         summary = logger.summary()  # rebuilds trials.parquet / pareto.parquet from MLflow
+        teacher_state, teacher = job.result()
         timed = None
         try:  # insight, not bookkeeping: a failure here never costs the sweep's results
             timed = speed.measure_front(  # then adds the measured columns to pareto.parquet
@@ -286,7 +295,7 @@ def _run(
         if job is not None:
             job.cancel()
         return fail(str(err))
-    except ray.exceptions.RayTaskError as err:  # the teacher task: one line, not a traceback
+    except ray.exceptions.RayError as err:  # the teacher task: one line, not a traceback
         cause = getattr(err, "cause", None) or err
         return fail(f"orchestrator.sweep: teacher: {str(cause).splitlines()[0]}", 1)
     finally:

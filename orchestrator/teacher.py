@@ -18,6 +18,7 @@ from timm.models import load_checkpoint
 from torch import nn
 
 import prune_core
+from orchestrator import faults
 from orchestrator.data import build_datasets, loaders
 from orchestrator.schema import Experiment
 from orchestrator.trial_settings import teacher_config
@@ -73,6 +74,7 @@ def train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
         )
     metrics = prune_core.evaluate(model, val_loader, config.input_size)
     metrics["epochs"] = t.epochs
+    faults.inject("teacher")  # chaos tests: a teacher that fails after its trials started
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return state, metrics
 

@@ -150,11 +150,10 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = str(value)[:6000]
 
 
-def start_parent(
-    uri: str, exp_id: str, name: str, config: dict, space_rows: list[tuple], teacher: dict
-) -> str:
-    """Create the sweep's parent run: config as params, space and config as artifacts."""
-    from mlflow.entities import Metric, Param, RunTag  # here: see client()
+def start_parent(uri: str, exp_id: str, name: str, config: dict, space_rows: list[tuple]) -> str:
+    """Create the sweep's parent run: config as params, space and config as artifacts (the
+    teacher's metrics follow when it is trained: :func:`log_teacher`)."""
+    from mlflow.entities import Param, RunTag  # here: see client()
 
     c = client(uri)
     commit = git_commit()
@@ -174,19 +173,25 @@ def start_parent(
     params = [Param(k, v) for k, v in sorted(flat.items())]
     for i in range(0, len(params), 100):
         c.log_batch(run_id, params=params[i : i + 100])
-    teacher_metrics = [
-        Metric(f"teacher_{k}", float(v), 0, 0)
-        for k, v in teacher.items()
-        if isinstance(v, (int, float))
-    ]
-    c.log_batch(
-        run_id, metrics=teacher_metrics, tags=[RunTag("search_space", json.dumps(dict(space_rows)))]
-    )
+    c.log_batch(run_id, tags=[RunTag("search_space", json.dumps(dict(space_rows)))])
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1, default=str))
         (Path(tmp) / "search_space.json").write_text(json.dumps(dict(space_rows), indent=1))
         c.log_artifacts(run_id, tmp)
     return run_id
+
+
+def log_teacher(uri: str, run_id: str, teacher: dict) -> None:
+    """The teacher's numbers on the parent run as ``teacher_<name>`` metrics (step 0): top1
+    (%), macs, params, throughput (img/s), epochs."""
+    from mlflow.entities import Metric  # here: see client()
+
+    metrics = [
+        Metric(f"teacher_{k}", float(v), 0, 0)
+        for k, v in teacher.items()
+        if isinstance(v, (int, float))
+    ]
+    client(uri).log_batch(run_id, metrics=metrics)
 
 
 def reopen_parent(uri: str, run_id: str) -> None:

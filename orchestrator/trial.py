@@ -23,8 +23,10 @@ FAILED with the reason. Any other exception propagates and is retried from the c
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 from torch import nn
@@ -58,6 +60,7 @@ def _search_phase(
     train_loader,
     val_loader,
     full_macs: int,
+    teacher_wait_s: float,
 ) -> tuple[nn.Module, Reporter]:
     """Initialise, search, finalize, prune; report iteration 1 with the pruned model."""
 
@@ -88,20 +91,29 @@ def _search_phase(
     }
     reporter = Reporter(plan.to_json(), summary, subsample_search_log(history), rows_to_csv(widths))
     reporter.report(
-        {"phase": "search", "epoch": 0, "top1": top1, "fully_trained": 0},
+        {
+            "phase": "search",
+            "epoch": 0,
+            "top1": top1,
+            "fully_trained": 0,
+            "teacher_wait_s": teacher_wait_s,
+        },
         {MODEL: student.state_dict()},
     )
     return student, reporter
 
 
 def run_trial(
-    config: dict[str, Any], *, experiment: Experiment, teacher_state: dict[str, torch.Tensor]
+    config: dict[str, Any], *, experiment: Experiment, teacher: list[ray.ObjectRef]
 ) -> None:
     """The Tune function: ``config`` holds the parameters by section (``config["search"]``),
-    sampled or fixed (Optuna constants); orchestrator.trial_settings makes prune_core's configs."""
+    sampled or fixed (Optuna constants); orchestrator.trial_settings makes prune_core's configs.
+    ``teacher`` holds one reference to the teacher's state dict, which may still be training
+    (teacher_job.py): the trial waits for it first, and its first report says how long
+    (``teacher_wait_s``; the trial's own work is Tune's ``time_total_s`` less that)."""
     summary: dict[str, Any] = {}
     try:
-        _run_trial(config, experiment, teacher_state, summary)
+        _run_trial(config, experiment, teacher[0], summary)
     except FloatingPointError as err:  # diverged: terminal, never retried
         report_failure(f"non-finite loss: {err}", summary)
 
@@ -115,11 +127,16 @@ def _poison(model: nn.Module) -> None:
 def _run_trial(
     config: dict[str, Any],
     experiment: Experiment,
-    teacher_state: dict[str, torch.Tensor],
+    teacher_ref: ray.ObjectRef,
     summary_out: dict[str, Any],
 ) -> None:
 
     exp = experiment
+    # first, before any work: the wait is then exactly the part of Tune's time_total_s that
+    # is not the trial's own work (benchmarks/sweep_efficiency.py subtracts it)
+    waiting = time.perf_counter()
+    teacher_state = ray.get(teacher_ref)  # the teacher's task error, if it failed
+    waited = time.perf_counter() - waiting
     search, finetune = search_config(exp, config), finetune_config(exp, config)
     torch.set_num_threads(exp.resources.threads())
     datasets = build_datasets(exp)
@@ -131,7 +148,7 @@ def _run_trial(
     resume_state = None
     if saved is None:
         student, reporter = _search_phase(
-            exp, search, teacher, datasets.calib, train_loader, val_loader, full_macs
+            exp, search, teacher, datasets.calib, train_loader, val_loader, full_macs, waited
         )
     else:  # a restarted trial: rebuild the pruned model from its plan, skip the search
         reporter = Reporter(saved["plan"], saved["summary"], saved["search_log"], saved["widths"])

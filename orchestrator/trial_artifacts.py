@@ -1,5 +1,6 @@
 """What a finished trial leaves on its MLflow child run: its plan, weights, search curve and
-the plot of its learned widths, read from the trial's last Tune checkpoint."""
+the plot of its learned widths, read from the trial's last Tune checkpoint (found by
+:func:`checkpoint_uri`), or the reason it failed (:func:`error_reason`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from ray.tune import Checkpoint
 
-from orchestrator.tracking import ARTIFACTS, client
+from orchestrator.tracking import ARTIFACTS, client, first_line
 from prune_core.widths import plot_widths
 
 
@@ -44,3 +45,33 @@ def log_widths_plot(uri: str, run_id: str, csv_path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="widths-") as tmp:
         png = plot_widths(rows, Path(tmp) / "widths.png", title=f"learned widths ({run_id[:8]})")
         client(uri).log_artifact(run_id, str(png))
+
+
+def checkpoint_uri(checkpoint, storage_uri: str = "") -> str | None:
+    """Where a checkpoint lives, as a URI a later process (a replay) can open again.
+
+    The storage URI's pyarrow options (``?endpoint_override=...``) are carried over, so a
+    checkpoint on an S3-compatible store (MinIO) opens against the same endpoint.
+    """
+    if checkpoint is None:
+        return None
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    if kind == "local":
+        return str(checkpoint.path)
+    _, sep, query = storage_uri.partition("?")
+    return f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}{sep}{query}"
+
+
+def error_reason(trial) -> str:
+    """The trial's exception, one line (the cause, not Ray's wrapper), for the run's tags."""
+    try:
+        err = trial.get_pickled_error()
+    except Exception:  # any error, on purpose
+        err = None
+    if err is not None:
+        return first_line(getattr(err, "cause", None) or err)
+    try:
+        lines = Path(trial.error_file).read_text().strip().splitlines()
+        return lines[-1][:500] if lines else "unknown error"
+    except (OSError, TypeError):
+        return "unknown error"

@@ -12,6 +12,7 @@ number of finished trials as its step.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from ray.tune import Callback
 from orchestrator import driver_output, importance, pareto
 from orchestrator.outbox import Outbox, plain_dict
 from orchestrator.space import flatten_point
+from orchestrator.teacher_job import TEACHER_METRICS
 from orchestrator.tracking import (
     LOST,
     LOST_REASON,
@@ -37,9 +39,10 @@ from orchestrator.tracking import (
     client,
     end_parent,
     first_line,
+    log_teacher,
     trial_rows,
 )
-from orchestrator.trial_artifacts import log_trial_artifacts
+from orchestrator.trial_artifacts import checkpoint_uri, error_reason, log_trial_artifacts
 
 RESULT_KEYS = METRICS + (
     "training_iteration",
@@ -53,36 +56,6 @@ RESULT_KEYS = METRICS + (
 
 def _warn(message: str) -> None:
     driver_output.warn(message)  # the terminal, also while Ray's output goes to ray.log
-
-
-def _checkpoint_uri(checkpoint, storage_uri: str = "") -> str | None:
-    """Where a checkpoint lives, as a URI a later process (a replay) can open again.
-
-    The storage URI's pyarrow options (``?endpoint_override=...``) are carried over, so a
-    checkpoint on an S3-compatible store (MinIO) opens against the same endpoint.
-    """
-    if checkpoint is None:
-        return None
-    kind = getattr(checkpoint.filesystem, "type_name", "local")
-    if kind == "local":
-        return str(checkpoint.path)
-    _, sep, query = storage_uri.partition("?")
-    return f"{'gs' if kind == 'gcs' else kind}://{checkpoint.path}{sep}{query}"
-
-
-def _error_reason(trial) -> str:
-    """The trial's exception, one line (the cause, not Ray's wrapper), for the run's tags."""
-    try:
-        err = trial.get_pickled_error()
-    except Exception:  # any error, on purpose
-        err = None
-    if err is not None:
-        return first_line(getattr(err, "cause", None) or err)
-    try:
-        lines = Path(trial.error_file).read_text().strip().splitlines()
-        return lines[-1][:500] if lines else "unknown error"
-    except (OSError, TypeError):
-        return "unknown error"
 
 
 class TrialLogger(Callback):
@@ -107,7 +80,6 @@ class TrialLogger(Callback):
         sweep_dir: str,
         sweep_name: str,
         param_names: list[str],
-        teacher: dict,
         storage_uri: str = "",
         print_fronts: bool = True,
     ) -> None:
@@ -115,7 +87,7 @@ class TrialLogger(Callback):
         self.storage_uri = storage_uri
         # the front after every finished trial (-v); the compact console shows it once, timed
         self.print_fronts = print_fronts
-        self.sweep_name, self.param_names, self.teacher = sweep_name, param_names, teacher
+        self.sweep_name, self.param_names = sweep_name, param_names
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._next_try = 0.0
@@ -123,6 +95,16 @@ class TrialLogger(Callback):
 
     def __getstate__(self) -> dict:  # caches are rebuilt from MLflow after a restore
         return {**self.__dict__, "_runs": {}, "_last_step": {}, "_next_try": 0.0, "_pool": None}
+
+    @property
+    def teacher(self) -> dict | None:
+        """The stored teacher's metrics (the tables' reference row); None while it trains."""
+        path = Path(self.sweep_dir) / "teacher" / TEACHER_METRICS
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def log_teacher(self, metrics: dict) -> None:
+        """The teacher's metrics on the parent run (buffered like any operation)."""
+        self.submit({"op": "teacher", "metrics": plain_dict(metrics, tuple(metrics))})
 
     # ------------------------------------------------------------------ operations
     def _op(self, kind: str, trial=None, **fields: Any) -> dict:
@@ -202,6 +184,9 @@ class TrialLogger(Callback):
         kind = op["op"]
         if kind == "refresh":
             self.refresh()
+            return
+        if kind == "teacher":
+            log_teacher(self.uri, self.parent_id, op["metrics"])
             return
         if kind == "end_parent":
             end_parent(self.uri, self.parent_id, op["status"])
@@ -301,13 +286,13 @@ class TrialLogger(Callback):
                 "complete",
                 trial,
                 result=result,
-                checkpoint=_checkpoint_uri(trial.checkpoint, getattr(self, "storage_uri", "")),
+                checkpoint=checkpoint_uri(trial.checkpoint, getattr(self, "storage_uri", "")),
             )
         )
         self.submit(self._op("refresh"))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self.submit(self._op("error", trial, reason=_error_reason(trial)))
+        self.submit(self._op("error", trial, reason=error_reason(trial)))
         self.submit(self._op("refresh"))
 
     def on_experiment_end(self, trials: list, **info) -> None:

@@ -9,15 +9,18 @@ driver only when a sweep runs (it loads Ray, Optuna and, through the trial, torc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import optuna
 import pyarrow.fs
+import ray
 from ray import tune
 from ray.tune import Callback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler
+from ray.tune.stopper import Stopper
 
 from orchestrator import space as space_mod
 from orchestrator.scheduler import MacBucketASHA
@@ -61,11 +64,14 @@ def make_scheduler(exp: Experiment):
     )
 
 
-def make_trainable(exp: Experiment, teacher_state: dict):
-    """``run_trial`` with the experiment and the teacher's weights (object store), and the
-    per-trial resources."""
+def make_trainable(exp: Experiment, teacher_state: ray.ObjectRef):
+    """``run_trial`` with the experiment and the teacher's weights (an object reference the
+    trial waits on: the teacher may still be training, teacher_job.py), and the per-trial
+    resources."""
     r = exp.resources
-    trainable = tune.with_parameters(run_trial, experiment=exp, teacher_state=teacher_state)
+    # in a list: Tune puts each parameter in the object store, and a bare reference cannot be
+    # put; nested, it travels as a reference and stays alive with the trainable
+    trainable = tune.with_parameters(run_trial, experiment=exp, teacher=[teacher_state])
     return tune.with_resources(trainable, {"cpu": r.cpus_per_trial, "gpu": r.gpus_per_trial})
 
 
@@ -75,7 +81,8 @@ def trial_name(trial) -> str:
 
 
 def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
-    """A fresh Tuner of the sweep (``--resume`` restores one from ``exp.tune_dir`` instead)."""
+    """A fresh Tuner of the sweep (``--resume`` restores one from ``exp.tune_dir`` instead),
+    with :class:`TeacherWatch` among its callbacks and :class:`TeacherFailed` its stopper."""
     tune_config = tune.TuneConfig(
         search_alg=make_searcher(exp),
         scheduler=make_scheduler(exp),
@@ -89,6 +96,7 @@ def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
         name=exp.name,
         storage_path=exp.storage_uri,
         failure_config=tune.FailureConfig(max_failures=exp.sweep.max_failures),
+        stop=TeacherFailed(),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         # result.json + progress.csv per trial, as Tune writes by default, but not its
         # TensorBoard logger (MLflow tracks the sweep): importing tensorboardX and boto3 cost
@@ -96,6 +104,7 @@ def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
         # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS so that Tune does not add it back
         callbacks=[
             *callbacks,
+            TeacherWatch(),
             EndWatch(),
             KeepTrialLogs(),
             JsonLoggerCallback(),
@@ -103,6 +112,53 @@ def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
         ],
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+class TeacherWatch(Callback):
+    """Collects the teacher once its task ends, from Tune's loop (the trials started before).
+
+    :meth:`watch` names the job and what to do with its metrics (print them, log them on the
+    parent run); each step then checks the job without waiting. A failed task's error is kept
+    in :attr:`error` and :class:`TeacherFailed` ends the sweep (the trials waiting for it fail
+    with the same error). Class attributes, as in :class:`EndWatch`: ``Tuner.restore`` runs an
+    unpickled copy of the callbacks, and a job holds object references that only this driver
+    process can use.
+    """
+
+    job: ClassVar[Any] = None  # teacher_job.TeacherJob, until collected
+    on_ready: ClassVar[Callable[[dict], None] | None] = None
+    error: ClassVar[BaseException | None] = None
+
+    @classmethod
+    def watch(cls, job, on_ready: Callable[[dict], None]) -> None:
+        cls.job, cls.on_ready, cls.error = job, on_ready, None
+        cls.collect()  # a stored teacher: at once, before any trial
+
+    @classmethod
+    def collect(cls) -> None:
+        if cls.job is None or not cls.job.done():
+            return
+        job, cls.job = cls.job, None
+        try:
+            metrics = job.result()[1]
+        except Exception as err:  # RayTaskError, or the task's worker died: any error
+            cls.error = err
+            return
+        if cls.on_ready is not None:
+            cls.on_ready(metrics)
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        TeacherWatch.collect()
+
+
+class TeacherFailed(Stopper):
+    """Stops the whole sweep once :class:`TeacherWatch` saw the teacher's task fail."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return TeacherWatch.error is not None
 
 
 class KeepTrialLogs(Callback):

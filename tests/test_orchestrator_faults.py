@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import children, tune_results, write_config
+from helpers import children, mlflow_client, tune_results, write_config
 
 from orchestrator import space
 from orchestrator.config import load_config
@@ -183,6 +183,59 @@ def test_nan_trial_fails_once_with_its_reason_and_is_not_retried(faulty):
     states = sorted(t.state.name for t in study["_ot_study"].get_trials())
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
     assert optuna.trial.TrialState.RUNNING.name not in states
+
+
+def test_a_failed_teacher_ends_the_sweep_at_once_with_one_line(tmp_path):
+    """Trials start while the teacher trains and wait for it (teacher_job.py): a teacher task
+    that fails must still end the whole sweep at once (not retry trials that can never run),
+    exit 1 with one line naming the cause, leave the parent run FAILED and store no teacher."""
+    rules = tmp_path / "faults" / "rules.json"
+    rules.parent.mkdir()
+    rules.write_text(json.dumps([{"point": "teacher", "action": "raise", "until": "release"}]))
+    config = write_config(
+        tmp_path,
+        "noteacher",
+        sweep={
+            "num_samples": 6,
+            "max_concurrent_trials": 2,
+            "sampler": "random",
+            "asha": None,
+            "max_failures": 2,
+        },
+    )
+    sweep_dir, log = tmp_path / "results" / "noteacher", tmp_path / "driver.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(
+            sweep_cmd(config),
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "ORCHESTRATOR_FAULTS": str(rules)},
+        )
+    try:  # the teacher holds at its end until both slots' trials run (the live view's lines)
+        deadline = time.monotonic() + 240
+        while log.read_text().count(" started: ") < 2:
+            assert driver.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        (rules.parent / "release").touch()
+        stderr = driver.communicate(timeout=240)[1]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    stdout = log.read_text()
+    assert driver.returncode == 1, stdout[-2000:] + stderr[-3000:]
+    ours = [x for x in stderr.splitlines() if x.startswith("orchestrator.sweep: ")]
+    assert ours == ["orchestrator.sweep: teacher: injected fault at teacher 0"], stderr
+    assert "teacher top-1" not in stdout
+    assert not (sweep_dir / "teacher" / "teacher.pt").exists()
+    client = mlflow_client(tmp_path)
+    parent = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
+    assert client.get_run(parent).info.status == "FAILED"
+    runs = children(client, parent)
+    assert len(runs) >= 2 and all(r.info.status in ("FAILED", "KILLED") for r in runs), runs
+    # the trials that started waited and never reported; the searcher stopped sampling
+    assert all(not rows for rows in tune_results(sweep_dir).values())
+    assert len(runs) <= 2 * 3  # the slots, each tried at most 1 + max_failures times
 
 
 # ----------------------------------------------------------------------------- tracking faults

@@ -137,6 +137,26 @@ def test_requests_that_fit_pass_and_are_reported(tmp_path, capsys):
     assert "digits: 1347 training images" in out
 
 
+def test_the_teacher_asks_a_local_node_only_for_cpus_no_trial_slot_needs():
+    """Trials start while the teacher trains and wait for it (teacher_job.py): on a local node
+    the teacher task asks Ray for what the slots leave, at most ``teacher_cpus``; asking for
+    more would keep a slot's trial process from starting (and importing) beside it."""
+    from orchestrator.teacher_job import reserved_cpus
+
+    def cpus(node: float, **resources) -> float:
+        sweep = {"max_concurrent_trials": resources.pop("slots", 2), "num_samples": 8}
+        exp = parse_config(minimal(resources=resources, sweep=sweep), "x")
+        return reserved_cpus(exp, node)
+
+    assert cpus(2, cpus_per_trial=1, teacher_cpus=1) == 0  # the digits demo: borrowed
+    assert cpus(4, cpus_per_trial=1, teacher_cpus=1) == 1  # 2 CPUs left idle by the slots
+    assert cpus(4, cpus_per_trial=1, teacher_cpus=4) == 2
+    assert cpus(16, cpus_per_trial=4, teacher_cpus=8, slots=4) == 0
+    assert cpus(3, cpus_per_trial=1, teacher_cpus=2, slots=8) == 0  # slots past the CPUs
+    one = parse_config(minimal(sweep={"num_samples": 1, "max_concurrent_trials": 4}), "x")
+    assert reserved_cpus(one, 2) == 1  # one trial: one slot, whatever the concurrency cap
+
+
 # ----------------------------------------------------------------------------- metric
 def test_asha_metric_a_trial_does_not_report_is_refused():
     """Issue 12: `acc` (for top1) ran the teacher, then died in 73 lines and 3 tracebacks."""
