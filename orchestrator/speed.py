@@ -20,6 +20,7 @@ import math
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -51,6 +52,7 @@ def latencies(
     threads: int,
     rounds: int = ROUNDS,
     min_run_time: float = 0.1,
+    settle: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Median latency (ms per call on ``x``) of each model, timed in interleaved rounds.
 
@@ -60,6 +62,8 @@ def latencies(
         threads: torch threads for every timing (``benchmark.Timer(num_threads=...)``).
         min_run_time: seconds each model runs per round: the calls one ``blocked_autorange``
             of that length made (the warm-up), then one ``Timer.timeit`` block per round.
+        settle: called between the warm-up and the timed rounds (the driver waits there for
+            Ray's shutdown, which runs meanwhile, so that it cannot disturb the rounds).
     Returns:
         name -> median over ``rounds`` of the per-call time, in ms.
     """
@@ -77,6 +81,8 @@ def latencies(
             # cost as much again as the timing itself
             warm = timer.blocked_autorange(min_run_time=min_run_time)
             calls[name] = max(1, warm.number_per_run * len(warm.raw_times))
+        if settle is not None:
+            settle()
         for _ in range(rounds):
             for name, timer in timers.items():  # one block of >= min_run_time per round
                 samples[name].append(timer.timeit(calls[name]).median)
@@ -105,6 +111,7 @@ def time_front(
     batch: int,
     threads: int,
     device: str | None = None,
+    settle: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """The teacher and each pruned model (trial id -> model) timed side by side on one
     device (CUDA when there is one, else CPU); ms per batch of ``batch`` images."""
@@ -113,7 +120,7 @@ def time_front(
     for model in models.values():
         model.to(device).eval()
     x = torch.randn(batch, *input_size, device=device)
-    return latencies(models, x, threads=threads)
+    return latencies(models, x, threads=threads, settle=settle)
 
 
 def _download_pruned(c, run_id: str, directory: Path) -> tuple[str, dict]:
@@ -124,7 +131,19 @@ def _download_pruned(c, run_id: str, directory: Path) -> tuple[str, dict]:
     return plan, torch.load(weights, map_location="cpu", weights_only=True)
 
 
-def _timing_task(exp: Experiment, teacher_state: dict, plans: dict[str, tuple[str, dict]]):
+def in_driver(exp: Experiment, *, local: bool) -> bool:
+    """Whether the front is timed in the driver's own process: on a local Ray with no GPU
+    asked for (the trials are done, the driver's CPU is free, and a fresh worker would first
+    spend seconds importing torch); else in one Ray task with the teacher's resources."""
+    return local and not exp.resources.teacher_gpus
+
+
+def _timing_task(
+    exp: Experiment,
+    teacher_state: dict,
+    plans: dict[str, tuple[str, dict]],
+    settle: Callable[[], None] | None = None,
+):
     """One process, one device: rebuild the teacher and the pruned models, time them."""
     threads = max(1, math.ceil(exp.resources.teacher_cpus))
     torch.set_num_threads(threads)
@@ -135,7 +154,9 @@ def _timing_task(exp: Experiment, teacher_state: dict, plans: dict[str, tuple[st
         )
         for trial, (plan, weights) in plans.items()
     }
-    return time_front(teacher, pruned, exp.input_size, exp.data.eval_batch_size, threads)
+    return time_front(
+        teacher, pruned, exp.input_size, exp.data.eval_batch_size, threads, settle=settle
+    )
 
 
 def measure_front(
@@ -147,10 +168,11 @@ def measure_front(
     console: Console | None = None,
     *,
     local: bool = False,
+    settle: Callable[[], None] | None = None,
 ) -> pa.Table | None:
-    """Time the front side by side (module doc) in one Ray task (in the driver when Ray is
-    ``local`` and no GPU is asked for); add the speed columns to ``pareto.parquet``, plot
-    ``speedup.png``, log both to the parent run, print the table.
+    """Time the front side by side (module doc) in one Ray task, or in the driver
+    (:func:`in_driver`, where ``settle`` runs before the timed rounds); add the speed columns
+    to ``pareto.parquet``, plot ``speedup.png``, log both to the parent run, print the table.
 
     Returns the front with its speed columns, or None when no trial finished.
     """
@@ -165,9 +187,8 @@ def measure_front(
             for r in front.to_pylist()
         }
     r = exp.resources
-    if local and not r.teacher_gpus:  # the trials are done: the driver's own CPU is free, and
-        # a fresh worker would first spend seconds importing torch
-        measured = _timing_task(exp, teacher_state, plans)
+    if in_driver(exp, local=local):
+        measured = _timing_task(exp, teacher_state, plans, settle)
     else:
         task = ray.remote(num_cpus=r.teacher_cpus, num_gpus=r.teacher_gpus)(_timing_task)
         measured = ray.get(task.remote(exp, teacher_state, plans))

@@ -16,15 +16,15 @@ than mixed into.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+import threading
 import time
 
 from rich.console import Console
 
-from orchestrator import preflight
+from orchestrator import preflight, sweep_state
 from orchestrator import space as space_mod
 from orchestrator.config import ConfigError, check_inputs, load_config
 from orchestrator.driver_output import DriverOutput
@@ -45,7 +45,6 @@ MLFLOW_HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 
-SWEEP_STATE = "sweep.json"  # parent run id and tracking URI, for --resume and report
 DRIVER_LOG = "ray.log"  # Ray's and Tune's output in compact mode (driver_output.py)
 console = Console(width=None if sys.stdout.isatty() else 120)
 
@@ -97,41 +96,6 @@ _err = None  # the terminal's stderr while Ray's output goes to ray.log (DriverO
 
 
 # ----------------------------------------------------------------------------- running
-def _parent_run(exp: Experiment, uri: str) -> tuple[str, bool]:
-    """The sweep's parent MLflow run, created once (True) or found again on --resume (False)."""
-    from orchestrator import tracking
-
-    state_file = exp.sweep_dir / SWEEP_STATE
-    if state_file.is_file():
-        state = json.loads(state_file.read_text())
-        if state["tracking_uri"] != uri:
-            raise TrackingError(
-                f"this sweep logs to {state['tracking_uri']}, not {uri} "
-                "(a restored sweep keeps its tracking URI)"
-            )
-        tracking.reopen_parent(uri, state["parent_run_id"])
-        return state["parent_run_id"], False
-    artifact_root = (
-        None if uri.startswith(("http:", "https:")) else (exp.sweep_dir.parent / "mlartifacts")
-    )
-    exp_id = tracking.experiment_id(uri, exp.tracking.experiment or exp.name, artifact_root)
-    parent = tracking.start_parent(
-        uri,
-        exp_id,
-        exp.name,
-        exp.model_dump(mode="json"),
-        space_mod.describe(exp.tunable_sections),
-    )
-    tmp = state_file.with_name(f".{SWEEP_STATE}.tmp")
-    tmp.write_text(
-        json.dumps(
-            {"parent_run_id": parent, "tracking_uri": uri, "experiment_id": exp_id}, indent=1
-        )
-    )
-    os.replace(tmp, state_file)
-    return parent, True
-
-
 def _resume_hint(source: str, exp: Experiment) -> str:
     from ray import tune
 
@@ -198,7 +162,7 @@ def _run(
         ray.init(address=address, **init)
     except ConnectionError as err:
         return fail(f"orchestrator.sweep: --address {address}: {str(err).splitlines()[0]}")
-    parent, status, logger, job = None, "FAILED", None, None
+    parent, status, logger, job, closing = None, "FAILED", None, None, None
     try:
         if address is not None:
             _check_cluster(exp, source)  # local Ray was checked before it started
@@ -223,7 +187,7 @@ def _run(
         from orchestrator.tuner import TeacherWatch, interrupted, make_trainable, make_tuner
 
         live_view.use(console)
-        parent, fresh = _parent_run(exp, uri)
+        parent, fresh = sweep_state.parent_run(exp, uri)
         logger = trial_logger.TrialLogger(
             uri,
             parent,
@@ -265,10 +229,22 @@ def _run(
             return fail(f"orchestrator.sweep: interrupted; {_resume_hint(source, exp)}", 130)
         summary = logger.summary()  # rebuilds trials.parquet / pareto.parquet from MLflow
         teacher_state, teacher = job.result()
+        if speed.in_driver(exp, local=address is None):  # Ray's part is done: its shutdown
+            # (~1.3 s, mostly waiting for processes to exit) overlaps loading the front's
+            # models and their warm-up; the timed rounds wait for it (speed.latencies)
+            closing = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+            closing.start()
         timed = None
         try:  # insight, not bookkeeping: a failure here never costs the sweep's results
             timed = speed.measure_front(  # then adds the measured columns to pareto.parquet
-                exp, uri, parent, teacher_state, teacher, console=console, local=address is None
+                exp,
+                uri,
+                parent,
+                teacher_state,
+                teacher,
+                console=console,
+                local=address is None,
+                settle=closing.join if closing is not None else None,
             )
         except Exception as err:  # any error, on purpose
             console.print(f"front speed: not measured ({type(err).__name__}: {err})")
@@ -311,7 +287,10 @@ def _run(
             tracking.end_parent(uri, parent, status)
         if parent is not None:
             mirror.push_or_warn(exp)  # the final tables and any buffered tracking
-        ray.shutdown()
+        if closing is not None:
+            closing.join()
+        else:
+            ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,23 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{args.config}: tracking: {err}")
 
 
-def _restorable(path: str) -> bool:
-    """Whether ``path`` (a folder or a storage URI) holds a Tune experiment: Tune's
-    ``Tuner.can_restore`` (it looks for ``tuner.pkl``), without importing Tune (~1 s) before
-    the teacher starts."""
-    import pyarrow.fs
-
-    if "://" in path:
-        fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
-    else:
-        fs, fs_path = pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-    return fs.get_file_info(f"{fs_path.rstrip('/')}/tuner.pkl").type != pyarrow.fs.FileType.NotFound
-
-
 def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:
     """What only the folder's owner may do: look at the folder, then run the sweep."""
     path = exp.tune_dir
-    restorable = _restorable(path)
+    restorable = sweep_state.restorable(path)
     if args.resume and not restorable:
         return fail(f"{args.config}: --resume: no sweep to resume in {path}")
     if restorable and not args.resume:

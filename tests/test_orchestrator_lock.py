@@ -124,14 +124,15 @@ def test_the_existing_sweep_check_agrees_with_tunes_can_restore(tmp_path, capsys
     it must answer what ``Tuner.can_restore`` answers, and ``--resume`` of nothing is refused."""
     from ray import tune
 
-    from orchestrator.sweep import _restorable, main
+    from orchestrator.sweep import main
+    from orchestrator.sweep_state import restorable
 
     folder = tmp_path / "results" / "s"
     folder.mkdir(parents=True)
-    assert _restorable(str(folder)) is tune.Tuner.can_restore(str(folder)) is False
+    assert restorable(str(folder)) is tune.Tuner.can_restore(str(folder)) is False
     (folder / "tuner.pkl").write_bytes(b"")
-    assert _restorable(str(folder)) is tune.Tuner.can_restore(str(folder)) is True
-    assert _restorable(f"file://{folder}") is True
+    assert restorable(str(folder)) is tune.Tuner.can_restore(str(folder)) is True
+    assert restorable(f"file://{folder}") is True
 
     config = write_config(tmp_path, "fresh")
     assert main([str(config), "--resume"]) == 2

@@ -1,0 +1,63 @@
+"""What a sweep folder holds that a later run must find again: ``sweep.json`` (the parent MLflow
+run and its tracking URI, written once, atomically) and Tune's experiment state (whether there
+is a sweep to ``--resume``). Neither needs Tune or MLflow imported to answer."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from orchestrator import space as space_mod
+from orchestrator.schema import Experiment
+from orchestrator.tracking import TrackingError
+
+SWEEP_STATE = "sweep.json"  # parent run id and tracking URI, for --resume and report
+
+
+def parent_run(exp: Experiment, uri: str) -> tuple[str, bool]:
+    """The sweep's parent MLflow run, created once (True) or found again on --resume (False),
+    through ``sweep.json``. TrackingError when a restored sweep is given another URI."""
+    from orchestrator import tracking  # here: it loads MLflow
+
+    state_file = exp.sweep_dir / SWEEP_STATE
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if state["tracking_uri"] != uri:
+            raise TrackingError(
+                f"this sweep logs to {state['tracking_uri']}, not {uri} "
+                "(a restored sweep keeps its tracking URI)"
+            )
+        tracking.reopen_parent(uri, state["parent_run_id"])
+        return state["parent_run_id"], False
+    artifact_root = (
+        None if uri.startswith(("http:", "https:")) else (exp.sweep_dir.parent / "mlartifacts")
+    )
+    exp_id = tracking.experiment_id(uri, exp.tracking.experiment or exp.name, artifact_root)
+    parent = tracking.start_parent(
+        uri,
+        exp_id,
+        exp.name,
+        exp.model_dump(mode="json"),
+        space_mod.describe(exp.tunable_sections),
+    )
+    tmp = state_file.with_name(f".{SWEEP_STATE}.tmp")
+    tmp.write_text(
+        json.dumps(
+            {"parent_run_id": parent, "tracking_uri": uri, "experiment_id": exp_id}, indent=1
+        )
+    )
+    os.replace(tmp, state_file)
+    return parent, True
+
+
+def restorable(path: str) -> bool:
+    """Whether ``path`` (a folder or a storage URI) holds a Tune experiment: Tune's
+    ``Tuner.can_restore`` (it looks for ``tuner.pkl``), without importing Tune (~1 s) before
+    the teacher starts."""
+    import pyarrow.fs  # here: a config error or --dry-run answers without it
+
+    if "://" in path:
+        fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+    else:
+        fs, fs_path = pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    return fs.get_file_info(f"{fs_path.rstrip('/')}/tuner.pkl").type != pyarrow.fs.FileType.NotFound
