@@ -20,6 +20,7 @@ import math
 import os
 import statistics
 import tempfile
+import timeit
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import torch
 from rich.console import Console
 from torch import nn
 from torch.utils import benchmark
+from torch.utils.benchmark.utils.timer import timer as clock
 
 import prune_core
 from orchestrator import pareto
@@ -61,7 +63,8 @@ def latencies(
         x: one batch (B, C, H, W).
         threads: torch threads for every timing (``benchmark.Timer(num_threads=...)``).
         min_run_time: seconds each model runs per round: the calls one ``blocked_autorange``
-            of that length made (the warm-up), then one ``Timer.timeit`` block per round.
+            of that length made (the warm-up), then one block of that many calls per round,
+            timed with torch.utils.benchmark's clock (it synchronizes an accelerator).
         settle: called between the warm-up and the timed rounds (the driver waits there for
             Ray's shutdown, which runs meanwhile, so that it cannot disturb the rounds).
     Returns:
@@ -83,9 +86,21 @@ def latencies(
             calls[name] = max(1, warm.number_per_run * len(warm.raw_times))
         if settle is not None:
             settle()
-        for _ in range(rounds):
-            for name, timer in timers.items():  # one block of >= min_run_time per round
-                samples[name].append(timer.timeit(calls[name]).median)
+        # The rounds use the stdlib's timeit with torch's clock: ``Timer.timeit`` runs 2 more
+        # calls as a warm-up before every block, 40 % of a 3-call block of the digits teacher,
+        # and the models are warm by now
+        blocks = {
+            name: timeit.Timer("model(x)", timer=clock, globals={"model": model, "x": x})
+            for name, model in models.items()
+        }
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for _ in range(rounds):
+                for name, block in blocks.items():  # one block of >= min_run_time per round
+                    samples[name].append(block.timeit(calls[name]) / calls[name])
+        finally:
+            torch.set_num_threads(threads_before)
     return {name: 1e3 * statistics.median(s) for name, s in samples.items()}
 
 
