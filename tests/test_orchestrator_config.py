@@ -299,6 +299,14 @@ def test_points_to_evaluate_are_checked_against_the_space() -> None:
     assert flat.startswith("experiments/x.yaml: sweep.points_to_evaluate.0."), flat
 
 
+def fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (a fresh ``sys.modules``), from the repo root."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip() + ("\n" + out.stderr if out.stderr.strip() else "")
+
+
 def test_the_sweep_cli_loads_no_torch_ray_or_mlflow_before_it_needs_them() -> None:
     """--dry-run and config errors answer in about a second: importing the CLI (and parsing a
     config) must not pull in torch, Ray or MLflow."""
@@ -307,10 +315,8 @@ def test_the_sweep_cli_loads_no_torch_ray_or_mlflow_before_it_needs_them() -> No
         "from orchestrator.config import load_config; load_config('experiments/digits.yaml'); "
         "print(sorted(m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    out = fresh_python(code)
+    assert out.splitlines()[0] == "[]", out
 
 
 def test_the_checks_before_ray_starts_do_not_import_torch() -> None:
@@ -324,10 +330,8 @@ def test_the_checks_before_ray_starts_do_not_import_torch() -> None:
         "preflight.check(exp, 'x', local=True, model=False); "
         "print(preflight.local_resources(exp), 'torch' in sys.modules)"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "(2.0, 0.0) False", out.stdout + out.stderr
+    out = fresh_python(code)
+    assert out.splitlines()[0] == "(2.0, 0.0) False", out
 
 
 def test_the_sections_cannot_drift_from_prune_cores_configs() -> None:
