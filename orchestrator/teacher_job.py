@@ -25,16 +25,17 @@ import ray
 
 from orchestrator.schema import Experiment
 
-TEACHER_WEIGHTS, TEACHER_METRICS = "teacher.pt", "teacher.json"
+TEACHER_DIR, TEACHER_WEIGHTS, TEACHER_METRICS = "teacher", "teacher.pt", "teacher.json"
 
 
 def teacher_dir(config: Experiment) -> Path:
-    return config.sweep_dir / "teacher"
+    return config.sweep_dir / TEACHER_DIR
 
 
-def stored_metrics(config: Experiment) -> dict | None:
-    """The stored teacher's metrics (``teacher/teacher.json``), or None before it is stored."""
-    path = teacher_dir(config) / TEACHER_METRICS
+def stored_metrics(sweep_dir: str | Path) -> dict | None:
+    """The stored teacher's metrics (``<sweep folder>/teacher/teacher.json``), or None before
+    it is stored (while its task still trains)."""
+    path = Path(sweep_dir) / TEACHER_DIR / TEACHER_METRICS
     return json.loads(path.read_text()) if path.is_file() else None
 
 

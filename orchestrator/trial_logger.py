@@ -12,7 +12,6 @@ number of finished trials as its step.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from ray.tune import Callback
 from orchestrator import driver_output, importance, pareto
 from orchestrator.outbox import Outbox, plain_dict
 from orchestrator.space import flatten_point
-from orchestrator.teacher_job import TEACHER_METRICS
+from orchestrator.teacher_job import stored_metrics
 from orchestrator.tracking import (
     LOST,
     LOST_REASON,
@@ -99,8 +98,7 @@ class TrialLogger(Callback):
     @property
     def teacher(self) -> dict | None:
         """The stored teacher's metrics (the tables' reference row); None while it trains."""
-        path = Path(self.sweep_dir) / "teacher" / TEACHER_METRICS
-        return json.loads(path.read_text()) if path.is_file() else None
+        return stored_metrics(self.sweep_dir)
 
     def log_teacher(self, metrics: dict) -> None:
         """The teacher's metrics on the parent run (buffered like any operation)."""
