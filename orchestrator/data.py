@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
+from orchestrator.augment import training_transform
 from orchestrator.schema import Experiment, resolve_split
 from prune_core.digits import DigitsDataset, digits_datasets
 from prune_core.fashion_mnist import FashionMnistDataset, fashion_mnist_datasets
@@ -47,14 +48,14 @@ class Datasets:
 
 # ----------------------------------------------------------------------------- transforms
 def transforms(config: Experiment, training: bool):
-    """timm's standard transforms at the model's input size (ImageNet mean/std)."""
+    """timm's standard transforms at the model's input size (ImageNet mean/std); the training
+    one through ``augment.training_transform``, which no image makes raise."""
 
     d = config.data
     size = config.input_size
     if training:
-        return create_transform(
+        return training_transform(
             size,
-            is_training=True,
             scale=(d.crop_scale_min, 1.0),
             hflip=d.hflip,
             auto_augment=d.auto_augment,

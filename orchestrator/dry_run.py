@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import space as space_mod
+from orchestrator import versions
+from orchestrator._redact import redact
 from orchestrator.schema import Experiment
 
 
@@ -68,14 +70,18 @@ def print_plan(exp: Experiment, uri: str, source: str, checks: list[str], consol
         ("teacher task", f"{r.teacher_cpus:g} CPU, {r.teacher_gpus:g} GPU"),
         (
             "storage",
-            exp.tune_dir
+            redact(exp.tune_dir)
             + (f" (driver files in {exp.sweep_dir.resolve()})" if exp.storage.is_uri else ""),
         ),
-        ("tracking", uri),
-    ] + [("checked", note) for note in checks]
+        ("tracking", redact(uri)),  # a password in it stays off the screen
+    ]
+    in_use, drift = versions.summary()
+    rows += [("versions", in_use)] + [("checked", note) for note in checks]
     plan = Table(title="resources and schedule", title_justify="left", show_header=False)
     plan.add_column()
     plan.add_column()
     for key, value in rows:
         plan.add_row(key, value)
     console.print(plan)
+    if drift:
+        console.print(f"[yellow]warning:[/] {drift}")

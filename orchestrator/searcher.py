@@ -1,14 +1,110 @@
-"""OptunaSearch that tells a failed trial (``failed`` in its last result) to Optuna as FAIL.
+"""The sweep's Optuna searcher: picklable samplers, and failed trials told to Optuna as FAIL.
 
-A trial whose loss went NaN ends with a terminal report (``failed = 1``, ``top1 = NaN``) rather
-than an exception, so it is not retried. Ray tells a finished trial's last values with state
-COMPLETE, Optuna refuses NaN in a COMPLETE trial, and Ray only logs that refusal: the study
-would keep an orphan RUNNING trial. Routing it through Ray's own error path records FAIL.
+**Picklable samplers.** Tune pickles the searcher when it builds the Tuner and in every
+experiment snapshot, and unpickles it on ``--resume``. Optuna 5.1's genetic samplers
+(``NSGAIISampler``, through ``optuna/samplers/_ga/_base.py``) hold a ``threading.Lock``, which
+pickle refuses (``TypeError: cannot pickle '_thread.lock' object``). The samplers here are
+Optuna's own, unchanged, with a ``__getstate__`` that leaves out every lock the sampler (or a
+sampler it holds, e.g. NSGA-II's fallback ``RandomSampler``) keeps and a ``__setstate__`` that
+makes a fresh one. The lock only guards a cache rebuilt from the study, so nothing of the
+search is lost: the generation numbers and the population live in the study's trials
+(``NSGAIISampler:generation`` system attrs), which OptunaSearch pickles with the sampler.
+
+**Failed trials.** A trial whose loss went NaN ends with a terminal report (``failed = 1``,
+``top1 = NaN``) rather than an exception, so it is not retried. Ray tells a finished trial's
+last values with state COMPLETE, Optuna refuses NaN in a COMPLETE trial, and Ray only logs that
+refusal: the study would keep an orphan RUNNING trial. Routing it through Ray's own error path
+records FAIL.
 """
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+import optuna
 from ray.tune.search.optuna import OptunaSearch
+
+# the lock types by the name stored in a pickle (a lock's type cannot itself be pickled)
+_LOCK_KINDS = {type(threading.Lock()): "lock", type(threading.RLock()): "rlock"}
+_NEW_LOCK = {"lock": threading.Lock, "rlock": threading.RLock}
+
+
+def _without_locks(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``state`` less its lock values, and ``{attribute: "lock" | "rlock"}`` for those."""
+    locks = {n: _LOCK_KINDS[type(v)] for n, v in state.items() if type(v) in _LOCK_KINDS}
+    return {n: v for n, v in state.items() if n not in locks}, locks
+
+
+class _PicklableSampler:
+    """Mixin: pickles an Optuna sampler without its thread locks and makes new ones on load."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state, locks = _without_locks(self.__dict__)
+        for name, value in state.items():
+            if isinstance(value, optuna.samplers.BaseSampler) and not isinstance(
+                value, _PicklableSampler
+            ):
+                state[name] = _SamplerState(value)  # a held sampler may carry a lock too
+        state["_picklable_locks"] = locks
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        locks = state.pop("_picklable_locks", {})
+        for name, value in state.items():
+            if isinstance(value, _SamplerState):
+                state[name] = value.sampler
+        self.__dict__.update(state)
+        for name, kind in locks.items():
+            setattr(self, name, _NEW_LOCK[kind]())
+
+
+class _SamplerState:
+    """A held sampler of a class we did not subclass, pickled through its ``__dict__`` with
+    its locks left out (the same rule as :class:`_PicklableSampler`)."""
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler) -> None:
+        self.sampler = sampler
+
+    def __reduce__(self):
+        state, locks = _without_locks(self.sampler.__dict__)
+        return (_rebuild, (type(self.sampler), state, locks))
+
+
+def _rebuild(cls: type, state: dict[str, Any], locks: dict[str, str]) -> _SamplerState:
+    sampler = cls.__new__(cls)
+    sampler.__dict__.update(state)
+    for name, kind in locks.items():
+        setattr(sampler, name, _NEW_LOCK[kind]())
+    return _SamplerState(sampler)
+
+
+class NSGAIISampler(_PicklableSampler, optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II (multi-objective genetic search), picklable."""
+
+
+class TPESampler(_PicklableSampler, optuna.samplers.TPESampler):
+    """Optuna's TPE, picklable whatever a future release adds."""
+
+
+class RandomSampler(_PicklableSampler, optuna.samplers.RandomSampler):
+    """Optuna's random sampler, picklable whatever a future release adds."""
+
+
+def make_sampler(kind: str, *, seed: int, population_size: int) -> optuna.samplers.BaseSampler:
+    """The sampler named by ``sweep.sampler`` (``nsga2``, ``tpe`` or ``random``), seeded.
+
+    Raises:
+        ValueError: an unknown kind (the schema allows only these three).
+    """
+    if kind == "nsga2":
+        return NSGAIISampler(population_size=population_size, seed=seed)
+    if kind == "tpe":
+        return TPESampler(seed=seed)
+    if kind == "random":
+        return RandomSampler(seed=seed)
+    raise ValueError(f"sweep.sampler: unknown sampler {kind!r} (nsga2, tpe, random)")
 
 
 class FailureAwareOptunaSearch(OptunaSearch):

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-import optuna
 import pyarrow.fs
 import ray
 from ray import tune
@@ -25,19 +24,14 @@ from ray.tune.stopper import Stopper
 from orchestrator import space as space_mod
 from orchestrator.scheduler import MacBucketASHA
 from orchestrator.schema import Experiment
-from orchestrator.searcher import FailureAwareOptunaSearch
+from orchestrator.searcher import FailureAwareOptunaSearch, make_sampler
 from orchestrator.trial import run_trial
 
 
 def make_searcher(exp: Experiment) -> FailureAwareOptunaSearch:
     """Optuna over the experiment's explored settings (space.py), both objectives, seeded."""
     s = exp.sweep
-    if s.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=exp.seed)
-    elif s.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=exp.seed)
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=exp.seed)
+    sampler = make_sampler(s.sampler, seed=exp.seed, population_size=s.population_size)
     return FailureAwareOptunaSearch(
         space=space_mod.DefineByRun(exp.tunable_sections),
         metric=["top1", "macs"],

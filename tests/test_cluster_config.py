@@ -46,10 +46,22 @@ def test_gpu_workers_and_a_trial_free_head() -> None:
         assert all(isinstance(v, int) for v in n["resources"].values())
 
 
-def test_mounted_project_is_what_the_setup_installs() -> None:
+def test_mounted_project_is_what_the_setup_installs_at_the_locked_versions() -> None:
     ((remote, local),) = CONFIG["file_mounts"].items()
     assert (ROOT / local / "pyproject.toml").is_file()
-    assert any(f"pip install -q -e {remote}" in c for c in CONFIG["setup_commands"])
+    assert CONFIG["setup_commands"][:2] == [
+        f"pip install -q -r {remote}/requirements-lock.txt",  # first: nothing resolves newer
+        f"pip install -q --no-deps -e {remote}",
+    ]
+
+
+def test_the_image_runs_the_locked_ray_and_python() -> None:
+    from orchestrator import versions
+
+    image = CONFIG["docker"]["image"]
+    assert image == f"rayproject/ray:{versions.locked()['ray']}-py311-gpu", image
+    header = versions.LOCK.read_text().splitlines()[1]  # pip-compile names its Python
+    assert header.endswith("with Python 3.11"), header
 
 
 def test_every_python_module_it_names_exists() -> None:

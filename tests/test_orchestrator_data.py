@@ -29,6 +29,8 @@ def config(shards, **data):
                 "kind": "parquet",
                 "train": str(shards / "train"),
                 "val": str(shards / "val"),
+                # off: these tests compare decoded pixels and sample order exactly; the default
+                # augmentation is exercised in test_orchestrator_augment.py
                 "hflip": 0.0,
                 "auto_augment": None,
                 "re_prob": 0.0,
@@ -117,7 +119,7 @@ def test_imagefolder_reads_class_folders(shards, tmp_path):
                 "train": str(tmp_path / "train"),
                 "val": str(tmp_path / "val"),
                 "calib_images": 16,
-                "auto_augment": None,
+                "auto_augment": None,  # off: only labels and counts are read here (see above)
             },
             "teacher": {"epochs": 1},
             "search": {"target": 0.5},

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import children, mlflow_client, tune_results, write_config
+from helpers import children, kill_group, mlflow_client, tune_results, write_config
 
 from orchestrator import space
 from orchestrator.config import load_config
@@ -98,7 +98,7 @@ def faulty(tmp_path_factory):
         code = driver.wait(timeout=400)
     finally:
         if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
+            kill_group(driver.pid)
             driver.wait()
     fired = {
         json.loads(p.read_text())["action"]: json.loads(p.read_text())
@@ -304,7 +304,7 @@ class MlflowServer:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            kill_group(self.proc.pid)
             self.proc.wait()
 
 

@@ -20,7 +20,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import children, mlflow_client, write_config
+from helpers import children, kill_group, mlflow_client, write_config
 
 pytestmark = [pytest.mark.sweep, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -69,7 +69,7 @@ def stopped(tmp_path_factory):
         code = first.wait(timeout=300)
     finally:
         if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
+            kill_group(first.pid)
             first.wait()
     state = json.loads((sweep_dir / "sweep.json").read_text())
     client = mlflow_client(tmp)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import children, mlflow_client, tune_results, write_config
+from helpers import children, kill_group, mlflow_client, tune_results, write_config
 
 from orchestrator import faults
 
@@ -163,7 +162,7 @@ def node_loss(tmp_path_factory):
             print(f"driver ended {time.monotonic() - removed_at:.1f} s after the node loss")
         finally:
             if driver is not None and driver.poll() is None:
-                os.killpg(driver.pid, signal.SIGKILL)
+                kill_group(driver.pid)
                 driver.wait()
             if cluster is not None:
                 cluster.shutdown()

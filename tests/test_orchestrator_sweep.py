@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import brute_force, children, mlflow_client, tune_results, write_config
+from helpers import brute_force, children, kill_group, mlflow_client, tune_results, write_config
 
 pytestmark = pytest.mark.sweep
 
@@ -208,8 +208,6 @@ def _finished_trials(sweep_dir: Path) -> list[str]:
 
 
 def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
-    import os
-    import signal
     import time
 
     import optuna
@@ -238,7 +236,7 @@ def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
             assert time.monotonic() < deadline, "no two trials finished in time"
             time.sleep(0.5)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray node it started
+        kill_group(driver.pid)  # the driver and the Ray node it started
         driver.wait()
     killed_at = time.time()
     before = set(_finished_trials(sweep_dir))
@@ -291,3 +289,7 @@ def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
     study = pickle.loads(newest.read_bytes())["_ot_study"]
     complete = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4
+    # NSGA-II carried on from the restored population (population 2, 4 trials: the last one is
+    # sampled after two of generation 0 completed); a lost population would restart at 0
+    generations = [t.system_attrs["NSGAIISampler:generation"] for t in complete]
+    assert generations == sorted(generations) and generations[-1] >= 1, generations
