@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from orchestrator._redact import redact
 from orchestrator.schema import BUNDLED_KINDS, STORAGE_SCHEMES, Experiment, resolve_split
 from orchestrator.space import INIT_MODES, check_point
 
@@ -84,6 +85,13 @@ def _expand_paths(raw: dict, source: str) -> None:
                 )
             if "://" in value:
                 scheme = value.split("://", 1)[0].lower()
+                if redact(value) != value:  # Tune keeps storage_path in its state, whole
+                    raise ConfigError(
+                        source,
+                        f"{section}.{key}",
+                        f"{redact(value)}: no credentials in the URI (Tune would store them "
+                        "in tuner.pkl); give them through the environment or the node's role",
+                    )
                 if (section, key) == ("storage", "path") and scheme in STORAGE_SCHEMES:
                     if not value.split("://", 1)[1].strip("/"):
                         raise ConfigError(source, "storage.path", f"{value}: no bucket")

@@ -19,14 +19,16 @@ from typing import TextIO
 
 from rich.console import Console
 
+from orchestrator._redact import redact
+
 _ACTIVE: DriverOutput | None = None  # the one a running sweep entered
 
 
 def warn(message: str) -> None:
     """A driver-side warning (tracking outage, mirror failure) on the terminal's stderr, also
-    while Ray's output goes to the log file."""
+    while Ray's output goes to the log file; credentials in any URI in it masked (_redact)."""
     stream = _ACTIVE.err if _ACTIVE is not None else sys.stderr
-    print(message, file=stream, flush=True)
+    print(redact(message), file=stream, flush=True)
 
 
 class DriverOutput:

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 OUTBOX = "tracking-outbox.jsonl"
+# sweep.json and the outbox name the tracking server, the runs and the trials' settings: they
+# are created readable by their owner only; the rest of a sweep folder follows the umask
+PRIVATE = 0o600
 
 
 def _plain(value: Any) -> Any:
@@ -67,14 +70,18 @@ class Outbox:
         if not ops:
             self.path.unlink(missing_ok=True)
             return
-        write_atomic(self.path, "".join(json.dumps(op) + "\n" for op in ops))
+        write_atomic(self.path, "".join(json.dumps(op) + "\n" for op in ops), mode=PRIVATE)
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write a whole file or nothing: temp name in the same directory, fsync, rename."""
+def write_atomic(path: str | Path, data: str | bytes, mode: int | None = None) -> None:
+    """Write a whole file or nothing: temp name in the same directory, fsync, rename; with
+    ``mode`` (e.g. :data:`PRIVATE`) the file never exists with another one, else the umask's."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+    with open(fd, "wb") as f:
+        if mode is not None:
+            os.fchmod(fd, mode)  # a leftover temporary file keeps its old mode through O_CREAT
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator import importance, pareto
+from orchestrator._redact import redact
 from orchestrator.tracking import client
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             trials, teacher = _from_run(args.source, args.tracking_uri or DEFAULT_URI)
             out = Path(args.out or f"pareto-{args.source}.png")
     except Exception as err:  # any error: a CLI: one line, whatever went wrong
-        print(f"orchestrator.report: {args.source}: {err}".splitlines()[0], file=sys.stderr)
+        line = redact(f"orchestrator.report: {args.source}: {err}").splitlines()[0]
+        print(line, file=sys.stderr)
         return 1
     front = pareto.front_table(trials)
     done = sum(1 for f in trials.column("fully_trained").to_pylist() if f)

@@ -26,6 +26,7 @@ from rich.console import Console
 
 from orchestrator import preflight, sweep_state
 from orchestrator import space as space_mod
+from orchestrator._redact import redact
 from orchestrator.config import ConfigError, check_inputs, load_config
 from orchestrator.driver_output import DriverOutput
 from orchestrator.dry_run import print_plan
@@ -88,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(message, file=_err or sys.stderr)
+    print(redact(message), file=_err or sys.stderr)  # no password of a URI in an error line
     return code
 
 
@@ -170,7 +171,7 @@ def _run(
             from orchestrator import mirror
 
             if pulled := mirror.pull(exp):
-                where = mirror.mirror_uri(exp).partition("?")[0]
+                where = redact(mirror.mirror_uri(exp).partition("?")[0])
                 console.print(f"{pulled} driver files from {where}", soft_wrap=True)
         if warning := preflight.gpu_room_warning(exp):
             console.print(f"[yellow]warning: {warning}[/]")
@@ -247,7 +248,7 @@ def _run(
                 settle=closing.join if closing is not None else None,
             )
         except Exception as err:  # any error, on purpose
-            console.print(f"front speed: not measured ({type(err).__name__}: {err})")
+            console.print(f"front speed: not measured ({tracking.first_line(err)})")
         if timed is None and not verbose and summary.get("front") is not None:
             pareto.print_front(summary["front"], teacher=teacher, console=console)
         errors = sum(
@@ -278,8 +279,8 @@ def _run(
         if logger is not None:
             if not logger.end_sweep(status, say=console.print):
                 print(
-                    f"orchestrator.sweep: MLflow at {uri} did not take every record; they are "
-                    f"kept in {exp.sweep_dir / 'tracking-outbox.jsonl'}: run with --resume "
+                    f"orchestrator.sweep: MLflow at {redact(uri)} did not take every record; they "
+                    f"are kept in {exp.sweep_dir / 'tracking-outbox.jsonl'}: run with --resume "
                     "when it is back",
                     file=sys.stderr,
                 )
@@ -311,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         check_inputs(exp, args.config)
         uri = check_uri(args.tracking_uri or exp.tracking_uri())
+        exp = _masked(exp, uri)  # from here on `uri` alone holds the tracking password
         # the model check (torch, timm: seconds) runs beside the teacher in a real run
         checks = preflight.check(exp, args.config, local=args.address is None, model=args.dry_run)
     except ConfigError as err:
@@ -334,6 +336,19 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{args.config}: {err}")
     except TrackingError as err:
         return fail(f"{args.config}: tracking: {err}")
+
+
+def _masked(exp: Experiment, uri: str) -> Experiment:
+    """``exp`` with the credentials of ``tracking.uri`` masked (_redact), so that no copy of it
+    holds them: Tune's state (tuner.pkl, maybe in a bucket), the trials' arguments, the parent
+    run's params and ``config.json``; ``uri`` is what the driver connects with. MLflow's own
+    "View run at <URL>" lines are turned off when the URI carries credentials."""
+    if redact(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    if exp.tracking.uri is None:
+        return exp
+    tracking = exp.tracking.model_copy(update={"uri": redact(exp.tracking.uri)})
+    return exp.model_copy(update={"tracking": tracking})
 
 
 def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:

@@ -1,6 +1,7 @@
 """What a sweep folder holds that a later run must find again: ``sweep.json`` (the parent MLflow
-run and its tracking URI, written once, atomically) and Tune's experiment state (whether there
-is a sweep to ``--resume``). Neither needs Tune or MLflow imported to answer."""
+run and its tracking URI, written once, atomically, readable by its owner only, credentials
+masked) and Tune's experiment state (whether there is a sweep to ``--resume``). Neither needs
+Tune or MLflow imported to answer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import os
 
 from orchestrator import space as space_mod
+from orchestrator._redact import redact
+from orchestrator.outbox import PRIVATE, write_atomic
 from orchestrator.schema import Experiment
 from orchestrator.tracking import TrackingError
 
@@ -22,9 +25,9 @@ def parent_run(exp: Experiment, uri: str) -> tuple[str, bool]:
     state_file = exp.sweep_dir / SWEEP_STATE
     if state_file.is_file():
         state = json.loads(state_file.read_text())
-        if state["tracking_uri"] != uri:
+        if state["tracking_uri"] not in (uri, redact(uri)):  # stored redacted (before: whole)
             raise TrackingError(
-                f"this sweep logs to {state['tracking_uri']}, not {uri} "
+                f"this sweep logs to {redact(state['tracking_uri'])}, not {redact(uri)} "
                 "(a restored sweep keeps its tracking URI)"
             )
         tracking.reopen_parent(uri, state["parent_run_id"])
@@ -40,13 +43,8 @@ def parent_run(exp: Experiment, uri: str) -> tuple[str, bool]:
         exp.model_dump(mode="json"),
         space_mod.describe(exp.tunable_sections),
     )
-    tmp = state_file.with_name(f".{SWEEP_STATE}.tmp")
-    tmp.write_text(
-        json.dumps(
-            {"parent_run_id": parent, "tracking_uri": uri, "experiment_id": exp_id}, indent=1
-        )
-    )
-    os.replace(tmp, state_file)
+    state = {"parent_run_id": parent, "tracking_uri": redact(uri), "experiment_id": exp_id}
+    write_atomic(state_file, json.dumps(state, indent=1), mode=PRIVATE)
     return parent, True
 
 

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from orchestrator._redact import redact
+
 PARENT_TAG, TRIAL_TAG, SWEEP_TAG = "mlflow.parentRunId", "trial_id", "sweep"
 METRICS = (
     "top1",
@@ -44,7 +46,9 @@ LOST_REASON = (
 
 
 def first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
+    """The error's first line, for a warning or a tag: credentials of any URI in it masked
+    (MLflow's errors quote the request URL, userinfo included)."""
+    text = redact(str(err)).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:300] if text else ''}"
 
 
@@ -64,7 +68,8 @@ def check_uri(uri: str) -> str:
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     if scheme in ("", "file") or len(scheme) == 1:  # a bare path or a Windows drive letter
         raise TrackingError(
-            f"{uri!r} is MLflow's retired file store; use sqlite:///path.db or http://host:5000"
+            f"{redact(uri)!r} is MLflow's retired file store; use sqlite:///path.db or "
+            "http://host:5000"
         )
     return uri
 
@@ -88,7 +93,7 @@ def ping(uri: str) -> None:
             if "timeout" in text.lower() or "timed out" in text.lower()
             else first_line(err)
         )
-        raise TrackingError(f"cannot reach the MLflow server at {uri}: {why}") from None
+        raise TrackingError(f"cannot reach the MLflow server at {redact(uri)}: {why}") from None
 
 
 def client(uri: str):
@@ -152,8 +157,11 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
 
 def start_parent(uri: str, exp_id: str, name: str, config: dict, space_rows: list[tuple]) -> str:
     """Create the sweep's parent run: config as params, space and config as artifacts (the
-    teacher's metrics follow when it is trained: :func:`log_teacher`)."""
+    teacher's metrics follow when it is trained: :func:`log_teacher`). Credentials in the
+    config's URIs are masked (every MLflow reader sees the params)."""
     from mlflow.entities import Param, RunTag  # here: see client()
+
+    config = redact(config)
 
     c = client(uri)
     commit = git_commit()

@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param
 from ray.tune import Callback
 
 from orchestrator import driver_output, importance, pareto
+from orchestrator._redact import redact
 from orchestrator.outbox import Outbox, plain_dict
 from orchestrator.space import flatten_point
 from orchestrator.teacher_job import stored_metrics
@@ -57,6 +58,12 @@ def _warn(message: str) -> None:
     driver_output.warn(message)  # the terminal, also while Ray's output goes to ray.log
 
 
+# The real tracking URI by its redacted form: Tune pickles its callbacks into tuner.pkl (in the
+# storage folder, maybe a bucket) with the redacted URI; --resume's driver makes its own logger
+# (real URI) before Tuner.restore, so the unpickled one finds it here.
+_URIS: dict[str, str] = {}
+
+
 class TrialLogger(Callback):
     """Tune callback (driver side): child runs per trial, Pareto artifacts on the parent.
 
@@ -83,6 +90,7 @@ class TrialLogger(Callback):
         print_fronts: bool = True,
     ) -> None:
         self.uri, self.parent_id, self.sweep_dir = uri, parent_id, sweep_dir
+        _URIS[redact(uri)] = uri
         self.storage_uri = storage_uri
         # the front after every finished trial (-v); the compact console shows it once, timed
         self.print_fronts = print_fronts
@@ -93,7 +101,11 @@ class TrialLogger(Callback):
         self._pool: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict:  # caches are rebuilt from MLflow after a restore
-        return {**self.__dict__, "_runs": {}, "_last_step": {}, "_next_try": 0.0, "_pool": None}
+        cleared = {"_runs": {}, "_last_step": {}, "_next_try": 0.0, "_pool": None}
+        return {**self.__dict__, **cleared, "uri": redact(self.uri)}  # no password: _URIS
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, uri=_URIS.get(state["uri"], state["uri"]))
 
     @property
     def teacher(self) -> dict | None:
@@ -323,7 +335,7 @@ class TrialLogger(Callback):
             for line in self.log_importance():
                 say(line)
         except Exception as err:  # any error, on purpose
-            say(f"param importance: not computed ({type(err).__name__}: {err})")
+            say(f"param importance: not computed ({first_line(err)})")
         self.submit(self._op("end_parent", status=status))
         self.wait()
         return not Outbox(self.sweep_dir).pending()
@@ -362,7 +374,7 @@ class TrialLogger(Callback):
         c = client(self.uri)
         c.set_tag(run_id, "trial_status", trial_status)
         if reason:
-            c.set_tag(run_id, "error", reason[:5000])
+            c.set_tag(run_id, "error", redact(reason)[:5000])
         c.set_terminated(run_id, status=run_status)
 
     # ------------------------------------------------------------------ the parent's front
