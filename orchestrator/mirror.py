@@ -14,16 +14,20 @@ Temporary files (a leading dot) are never copied. The teacher is copied once (it
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from orchestrator import driver_output
+from orchestrator.outbox import OUTBOX, PRIVATE
 from orchestrator.schema import Experiment
+from orchestrator.sweep_state import SWEEP_STATE
 
 SUFFIX = ".driver"
 WRITE_ONCE = ("teacher",)  # top-level folders whose files never change once written
+PRIVATE_FILES = (SWEEP_STATE, OUTBOX)  # the owner's only, on a new head too
 
 
 def mirror_uri(exp: Experiment) -> str | None:
@@ -89,6 +93,8 @@ def pull(exp: Experiment) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")  # never a half-copied file under its name
         pafs.copy_files(info.path, str(tmp), source_filesystem=fs, destination_filesystem=local)
+        if rel in PRIVATE_FILES:  # as the driver writes them (outbox.PRIVATE)
+            os.chmod(tmp, PRIVATE)
         tmp.replace(target)
         copied += 1
     return copied

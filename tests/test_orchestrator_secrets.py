@@ -265,3 +265,39 @@ def test_the_outbox_is_created_for_its_owner_only(tmp_path):
         assert stat.S_IMODE((tmp_path / "table.parquet").stat().st_mode) == 0o644
     finally:
         os.umask(umask)
+
+
+def test_files_pulled_back_from_the_bucket_keep_their_modes(tmp_path, monkeypatch):
+    """``--resume`` on a new head: sweep.json and the outbox come back 0600, the rest as the
+    umask makes them (the bucket is a local folder here)."""
+    import pyarrow.fs as pafs
+
+    from orchestrator import mirror
+
+    remote = tmp_path / "bucket"
+    (remote / "teacher").mkdir(parents=True)
+    for name in ("sweep.json", "tracking-outbox.jsonl", "trials.parquet", "teacher/teacher.json"):
+        (remote / name).write_text("{}")
+        (remote / name).chmod(0o644)
+    monkeypatch.setattr(mirror, "_remote", lambda uri: (pafs.LocalFileSystem(), str(remote)))
+    exp = load_config(
+        write_config(
+            tmp_path, "pulled", storage={"path": "s3://b/p", "local_dir": str(tmp_path / "r")}
+        )
+    )
+    umask = os.umask(0o022)
+    try:
+        assert mirror.pull(exp) == 4
+    finally:
+        os.umask(umask)
+    modes = {
+        p.relative_to(exp.sweep_dir).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in exp.sweep_dir.rglob("*")
+        if p.is_file()
+    }
+    assert modes == {
+        "sweep.json": 0o600,
+        "tracking-outbox.jsonl": 0o600,
+        "trials.parquet": 0o644,
+        "teacher/teacher.json": 0o644,
+    }
