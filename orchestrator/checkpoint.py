@@ -58,6 +58,11 @@ class Reporter:
     def result(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return {**self.summary, **metrics}
 
+    def with_summary(self, **extra: Any) -> Reporter:
+        """A copy whose summary also holds ``extra`` (every other field kept: the data-parallel
+        workers once rebuilt a Reporter field by field and lost ``widths.csv``)."""
+        return Reporter(self.plan_json, {**self.summary, **extra}, self.search_log, self.widths_csv)
+
     def write(self, directory: str | Path, result: dict[str, Any], files: dict[str, Any]) -> None:
         """A checkpoint: the plan, the search curve, the result, and the given state dicts.
 

@@ -16,7 +16,6 @@ the same parameters would diverge again.
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,9 +57,7 @@ def finetune_data_parallel(
     loop_config = {
         "experiment": exp,
         "finetune": finetune,
-        "plan": reporter.plan_json,
-        "summary": reporter.summary,
-        "search_log": reporter.search_log,
+        "reporter": reporter,  # whole: plan, summary, search log and widths.csv
         "student": ray.put({k: v.cpu() for k, v in student.state_dict().items()}),
         "teacher": ray.put(teacher_state),
     }
@@ -87,12 +84,12 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
 
     exp: Experiment = cfg["experiment"]
     finetune: prune_core.TrainConfig = cfg["finetune"]
-    torch.set_num_threads(max(1, math.ceil(exp.resources.cpus_per_worker)))
+    torch.set_num_threads(exp.resources.threads(exp.resources.cpus_per_worker))
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     student = prune_core.load_pruned(
         create_model(exp, load_checkpoint=False),
-        prune_core.Plan.from_json(cfg["plan"]),
+        prune_core.Plan.from_json(cfg["reporter"].plan_json),
         ray.get(cfg["student"]),
     )
     prune_core.set_reweight_trainable(student, exp.search.use_reweight)  # the switch holds here too
@@ -112,10 +109,8 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
             resume_state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=True)
     epochs = exp.finetune.epochs
 
-    reporter = Reporter(
-        cfg["plan"],
-        {**cfg["summary"], "finetune_workers": ray.train.get_context().get_world_size()},
-        cfg["search_log"],
+    reporter: Reporter = cfg["reporter"].with_summary(
+        finetune_workers=ray.train.get_context().get_world_size()
     )
 
     def report(metrics: dict, files: dict | None) -> None:

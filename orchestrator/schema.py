@@ -217,8 +217,14 @@ class ResourcesConfig(Strict):
     teacher_cpus: float = Field(1.0, gt=0)
     teacher_gpus: float = Field(0.0, ge=0)
 
-    def threads(self) -> int:
-        return self.torch_threads or max(1, math.ceil(self.cpus_per_trial))
+    def threads(self, cpus: float | None = None) -> int:
+        """torch threads for a process holding ``cpus`` Ray CPUs (default: a trial's): the one
+        rule for trials, the teacher (``teacher_cpus``), the front's timing and data-parallel
+        workers (``cpus_per_worker``): ``torch_threads`` when set, else the CPUs rounded up,
+        at least 1 (1.5 CPUs: 2 threads, so the teacher trains and is timed alike)."""
+        return self.torch_threads or max(
+            1, math.ceil(self.cpus_per_trial if cpus is None else cpus)
+        )
 
 
 class TrackingConfig(Strict):

@@ -160,7 +160,7 @@ def _timing_task(
     settle: Callable[[], None] | None = None,
 ):
     """One process, one device: rebuild the teacher and the pruned models, time them."""
-    threads = max(1, math.ceil(exp.resources.teacher_cpus))
+    threads = exp.resources.threads(exp.resources.teacher_cpus)  # as the teacher trained
     torch.set_num_threads(threads)
     teacher = load_teacher(exp, teacher_state)
     pruned = {

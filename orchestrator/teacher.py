@@ -51,9 +51,7 @@ def train_teacher(config: Experiment) -> tuple[dict[str, torch.Tensor], dict]:
     """Runs inside the teacher's Ray task (orchestrator.teacher_job): build/load, train if
     asked, evaluate. Returns (state dict of CPU tensors, metrics)."""
 
-    torch.set_num_threads(
-        config.resources.torch_threads or max(1, int(config.resources.teacher_cpus))
-    )
+    torch.set_num_threads(config.resources.threads(config.resources.teacher_cpus))
     datasets = build_datasets(config)
     train_loader, val_loader = loaders(config, datasets)
     model = create_model(config)

@@ -390,3 +390,38 @@ def test_the_sections_cannot_drift_from_prune_cores_configs() -> None:
         assert schema.SearchSettings.model_fields[name].annotation.ALLOWED == allowed, name
     groups = schema.SearchSettings.model_fields["groups"].annotation
     assert typing.get_args(typing.get_args(groups)[0]) == pc.prunable.GROUPS
+
+
+def test_one_thread_rule_for_every_process_kind():
+    from orchestrator.schema import ResourcesConfig
+
+    r = ResourcesConfig(cpus_per_trial=0.5, teacher_cpus=1.5, cpus_per_worker=3)
+    # CPUs rounded up, at least 1: the teacher trains and is timed on the same 2 threads
+    assert (r.threads(), r.threads(r.teacher_cpus), r.threads(r.cpus_per_worker)) == (1, 2, 3)
+    pinned = ResourcesConfig(torch_threads=4, teacher_cpus=1.5)
+    assert pinned.threads() == pinned.threads(pinned.teacher_cpus) == 4
+
+
+def test_teacher_and_front_timing_use_the_thread_rule(monkeypatch):
+    """Both set torch's threads from ``resources.threads(teacher_cpus)`` (the teacher once
+    used int(): 1.5 CPUs trained on 1 thread and were timed on 2)."""
+    import torch
+
+    from orchestrator import speed, teacher
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop  # the threads are set: nothing after matters here
+
+    exp = parse_config(minimal(resources={"teacher_cpus": 1.5, "num_cpus": 2}), "x.yaml")
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    monkeypatch.setattr(teacher, "build_datasets", stop)
+    monkeypatch.setattr(speed, "load_teacher", stop)
+    with pytest.raises(Stop):
+        teacher.train_teacher(exp)
+    with pytest.raises(Stop):
+        speed._timing_task(exp, {}, {})
+    assert seen == [2, 2]

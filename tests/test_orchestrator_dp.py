@@ -58,6 +58,8 @@ def test_data_parallel_finetune_reports_through_tune(tmp_path):
     assert run.data.metrics["finetune_workers"] == 2.0  # rank 0 of a world of two reported
     local = tmp_path / "artifacts"
     client.download_artifacts(run.info.run_id, "", str(local))
+    # the search's learned widths survive the trip through the workers (they were dropped)
+    assert (local / "widths.csv").read_text().count("\n") >= 2 and (local / "widths.png").is_file()
     exp = load_config(config)
     model = prune_core.load_pruned(
         create_model(exp, load_checkpoint=False), local / "plan.json", local / "weights.pt"
