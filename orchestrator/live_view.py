@@ -5,6 +5,11 @@ for the 16-trial demo); this callback replaces it (the driver runs Tune with ``v
 sends Ray's output to ``ray.log`` in the sweep folder; ``-v`` brings it back). A trial prints a
 line when it starts, when its search ends (pruned top-1 and MACs), when it is stopped early
 (ASHA), retried, fails or finishes; the bar shows trials done out of ``num_samples``.
+
+The bar leaves ``sys.stdout``/``sys.stderr`` alone: rich's default, on a terminal only, routes
+them through the bar while it is shown, which sent Tune's status tables and the workers' lines
+back to the terminal (1,100 lines for the demo); tests/test_orchestrator_console.py runs the
+driver under a pty.
 """
 
 from __future__ import annotations
@@ -68,6 +73,11 @@ class LiveView(Callback):
                 TextColumn("{task.fields[best]}"),
                 console=self.console,
                 transient=True,
+                # rich's default wraps sys.stdout/sys.stderr while the bar is live (only on a
+                # terminal), sending Tune's status tables and the workers' lines back to it:
+                # they go to ray.log (driver_output.py), and the bar must leave them there
+                redirect_stdout=False,
+                redirect_stderr=False,
             )
             self.task = self._progress.add_task(
                 "trials", total=self.num_samples, completed=len(self.done), best=""
