@@ -131,16 +131,18 @@ def plot(
     teacher: dict | None = None,
     title: str = "",
 ) -> Path:
-    """top-1 vs MAC ratio: every trial, ASHA-stopped ones hollow, the front as a step line."""
-    import matplotlib  # here: a second of start-up that only the plot needs
+    """top-1 vs MAC ratio: every trial, ASHA-stopped ones hollow, the front as a step line with
+    its trial ids; the legend outside the axes (it hides no point)."""
+    return save(figure(trials, front, teacher=teacher, title=title), path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def figure(trials: pa.Table, front: pa.Table, *, teacher: dict | None = None, title: str = ""):
+    """The Figure of :func:`plot`."""
+    plt = _pyplot()
     rows = [r for r in trials.to_pylist() if r["top1"] is not None and r["macs_ratio"] is not None]
     done = [r for r in rows if r["fully_trained"]]
     partial = [r for r in rows if not r["fully_trained"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.6, 4.4), dpi=120)
     ax.scatter(
         [r["macs_ratio"] for r in done],
         [r["top1"] for r in done],
@@ -159,7 +161,7 @@ def plot(
             label=f"stopped early ({len(partial)})",
             zorder=2,
         )
-    pts = sorted((r["macs_ratio"], r["top1"]) for r in front.to_pylist())
+    pts = sorted((r["macs_ratio"], r["top1"], str(r["trial_id"])) for r in front.to_pylist())
     if pts:
         ax.step(
             [p[0] for p in pts], [p[1] for p in pts], where="post", c="tab:red", lw=1.2, zorder=3
@@ -174,29 +176,102 @@ def plot(
             zorder=4,
         )
     if teacher is not None:
-        ax.scatter(
-            [1.0],
-            [teacher["top1"]],
-            s=160,
-            c="gold",
-            marker="*",
-            edgecolors="black",
-            label=f"teacher ({teacher['top1']:.1f} %)",
-            zorder=5,
-        )
+        mark_teacher(ax, 1.0, teacher)
     ax.set_xlabel("MACs / unpruned MACs")
     ax.set_ylabel("top-1 (%)")
     ax.set_xlim(0, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    finish(fig, ax, [(x, y, tid) for x, y, tid in pts])
+    return fig
+
+
+def mark_teacher(ax, x: float, teacher: dict) -> None:
+    """The teacher as a gold star at (``x``, its top-1)."""
+    ax.scatter(
+        [x],
+        [teacher["top1"]],
+        s=160,
+        c="gold",
+        marker="*",
+        edgecolors="black",
+        label=f"teacher ({teacher['top1']:.1f} %)",
+        zorder=5,
+    )
+
+
+def finish(fig, ax, labelled: list[tuple[float, float, str]], *, below: bool = False) -> None:
+    """The legend outside the axes, on the right (inside, any corner can hide a trial: the
+    cheapest front model sat under it), then each point's label (x, y, text) above and left
+    of it (``below``: below and left), where a front has no other point, moved further away
+    until no two labels overlap; the layout fitted around all of it."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
     fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    left = ax.get_window_extent(renderer).x0
+    sign, va = (-1, "top") if below else (1, "bottom")
+    placed = []
+    for x, y, text in labelled:
+        for k in range(8):
+            for dx, ha in ((-5, "right"), (5, "left")):  # right: it would cross the y axis
+                label = ax.annotate(
+                    text,
+                    (x, y),
+                    xytext=(dx, sign * (4 + 8 * k)),
+                    textcoords="offset points",
+                    ha=ha,
+                    va=va,
+                    fontsize=7,
+                    color="tab:red",
+                    zorder=6,
+                )
+                box = label.get_window_extent(renderer)
+                if box.x0 >= left or ha == "left":
+                    break
+                label.remove()
+            if k == 7 or not any(box.overlaps(other) for other in placed):
+                break
+            label.remove()
+        placed.append(box)
+    fig.tight_layout()
+
+
+def plot_hypervolume(history: list[tuple[int, float]], path: str | Path) -> Path:
+    """The front's hypervolume after each finished trial (the parent run's ``hypervolume``
+    metric, whose MLflow chart calls the finished trials "Step")."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    steps, values = [s for s, _ in history], [v for _, v in history]
+    ax.step(steps, values, where="post", c="tab:red", lw=1.2)
+    ax.scatter(steps, values, s=18, c="tab:red", zorder=3)
+    ax.set_xlabel("finished trials")
+    ax.set_ylabel("hypervolume")
+    ax.set_title("Pareto front's hypervolume (MAC ratio × top-1 square dominated)", fontsize=10)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def _pyplot():
+    import matplotlib  # here: a second of start-up that only the plots need
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (a reader sees the old plot or the new one, never
+    half of one) and close it."""
+    plt = _pyplot()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # suffix: the format
     try:
         fig.savefig(tmp)
-        os.replace(tmp, path)  # a reader sees the old plot or the new one, never half of one
+        os.replace(tmp, path)
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

@@ -226,9 +226,10 @@ def measure_front(
 
 
 def plot_speedup(front: pa.Table, png: Path, *, teacher: dict) -> Path:
-    """top-1 vs measured speed-up: the front (filled) and its 1/MAC-ratio limit (hollow)."""
+    """top-1 vs measured speed-up: the front (filled, with its trial ids) and its 1/MAC-ratio
+    limit (hollow); the legend outside the axes (pareto.finish: it hides no point)."""
     rows = [r for r in front.to_pylist() if math.isfinite(r["speedup"])]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.6, 4.4), dpi=120)
     ax.scatter(
         [r["speedup"] for r in rows],
         [r["top1"] for r in rows],
@@ -247,21 +248,11 @@ def plot_speedup(front: pa.Table, png: Path, *, teacher: dict) -> Path:
     )
     for r in rows:
         ax.plot([r["speedup"], 1 / r["macs_ratio"]], [r["top1"]] * 2, c="tab:gray", lw=0.6)
-    ax.scatter(
-        [1.0],
-        [teacher["top1"]],
-        s=160,
-        c="gold",
-        marker="*",
-        edgecolors="black",
-        label=f"teacher ({teacher['top1']:.1f} %)",
-        zorder=4,
-    )
+    pareto.mark_teacher(ax, 1.0, teacher)
     ax.set_xlabel("speed-up over the teacher (×, same process, same batch)")
     ax.set_ylabel("top-1 (%)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    labels = [(r["speedup"], r["top1"], str(r["trial_id"])) for r in rows]
+    pareto.finish(fig, ax, labels, below=True)  # a faster model is less accurate: the
+    # region below and left of a front point is the empty one
+    return pareto.save(fig, png)

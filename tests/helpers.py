@@ -205,3 +205,21 @@ class MlflowServer:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+def hidden_by_legend(fig) -> list[tuple[float, float]]:
+    """The plotted points (scatter offsets, in data units) that the legend of ``fig``'s axes
+    covers once drawn; a plot's legend must hide none."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    hidden = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        for collection in ax.collections:
+            for x, y in collection.get_offsets():
+                if box.contains(*ax.transData.transform((x, y))):
+                    hidden.append((float(x), float(y)))
+    return hidden

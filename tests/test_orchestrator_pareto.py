@@ -6,7 +6,7 @@ import random
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import brute_force
+from helpers import brute_force, hidden_by_legend
 
 from orchestrator import pareto
 
@@ -99,3 +99,25 @@ def test_front_only_fully_trained_and_matches_brute_force(tmp_path):
     assert sorted(r["trial_id"] for r in front) == expected
     assert "stopped" not in expected and len(expected) >= 2
     assert [r["macs"] for r in front] == sorted(r["macs"] for r in front)
+
+
+def test_the_plot_labels_the_front_by_trial_and_its_legend_hides_no_point(tmp_path):
+    data = rows(30)
+    table = pareto.trials_table(data)
+    front = pareto.front_table(table)
+    teacher = {"top1": 97.0, "macs": 10**6, "params": 2000}
+    fig = pareto.figure(table, front, teacher=teacher, title="t")
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(front.column("trial_id").to_pylist())
+    assert hidden_by_legend(fig) == []
+    boxes = [t.get_window_extent() for t in ax.texts]  # labels moved apart
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    path = pareto.plot_hypervolume([(1, 0.5), (2, 0.6), (4, 0.65)], tmp_path / "hv.png")
+    assert path.stat().st_size > 10_000
+
+
+def test_the_hypervolume_axis_counts_finished_trials(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(pareto, "save", lambda fig, path: figures.append(fig) or path)
+    pareto.plot_hypervolume([(1, 0.5), (2, 0.6), (4, 0.65)], tmp_path / "hv.png")
+    assert figures[0].axes[0].get_xlabel() == "finished trials"

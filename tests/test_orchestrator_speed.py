@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 import timm
 import torch
+from helpers import hidden_by_legend
 from rich.console import Console
 
 import prune_core as pc
@@ -71,3 +72,24 @@ def test_the_console_and_plot_show_measured_speed(tmp_path) -> None:
     assert "speed-up" in text and "1.60×" in text and "80 %" in text and "img/s" not in text
     png = speed.plot_speedup(front, tmp_path / "speedup.png", teacher=teacher)
     assert png.stat().st_size > 10_000
+
+
+def test_the_speedup_legend_hides_no_point_and_the_front_is_labelled(monkeypatch) -> None:
+    """The cheapest front model (fastest, least accurate: bottom right) sat under the legend
+    at "lower left" next to the teacher's star."""
+    front = pa.Table.from_pylist(
+        [
+            {"trial_id": t, "top1": top1, "macs_ratio": ratio, "speedup": s}
+            for t, top1, ratio, s in (
+                ("c027910d", 96.89, 0.276, 1.55),
+                ("16a3ec71", 97.10, 0.444, 1.53),
+                ("47009649", 97.30, 0.52, 2.03),
+            )
+        ]
+    )
+    figures = []
+    monkeypatch.setattr(pareto, "save", lambda fig, path: figures.append(fig) or path)
+    speed.plot_speedup(front, "unused.png", teacher={"top1": 97.56})
+    ax = figures[0].axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["16a3ec71", "47009649", "c027910d"]
+    assert hidden_by_legend(figures[0]) == []
