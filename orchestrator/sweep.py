@@ -24,7 +24,7 @@ import time
 
 from rich.console import Console
 
-from orchestrator import preflight, sweep_state
+from orchestrator import end_summary, preflight, sweep_state
 from orchestrator import space as space_mod
 from orchestrator._redact import redact
 from orchestrator.config import ConfigError, check_inputs, load_config
@@ -251,16 +251,16 @@ def _run(
             console.print(f"front speed: not measured ({tracking.first_line(err)})")
         if timed is None and not verbose and summary.get("front") is not None:
             pareto.print_front(summary["front"], teacher=teacher, console=console)
-        errors = sum(
-            1 for result in grid if result.error is not None or (result.metrics or {}).get("failed")
-        )
+        try:
+            end_summary.hypervolume_plot(uri, parent, exp.sweep_dir)
+        except Exception as err:  # any error, on purpose (as the front's speed above)
+            console.print(f"hypervolume plot: not drawn ({tracking.first_line(err)})")
+        counts = end_summary.counts(grid)
         status = "FINISHED"
-        console.print(
-            f"{len(grid)} trials ({errors} failed) in "
-            f"{time.perf_counter() - started:.0f} s; hypervolume "
-            f"{summary['hypervolume']:.4f}; tables in {exp.sweep_dir}"
-        )
-        if errors == len(grid):
+        seconds = time.perf_counter() - started
+        for line in end_summary.headline(counts, seconds, summary["hypervolume"], exp.sweep_dir):
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
+        if counts.failed == len(grid):
             return fail("orchestrator.sweep: every trial failed (see the Ray logs above)", 1)
         return 0
     except KeyboardInterrupt:  # before Tune's own handler (teacher), or a second Ctrl-C
@@ -288,6 +288,9 @@ def _run(
             tracking.end_parent(uri, parent, status)
         if parent is not None:
             mirror.push_or_warn(exp)  # the final tables and any buffered tracking
+        if status == "FINISHED":  # last: where to look next
+            for line in end_summary.mlflow_lines(uri, exp.sweep_dir, parent):
+                console.print(line, soft_wrap=True, highlight=False, markup=False)
         if closing is not None:
             closing.join()
         else:

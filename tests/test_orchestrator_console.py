@@ -10,6 +10,7 @@ re-drawn lines, cursor moves up), and its non-empty lines are counted.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -165,3 +166,17 @@ def test_the_compact_console_stays_compact_in_a_terminal(tmp_path: Path) -> None
     assert "teacher epoch" in log  # redirected, not silenced
     assert len(lines) <= 45, text
     assert sum(" started: " in line for line in lines) == 4
+    # the end: counts, then (last) the parent run and how to open its runs table
+    counts = re.search(
+        r"4 trials in \d+ s: (\d) complete, (\d) stopped early \(ASHA\), 0 failed", text
+    )
+    assert counts and int(counts[1]) + int(counts[2]) == 4, text[-3000:]
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    db = tmp_path / "results" / "mlflow.db"
+    assert lines[-3:] == [
+        f"MLflow: parent run {state['parent_run_id']}, experiment {state['experiment_id']}; to "
+        "open its runs table run",
+        f"  mlflow ui --backend-store-uri sqlite:///{db} --port 5000",
+        f"  then open http://127.0.0.1:5000/#/experiments/{state['experiment_id']}/runs"
+        "?workflowType=machine_learning",
+    ]
