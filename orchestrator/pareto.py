@@ -310,22 +310,22 @@ def print_front(
 ) -> None:
     """The front as a rich table, cheapest first, with the teacher as the reference row.
 
-    Once the front has been timed side by side (orchestrator.speed: ``latency_ms``,
-    ``speedup``, ``fraction_of_limit``), those replace the trials' own ``img/s``, which each
-    trial measured while others shared its node.
+    Speed is shown only once the front has been timed side by side (orchestrator.speed:
+    ``latency_ms``, ``speedup``, ``fraction_of_limit``); never the trials' own ``throughput``
+    (img/s), which each trial measured while others shared its cores (a 0.26-MAC model could
+    look slower than the teacher).
     """
     timed = "speedup" in front.column_names
-    speed = ("ms/batch", "speed-up", "of limit") if timed else ("img/s",)
+    speed = ("ms/batch", "speed-up", "of limit") if timed else ()
     table = Table(title=title, title_justify="left")
     columns = ("trial", "top-1 %", "MACs", "MAC ratio", "params", *speed)
     for column in (*columns, "search/target", "search/init_mode"):
         left = column in ("trial", "search/init_mode")
         table.add_column(column, justify="left" if left else "right")
     if teacher is not None:
+        teacher_speed = ()
         if timed:
-            teacher_speed = (f"{teacher.get('latency_ms', float('nan')):.2f}", "1.00×", "")
-        else:
-            teacher_speed = (f"{teacher.get('throughput', 0):,.0f}",)
+            teacher_speed = (_shown(teacher.get("latency_ms"), "{:.2f}"), "1.00×", "")
         table.add_row(
             "teacher",
             f"{teacher['top1']:.2f}",
@@ -339,14 +339,14 @@ def print_front(
         )
     for r in front.to_pylist():
         target = r.get("param_search/target")
+        row_speed = ()
         if timed:
+            limit = r["fraction_of_limit"]
             row_speed = (
-                f"{r['latency_ms']:.2f}",
-                f"{r['speedup']:.2f}×",
-                f"{100 * r['fraction_of_limit']:.0f} %",
+                _shown(r["latency_ms"], "{:.2f}"),
+                _shown(r["speedup"], "{:.2f}×"),
+                _shown(None if limit is None else 100 * limit, "{:.0f} %"),
             )
-        else:
-            row_speed = (f"{r['throughput'] or 0:,.0f}",)
         table.add_row(
             str(r["trial_id"]),
             f"{r['top1']:.2f}",
@@ -358,3 +358,8 @@ def print_front(
             str(r.get("param_search/init_mode") or ""),
         )
     (console or Console(width=None if sys.stdout.isatty() else 120)).print(table)
+
+
+def _shown(value: float | None, fmt: str) -> str:
+    """``fmt`` of ``value``; empty for a missing or NaN one (a front model left untimed)."""
+    return "" if value is None or value != value else fmt.format(value)
