@@ -305,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     for var, value in MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(var, value)
     args = parse_args(argv)
+    if args.tracking_uri and redact(args.tracking_uri) != args.tracking_uri:
+        print(  # masked everywhere the sweep writes, but a command line is public
+            "orchestrator.sweep: warning: --tracking-uri holds a credential, which `ps` shows "
+            "every local user and Ray records as the job's entrypoint; give it as ${VAR} in "
+            "tracking.uri, or in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD",
+            file=sys.stderr,
+        )
     try:
         exp = load_config(args.config)
         if args.num_samples is not None:

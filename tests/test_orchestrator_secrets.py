@@ -301,3 +301,15 @@ def test_files_pulled_back_from_the_bucket_keep_their_modes(tmp_path, monkeypatc
         "trials.parquet": 0o644,
         "teacher/teacher.json": 0o644,
     }
+
+
+def test_a_password_on_the_command_line_is_warned_about_and_masked(tmp_path, capsys):
+    from orchestrator.sweep import main
+
+    config = small(tmp_path, "flag", "sqlite:///unused.db")
+    uri = f"http://{USER}:{SECRET}@127.0.0.1:5000"
+    assert main([str(config), "--dry-run", "--tracking-uri", uri]) == 0
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+    assert f"http://{USER}:***@127.0.0.1:5000" in out
+    assert "--tracking-uri holds a credential, which `ps` shows every local user" in err
