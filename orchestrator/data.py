@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import random
 import sys
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
+from orchestrator._atomic import atomic_write
 from orchestrator.augment import training_transform
 from orchestrator.schema import Experiment, resolve_split
 from prune_core.digits import DigitsDataset, digits_datasets
@@ -322,9 +322,9 @@ def export_digits(
                 images.append({"bytes": buf.getvalue(), "path": f"digit_{i:04d}.png"})
             table = pa.table({"image": images, "label": pa.array(data.target[part], pa.int64())})
             path = directory / f"{split}-{s:05d}-of-{n:05d}.parquet"
-            tmp = path.with_name(f".{path.name}.tmp")  # a torn shard must not look like data
-            pq.write_table(table, tmp, row_group_size=row_group_size)
-            os.replace(tmp, path)
+            atomic_write(  # a torn shard must not look like data
+                path, lambda p, t=table: pq.write_table(t, p, row_group_size=row_group_size)
+            )
             written[split].append(path)
     return written
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from orchestrator._atomic import atomic_write
+
 LOCK, OWNER = ".driver.lock", ".driver.json"
 SQLITE_INIT_TIMEOUT_S = 300  # another driver migrating the same database: wait for it
 
@@ -64,9 +66,7 @@ class SweepLock:
             ) from None
         self._lock = lock
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        tmp = self.folder / f"{OWNER}.tmp"
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.folder / OWNER)
+        atomic_write(self.folder / OWNER, json.dumps(record))
         return self
 
     def owner(self) -> str:

@@ -13,7 +13,6 @@ sweeps of the same model and independent of the MAC scale.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
+
+from orchestrator._atomic import atomic_write
 
 TRIAL_COLUMNS = (
     "trial_id",
@@ -267,15 +268,10 @@ def save(fig, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` atomically (a reader sees the old plot or the new one, never
     half of one) and close it."""
     plt = _pyplot()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # suffix: the format
     try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        return atomic_write(path, fig.savefig)  # the temporary name keeps the suffix: format
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_tables(
@@ -291,12 +287,7 @@ def write_tables(
         "plot": directory / "pareto.png",
     }
     for key, table in (("trials", trials), ("pareto", front)):
-        tmp = paths[key].with_name(f".{paths[key].name}.{os.getpid()}.tmp")
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, paths[key])
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(paths[key], lambda p, t=table: pq.write_table(t, p))
     plot(trials, front, paths["plot"], teacher=teacher, title=title)
     return paths
 

@@ -17,7 +17,6 @@ of ``data.eval_batch_size``), ``speedup`` (teacher latency / model latency) and
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import tempfile
 import timeit
@@ -39,6 +38,7 @@ from torch.utils.benchmark.utils.timer import timer as clock
 
 import prune_core
 from orchestrator import pareto
+from orchestrator._atomic import atomic_write
 from orchestrator.schema import Experiment
 from orchestrator.teacher import create_model, load_teacher
 from orchestrator.tracking import client
@@ -208,9 +208,7 @@ def measure_front(
         task = ray.remote(num_cpus=r.teacher_cpus, num_gpus=r.teacher_gpus)(_timing_task)
         measured = ray.get(task.remote(exp, teacher_state, plans))
     front = speed_columns(front, measured)
-    tmp_path = path.with_name(f".{path.name}.speed.tmp")
-    pq.write_table(front, tmp_path)
-    os.replace(tmp_path, path)
+    atomic_write(path, lambda p: pq.write_table(front, p))
     png = plot_speedup(front, exp.sweep_dir / "speedup.png", teacher=teacher)
     for file in (path, png):
         c.log_artifact(parent_id, str(file))

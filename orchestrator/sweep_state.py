@@ -9,8 +9,9 @@ import json
 import os
 
 from orchestrator import space as space_mod
+from orchestrator._atomic import atomic_write
 from orchestrator._redact import redact
-from orchestrator.outbox import PRIVATE, write_atomic
+from orchestrator.outbox import PRIVATE
 from orchestrator.schema import Experiment
 from orchestrator.tracking import TrackingError
 
@@ -44,7 +45,7 @@ def parent_run(exp: Experiment, uri: str) -> tuple[str, bool]:
         space_mod.describe(exp.tunable_sections),
     )
     state = {"parent_run_id": parent, "tracking_uri": redact(uri), "experiment_id": exp_id}
-    write_atomic(state_file, json.dumps(state, indent=1), mode=PRIVATE)
+    atomic_write(state_file, json.dumps(state, indent=1), mode=PRIVATE)
     return parent, True
 
 

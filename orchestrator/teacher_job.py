@@ -17,12 +17,12 @@ nor the trial code: the task's function is looked up by reference in the worker,
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import ray
 
+from orchestrator._atomic import atomic_write
 from orchestrator.schema import Experiment
 
 TEACHER_DIR, TEACHER_WEIGHTS, TEACHER_METRICS = "teacher", "teacher.pt", "teacher.json"
@@ -119,12 +119,8 @@ class TeacherJob:
             return self._result
         state, metrics = ray.get([self._state_ref, self._metrics_ref])
         self.directory.mkdir(parents=True, exist_ok=True)
-        for path, write in (
-            (self.weights, lambda p: torch.save(state, p)),
-            (self.meta, lambda p: p.write_text(json.dumps(metrics, indent=1))),
-        ):
-            tmp = path.with_name(f".{path.name}.tmp")
-            write(tmp)
-            os.replace(tmp, path)  # a killed driver never leaves a half-written teacher
+        # a killed driver never leaves a half-written teacher
+        atomic_write(self.weights, lambda p: torch.save(state, p))
+        atomic_write(self.meta, json.dumps(metrics, indent=1))
         self._result = state, metrics
         return self._result

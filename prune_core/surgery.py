@@ -10,14 +10,13 @@ modules), and it is what baselines (``magnitude_plan``, ``random_plan``) and the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from prune_core._atomic import atomic_write
 from prune_core.attention import attention_modules
 from prune_core.indicator import GateMode
 from prune_core.macs import MacModel
@@ -65,7 +64,8 @@ class Plan:
         return plan
 
     def save(self, path: str | Path) -> None:
-        _atomic_write(Path(path), self.to_json().encode())
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, self.to_json())  # a reader never sees a half-written file
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
@@ -83,26 +83,6 @@ def _channel(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"channel index {value!r} is not an integer")
     return value
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it, then set it back
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Temp file + rename: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file follows the umask
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _require_prunable(model: nn.Module) -> dict[str, PrunableModule]:
@@ -258,9 +238,7 @@ def save_pruned(model: nn.Module, plan: Plan, directory: str | Path) -> None:
     """``plan.json`` + ``weights.pt`` (a plain state_dict), each written atomically."""
     directory = Path(directory)
     plan.save(directory / "plan.json")
-    tmp = directory / ".weights.pt.tmp"
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, directory / "weights.pt")
+    atomic_write(directory / "weights.pt", lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def load_pruned(

@@ -70,7 +70,7 @@ def test_tables_and_plot_survive_a_crash_mid_write(tmp_path, monkeypatch):
     assert pq.read_table(tmp_path / "trials.parquet").num_rows == 2
 
 
-def test_outbox_is_replaced_whole_and_ignores_a_torn_line(tmp_path, monkeypatch):
+def test_outbox_is_compacted_whole_and_ignores_a_torn_line(tmp_path, monkeypatch):
     box = outbox.Outbox(tmp_path)
     box.append({"op": "start", "trial": "a"})
     box.append({"op": "result", "trial": "a", "result": {"top1": float("nan"), "x": 1}})
@@ -79,14 +79,55 @@ def test_outbox_is_replaced_whole_and_ignores_a_torn_line(tmp_path, monkeypatch)
     def crash(src, dst):
         raise OSError("killed before the rename")
 
-    monkeypatch.setattr(os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)  # compaction (after a partial replay) is atomic
     with pytest.raises(OSError):
-        box.append({"op": "complete", "trial": "a"})
+        box.replace([{"op": "complete", "trial": "a"}])
     monkeypatch.undo()
     assert [op["op"] for op in box.pending()] == ["start", "result"]  # old version intact
-    with box.path.open("a") as f:  # a torn write by someone else: never parsed as an op
+    assert [p.name for p in tmp_path.iterdir()] == [outbox.OUTBOX]  # no temporary file left
+    with box.path.open("a") as f:  # a torn append (killed mid-write): never parsed as an op
         f.write('{"op": "comp')
     assert [op["op"] for op in box.pending()] == ["start", "result"]
+    box.append({"op": "complete", "trial": "a"})  # starts a line of its own
+    assert [op["op"] for op in box.pending()] == ["start", "result", "complete"]
+
+
+@pytest.mark.parametrize("form", ["bytes", "writer"])
+def test_atomic_write_failing_mid_write_leaves_the_old_file_and_no_temporary(tmp_path, form):
+    from orchestrator._atomic import atomic_write
+
+    target = tmp_path / "table.parquet"
+    atomic_write(target, b"old")
+    assert target.read_bytes() == b"old"
+
+    def torn(path: str) -> None:
+        Path(path).write_bytes(b"half of the n")
+        raise OSError("disk full")
+
+    def killed(src, dst) -> None:
+        raise OSError("killed before the rename")
+
+    if form == "bytes":  # the rename never happens: the process dies between write and rename
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(os, "replace", killed)
+            with pytest.raises(OSError):
+                atomic_write(target, b"new")
+    else:
+        with pytest.raises(OSError):
+            atomic_write(target, torn)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.parquet"]
+    atomic_write(target, lambda p: Path(p).write_bytes(b"new"), mode=0o600)
+    assert target.read_bytes() == b"new" and (target.stat().st_mode & 0o777) == 0o600
+
+
+def test_one_atomic_write_for_prune_core_and_the_orchestrator():
+    """prune_core's implementation is the orchestrator's too (loaded without importing torch
+    where prune_core was not imported yet)."""
+    import prune_core._atomic
+    from orchestrator import _atomic
+
+    assert _atomic.atomic_write is prune_core._atomic.atomic_write
 
 
 def _checkpoint(directory: Path, epoch: int) -> Path:
