@@ -124,6 +124,8 @@ class Counter:
 
     def __init__(self, logger) -> None:
         self.logger, self.requested, self.started, self.durations = logger, 0, 0, []
+        if hasattr(logger, "pending_rebuilds"):  # it counts them itself
+            return
         submit, refresh = logger.submit, logger.refresh
 
         def counted_submit(op: dict) -> None:
@@ -192,6 +194,13 @@ def _feed(logger, counter: Counter, trials: list[FakeTrial], rng, epochs: int) -
     return worst
 
 
+def _set_uri(logger, uri: str) -> None:
+    """Point the logger (and its writer and table, where it has them) at ``uri``."""
+    logger.uri = uri
+    if hasattr(logger, "writer"):
+        logger.writer.uri = logger.writer.runs.uri = logger.writer.table.uri = uri
+
+
 def _outage(logger, ops: int, epochs: int, rng) -> tuple[int, float]:
     """(operations missing from MLflow after the replay, seconds the replay took)."""
     from orchestrator.tracking import TRIAL_TAG, children, client
@@ -201,7 +210,7 @@ def _outage(logger, ops: int, epochs: int, rng) -> tuple[int, float]:
         FakeTrial(f"outage{i:05d}", _config(rng)) for i in range(max(1, round(ops / per_trial)))
     ]
     real = logger.uri
-    logger.uri = DEAD_URI
+    _set_uri(logger, DEAD_URI)
     try:
         for trial in trials:
             logger.on_trial_start(iteration=0, trials=trials, trial=trial)
@@ -211,7 +220,7 @@ def _outage(logger, ops: int, epochs: int, rng) -> tuple[int, float]:
             logger.on_trial_complete(iteration=0, trials=trials, trial=trial)
         logger.wait()
     finally:
-        logger.uri = real
+        _set_uri(logger, real)
     t0 = time.perf_counter()
     logger.flush(force=True)
     replay = time.perf_counter() - t0
@@ -230,6 +239,8 @@ def _outage(logger, ops: int, epochs: int, rng) -> tuple[int, float]:
 
 def row(n: int, *, epochs: int, outage_ops: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
+    import matplotlib.pyplot  # noqa: F401  (imported once, before any rebuild is timed)
+
     with tempfile.TemporaryDirectory(prefix="driver-scaling-") as tmp:
         name = f"scale{n}"
         uri, parent = _store(Path(tmp), name)

@@ -6,10 +6,15 @@ driver could not log is appended here, in the sweep's storage directory, to be r
 the server answers again, at the end of the sweep, or by ``--resume`` (possibly days later,
 from another process: hence disk, not memory).
 
-The file is JSON lines, one operation each, and is only ever replaced whole (temporary file,
-fsync, ``os.replace``), so a driver killed mid-write leaves the previous version, never a torn
-one. Operations name trials by ``trial_id``, not by MLflow run id, because the child run may
-not exist yet when the server is down; replay creates it.
+The file is JSON lines, one operation each, **appended** (``O_APPEND``, one ``write`` and an
+fsync per operation: constant cost, however long the outage; rewriting it whole per operation
+made a 10,000-operation outage cost an hour). A driver killed mid-append leaves a torn last line:
+it is never parsed as an operation, and the next append starts on a line of its own. Replay
+reads the file once, and :meth:`Outbox.replace` compacts it: the operations still to replay
+are written whole, atomically (``atomic_write``), or the file is removed. It is created
+readable by its owner only (:data:`PRIVATE`). Operations name trials by ``trial_id``, not by
+MLflow run id, because the child run may not exist yet when the server is down; replay
+creates it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+
+from orchestrator._atomic import atomic_write
 
 OUTBOX = "tracking-outbox.jsonl"
 # sweep.json and the outbox name the tracking server, the runs and the trials' settings: they
@@ -50,7 +57,7 @@ class Outbox:
         self.path = Path(directory) / OUTBOX
 
     def pending(self) -> list[dict]:
-        """The buffered operations; a line that does not parse (never written by us) is dropped."""
+        """The buffered operations; a line that does not parse (torn by a kill) is dropped."""
         try:
             text = self.path.read_text()
         except FileNotFoundError:
@@ -64,25 +71,62 @@ class Outbox:
         return ops
 
     def append(self, op: dict) -> None:
-        self.replace(self.pending() + [op])
+        """One more operation, on disk (fsynced) when this returns."""
+        line = (json.dumps(op) + "\n").encode()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, PRIVATE)
+        try:
+            os.fchmod(fd, PRIVATE)  # an outbox of an older driver may have the umask's mode
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line: end it first
+                line = b"\n" + line
+            while line:  # one write for a regular file; the loop only for a short one
+                line = line[os.write(fd, line) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def replace(self, ops: list[dict]) -> None:
+        """Compact: the file becomes ``ops`` (atomically), or goes when there are none."""
         if not ops:
             self.path.unlink(missing_ok=True)
             return
-        write_atomic(self.path, "".join(json.dumps(op) + "\n" for op in ops), mode=PRIVATE)
+        atomic_write(self.path, "".join(json.dumps(op) + "\n" for op in ops), mode=PRIVATE)
 
 
-def write_atomic(path: str | Path, data: str | bytes, mode: int | None = None) -> None:
-    """Write a whole file or nothing: temp name in the same directory, fsync, rename; with
-    ``mode`` (e.g. :data:`PRIVATE`) the file never exists with another one, else the umask's."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
-    with open(fd, "wb") as f:
-        if mode is not None:
-            os.fchmod(fd, mode)  # a leftover temporary file keeps its old mode through O_CREAT
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def compact(ops: list[dict]) -> list[tuple[list[int], dict]]:
+    """The operations to replay, fewer: ``(indices in ops, operation)`` in an order that keeps
+    what matters (each trial's own operations, and every trial's before an operation on the
+    whole sweep). A trial's consecutive results become one ``results`` operation (one MLflow
+    batch instead of one call per epoch); the tables' rebuild requests of an older driver
+    become one, at the end."""
+    out: list[tuple[list[int], dict]] = []
+    held: dict[str, tuple[list[int], dict]] = {}  # trial -> its results not yet emitted
+    refresh: list[int] = []
+
+    def emit(trial: str) -> None:
+        if trial in held:
+            out.append(held.pop(trial))
+
+    for i, op in enumerate(ops):
+        trial = op.get("trial")
+        if op["op"] == "refresh":
+            refresh.append(i)
+        elif op["op"] == "result" and trial is not None:
+            indices, merged = held.setdefault(
+                trial, ([], {"op": "results", "trial": trial, "results": []})
+            )
+            indices.append(i)
+            merged["config"] = op.get("config", {})
+            merged["results"].append(op["result"])
+        elif trial is not None:
+            emit(trial)
+            out.append(([i], op))
+        else:  # the teacher, lost trials, the parent's end: after everything before them
+            for t in list(held):
+                emit(t)
+            out.append(([i], op))
+    for t in list(held):
+        emit(t)
+    if refresh:
+        out.append((refresh, {"op": "refresh"}))
+    return out

@@ -198,6 +198,10 @@ class SweepConfig(Strict):
     # it exposed are fixed: a trial retried at once lost result.json rows (tuner.KeepTrialLogs)
     # and a trial Tune forgot with a killed driver stayed in the tables (TrialLogger LOST).
     reuse_actors: bool = True
+    # The trials table, the front, pareto.png and the hypervolume are rewritten at most this
+    # often (seconds) while trials finish, and once at the end: any number of trials finishing
+    # in between costs one rewrite (trial_table.py). 0: after every finished trial.
+    refresh_every_s: float = Field(10.0, ge=0)
     # Settings tried first, in order (Optuna's enqueue_trial): a baseline to compare against,
     # or a known-good point. Each is nested like the file ({search: {target: 0.5}}) and sets
     # explored parameters; the rest are sampled.

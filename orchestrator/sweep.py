@@ -197,6 +197,8 @@ def _run(
             list(space_mod.leaves(exp.tunable_sections)),
             storage_uri=exp.storage_uri,
             print_fronts=verbose,
+            refresh_every_s=exp.sweep.refresh_every_s,
+            resume=resume,  # its table and child runs are read back from MLflow, once
         )
         mirror.push(exp)  # sweep.json (and a stored teacher): what a new head needs to resume
 
@@ -228,7 +230,7 @@ def _run(
             job.cancel()
             status = "KILLED"
             return fail(f"orchestrator.sweep: interrupted; {_resume_hint(source, exp)}", 130)
-        summary = logger.summary()  # rebuilds trials.parquet / pareto.parquet from MLflow
+        summary = logger.summary()  # trials.parquet / pareto.parquet written with every trial
         teacher_state, teacher = job.result()
         if speed.in_driver(exp, local=address is None):  # Ray's part is done: its shutdown
             # (~1.3 s, mostly waiting for processes to exit) overlaps loading the front's

@@ -206,12 +206,17 @@ def reopen_parent(uri: str, run_id: str) -> None:
     client(uri).update_run(run_id, status="RUNNING")
 
 
-def end_parent(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    """End the parent run and any child run a crash left RUNNING (marked KILLED)."""
+def end_parent(
+    uri: str, run_id: str, status: str = "FINISHED", running: list[str] | None = None
+) -> None:
+    """End the parent run and any child run a crash left RUNNING (marked KILLED): those of
+    ``running`` (run ids) when the caller knows them, else every child run's status is read
+    (a listing of the whole sweep)."""
     c = client(uri)
-    for run in children(uri, run_id):
-        if run.info.status == "RUNNING":
-            c.set_terminated(run.info.run_id, status="KILLED")
+    if running is None:
+        running = [r.info.run_id for r in children(uri, run_id) if r.info.status == "RUNNING"]
+    for child in running:
+        c.set_terminated(child, status="KILLED")
     c.set_terminated(run_id, status=status)
 
 
@@ -243,26 +248,50 @@ def as_number(value: Any) -> float | None:
 def trial_rows(uri: str, parent_id: str) -> list[dict]:
     """One dict per child run (the source of ``trials.parquet``), from MLflow alone; runs of
     trials Tune lost (``trial_status = LOST``) are left out."""
-    rows = []
-    for run in children(uri, parent_id):
-        m, tags = run.data.metrics, run.data.tags
-        if tags.get("trial_status") == LOST:
-            continue
-        row = {
-            "trial_id": tags.get(TRIAL_TAG),
-            "status": tags.get("trial_status", run.info.status),
-            "fully_trained": bool(m.get("fully_trained", 0.0) >= 1.0),
-            "top1": m.get("top1"),
-            "macs": int(m["macs"]) if "macs" in m else None,
-            "macs_ratio": m.get("macs_ratio"),
-            "params": int(m["params"]) if "params" in m else None,
-            "throughput": m.get("throughput"),
-            "pruned_top1": m.get("pruned_top1"),
-            "iterations": int(m.get("training_iteration", 0)),
-            "run_id": run.info.run_id,
-            "error": tags.get("error"),
-        }
-        for k, v in run.data.params.items():
-            row[f"param_{k}"] = _param_value(v)
-        rows.append(row)
-    return sorted(rows, key=lambda r: r["trial_id"] or "")
+    rows = [trial_row(run) for run in children(uri, parent_id)]
+    return sorted((r for r in rows if r is not None), key=lambda r: r["trial_id"] or "")
+
+
+def trial_row(run) -> dict | None:
+    """A child run as a row of ``trials.parquet`` (None for a trial Tune lost)."""
+    m, tags = run.data.metrics, run.data.tags
+    if tags.get("trial_status") == LOST:
+        return None
+    return row(
+        tags.get(TRIAL_TAG),
+        tags.get("trial_status", run.info.status),
+        m,
+        run.data.params,
+        run.info.run_id,
+        tags.get("error"),
+    )
+
+
+def row(
+    trial_id: str | None,
+    status: str,
+    metrics: dict[str, float],
+    params: dict[str, str],
+    run_id: str | None,
+    error: str | None,
+) -> dict:
+    """The one place a trial becomes a row: from a child run (:func:`trial_row`), or from
+    what the driver logged to it (``trial_table.TrialTable``), alike to the last type."""
+    m = metrics
+    out = {
+        "trial_id": trial_id,
+        "status": status,
+        "fully_trained": bool(m.get("fully_trained", 0.0) >= 1.0),
+        "top1": m.get("top1"),
+        "macs": int(m["macs"]) if "macs" in m else None,
+        "macs_ratio": m.get("macs_ratio"),
+        "params": int(m["params"]) if "params" in m else None,
+        "throughput": m.get("throughput"),
+        "pruned_top1": m.get("pruned_top1"),
+        "iterations": int(m.get("training_iteration", 0)),
+        "run_id": run_id,
+        "error": error,
+    }
+    for k, v in params.items():
+        out[f"param_{k}"] = _param_value(v)
+    return out

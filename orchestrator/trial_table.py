@@ -1,0 +1,130 @@
+"""The sweep's trials table and Pareto front, kept in memory and written at most every few seconds.
+
+Every trial's row is updated from what the driver logs to its child run (``TrialTable.started``,
+``.reported``, ``.finished``), so the table is MLflow's view without reading MLflow: no listing
+of every child run per finished trial (5.8 s at 1,000 runs). A finished trial marks the table
+*dirty*; :meth:`TrialTable.rebuild` rewrites ``trials.parquet``, ``pareto.parquet`` and
+``pareto.png``, uploads them to the parent run and logs the front's ``hypervolume`` (step:
+finished trials), and runs when :meth:`TrialTable.due`: dirty, and ``every_s`` seconds after the
+last rebuild (``sweep.refresh_every_s``), so any number of completions in between costs one
+rebuild; the driver asks for one more at the end. The last hypervolume step is kept here too.
+
+After ``Tuner.restore`` (``--resume``) the table is read back from MLflow once
+(:meth:`TrialTable.load`, with the child runs the writer adopts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from orchestrator import pareto
+from orchestrator.tracking import LOST, METRICS, as_number, client, row, trial_row
+
+ENDED = ("TERMINATED", "ERROR")
+
+
+class TrialTable:
+    """Rows by trial id, the front, and when to write them (module doc)."""
+
+    def __init__(
+        self,
+        uri: str,
+        parent_id: str,
+        sweep_dir: str,
+        title: str,
+        every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.uri, self.parent_id, self.sweep_dir, self.title = uri, parent_id, sweep_dir, title
+        self.every_s, self.clock = every_s, clock
+        self._rows: dict[str, dict] = {}  # trial id -> {status, metrics, params, run_id, error}
+        self.dirty = False
+        self._last = -float("inf")  # clock() of the last rebuild
+        self.hv_step = 0  # the last finished-trial count the hypervolume was logged at
+        self.times: list[float] = []  # seconds per rebuild
+
+    # ------------------------------------------------------------------ what was logged
+    def load(self, runs: list) -> None:
+        """Rows of the child runs already in MLflow and the last hypervolume step (a restore)."""
+        for run in runs:
+            if run.data.tags.get("trial_status") == LOST:
+                continue
+            r = trial_row(run)
+            self._rows[r["trial_id"]] = {
+                "status": r["status"],
+                "metrics": dict(run.data.metrics),
+                "params": dict(run.data.params),
+                "run_id": run.info.run_id,
+                "error": r["error"],
+            }
+        history = client(self.uri).get_metric_history(self.parent_id, "hypervolume")
+        self.hv_step = max((m.step for m in history), default=0)
+        self.dirty = True
+
+    def started(self, tid: str, run_id: str, params: dict[str, str]) -> None:
+        row_ = self._rows.setdefault(tid, {"metrics": {}, "error": None})
+        row_.update(status="RUNNING", run_id=run_id, params=params)
+
+    def reported(self, tid: str, result: dict) -> None:
+        metrics = self._rows[tid]["metrics"]
+        for k in METRICS + ("training_iteration",):
+            if (v := as_number(result.get(k))) is not None:
+                metrics[k] = v
+
+    def finished(self, tid: str, status: str, error: str | None) -> None:
+        self._rows[tid]["status"] = status
+        if error:
+            self._rows[tid]["error"] = error
+        self.dirty = True
+
+    def lost(self, tid: str) -> None:
+        self._rows.pop(tid, None)
+        self.dirty = True
+
+    def running(self) -> dict[str, str]:
+        """Trial id -> run id of the child runs still RUNNING."""
+        return {t: r["run_id"] for t, r in self._rows.items() if r["status"] == "RUNNING"}
+
+    # ------------------------------------------------------------------ the tables
+    def table(self) -> pa.Table:
+        rows = [
+            row(t, r["status"], r["metrics"], r["params"], r["run_id"], r["error"])
+            for t, r in sorted(self._rows.items())
+        ]
+        return pareto.trials_table(rows)
+
+    def due(self) -> bool:
+        return self.dirty and self.clock() >= self._last + self.every_s
+
+    def rebuild(self, teacher: dict | None, print_front: bool = False) -> dict:
+        """Write the tables and plot, upload them, log the hypervolume; the summary."""
+        t0 = time.perf_counter()
+        self.dirty, self._last = False, self.clock()
+        try:
+            table = self.table()
+            paths = pareto.write_tables(table, self.sweep_dir, teacher=teacher, title=self.title)
+            front = pareto.front_table(table)  # again: O(n log n), milliseconds at 1,000
+            hv = pareto.front_hypervolume(front)
+            finished = sum(1 for r in self._rows.values() if r["status"] in ENDED)
+            c = client(self.uri)
+            for path in paths.values():
+                c.log_artifact(self.parent_id, str(path))
+            if finished > self.hv_step:  # once per trial count
+                c.log_metric(self.parent_id, "hypervolume", hv, step=finished)
+                c.log_metric(self.parent_id, "front_size", front.num_rows, step=finished)
+                self.hv_step = finished
+        except BaseException:
+            self.dirty = True  # the next due rebuild tries again
+            raise
+        finally:
+            self.times.append(time.perf_counter() - t0)
+        if print_front:
+            pareto.print_front(
+                front,
+                teacher=teacher,
+                title=f"Pareto front after {finished} trials (hypervolume {hv:.4f})",
+            )
+        return {"hypervolume": hv, "finished": finished, "front": front}

@@ -1,0 +1,173 @@
+"""The driver's tracking at scale, without a sweep: the Tune callback fed synthetic trials, MLflow
+on SQLite. Rebuilds of the tables coalesce (many completions, few rebuilds, the last one
+complete), the outbox appends and is compacted on replay, and a restored logger reads its
+table back from MLflow once (issue 25)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from orchestrator import outbox, tracking
+from orchestrator.trial_logger import TrialLogger
+
+PARAMS = ["search/target", "search/init_mode"]
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    config: dict[str, Any]
+    last_result: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Any = None
+
+
+def _result(i: int, it: int, epochs: int = 2) -> dict:
+    ratio = 0.1 + 0.8 * ((i * 37) % 100) / 100
+    return {
+        "top1": 50 + 40 * ratio + it,
+        "macs": int(1e6 * ratio),
+        "macs_ratio": ratio,
+        "params": 1000,
+        "fully_trained": float(it == epochs + 1),
+        "training_iteration": it,
+        "timestamp": 1.0e9 + it,
+    }
+
+
+def _trial(i: int) -> Trial:
+    return Trial(f"{i:04d}", {"search": {"target": 0.1 + i / 100, "init_mode": "magnitude"}})
+
+
+def _run(logger: TrialLogger, trial: Trial, i: int, epochs: int = 2) -> None:
+    logger.on_trial_start(iteration=0, trials=[], trial=trial)
+    for it in range(1, epochs + 2):
+        trial.last_result = _result(i, it, epochs)
+        logger.on_trial_result(iteration=0, trials=[], trial=trial, result=trial.last_result)
+    logger.on_trial_complete(iteration=0, trials=[], trial=trial)
+    logger.on_step_end(iteration=0, trials=[])
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.experiment_id(uri, "scale", tmp_path / "artifacts")
+    parent = tracking.start_parent(uri, exp_id, "scale", {"name": "scale"}, [])
+    sweep_dir = tmp_path / "scale"
+    sweep_dir.mkdir()
+    return uri, parent, str(sweep_dir)
+
+
+def test_many_completions_cost_few_rebuilds_and_the_last_one_is_complete(store):
+    uri, parent, sweep_dir = store
+    logger = TrialLogger(uri, parent, sweep_dir, "scale", PARAMS, print_fronts=False,
+                         refresh_every_s=3600)  # fmt: skip
+    pending = []
+    for i in range(30):
+        _run(logger, _trial(i), i)
+        pending.append(logger.pending_rebuilds())
+    logger.wait()
+    assert max(pending) <= 1
+    assert len(logger.rebuild_times()) <= 2  # the first completion's, then none for an hour
+    summary = logger.summary()  # the end: once more, with every trial
+    assert len(logger.rebuild_times()) <= 3
+    table = pq.read_table(f"{sweep_dir}/trials.parquet").to_pylist()
+    assert len(table) == 30 and {r["status"] for r in table} == {"TERMINATED"}
+    assert all(r["iterations"] == 3 and r["fully_trained"] for r in table)
+    assert summary["finished"] == 30
+    c = MlflowClient(uri)
+    history = c.get_metric_history(parent, "hypervolume")
+    assert max(m.step for m in history) == 30
+    assert summary["hypervolume"] == pytest.approx(history[-1].value)
+    # the in-memory table is what MLflow holds, row for row
+    from_mlflow = tracking.trial_rows(uri, parent)
+    assert [{k: r[k] for k in sorted(r)} for r in from_mlflow] == [
+        {k: r[k] for k in sorted(r)} for r in table
+    ]
+
+
+def test_a_restored_logger_reads_its_table_from_mlflow_once(store):
+    uri, parent, sweep_dir = store
+    first = TrialLogger(uri, parent, sweep_dir, "scale", PARAMS, print_fronts=False)
+    for i in range(4):
+        _run(first, _trial(i), i)
+    running = _trial(4)
+    first.on_trial_start(iteration=0, trials=[], trial=running)
+    running.last_result = _result(4, 1)
+    first.on_trial_result(iteration=0, trials=[], trial=running, result=running.last_result)
+    first.wait()
+    blob = pickle.dumps(first)  # as in tuner.pkl
+
+    # --resume: a new driver process; its own logger, then Tune's unpickled copy
+    from orchestrator import trial_logger
+
+    trial_logger._LIVE.clear()
+    driver = TrialLogger(uri, parent, sweep_dir, "scale", PARAMS, print_fronts=False,
+                         resume=True)  # fmt: skip
+    restored = pickle.loads(blob)
+    assert restored.writer is driver.writer  # one live state per sweep in a process
+    for it in (1, 2, 3):  # Tune reports iteration 1 again after the restore: logged once
+        running.last_result = _result(4, it)
+        restored.on_trial_result(iteration=0, trials=[], trial=running, result=running.last_result)
+    restored.on_trial_complete(iteration=0, trials=[], trial=running)
+    _run(restored, _trial(5), 5)
+    summary = driver.summary()
+    table = pq.read_table(f"{sweep_dir}/trials.parquet").to_pylist()
+    assert [r["trial_id"] for r in table] == [f"{i:04d}" for i in range(6)]
+    assert summary["finished"] == 6
+    c = MlflowClient(uri)
+    runs = tracking.children(uri, parent)
+    assert len(runs) == 6  # no run created twice
+    run4 = next(r for r in runs if r.data.tags["trial_id"] == "0004")
+    steps = [m.step for m in c.get_metric_history(run4.info.run_id, "top1")]
+    assert steps == [1, 2, 3]
+    assert max(m.step for m in c.get_metric_history(parent, "hypervolume")) == 6
+
+
+def test_an_outage_is_appended_and_replayed_compacted(store, monkeypatch):
+    uri, parent, sweep_dir = store
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    logger = TrialLogger(uri, parent, sweep_dir, "scale", PARAMS, print_fronts=False)
+    w = logger.writer
+    w.uri = w.runs.uri = w.table.uri = "http://127.0.0.1:9"  # MLflow goes away
+    for i in range(3):
+        _run(logger, _trial(i), i, epochs=4)
+    logger.wait()
+    box = outbox.Outbox(sweep_dir)
+    ops = box.pending()
+    assert [op["op"] for op in ops].count("result") == 15 and len(ops) == 21
+    assert stat.S_IMODE(os.stat(box.path).st_mode) == 0o600
+    merged = outbox.compact(ops)
+    assert [op["op"] for _, op in merged] == ["start", "results", "complete"] * 3
+    assert sorted(i for indices, _ in merged for i in indices) == list(range(21))
+    w.uri = w.runs.uri = w.table.uri = uri  # back
+    assert logger.flush()
+    assert not box.path.exists()
+    runs = tracking.children(uri, parent)
+    assert len(runs) == 3
+    c = MlflowClient(uri)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in c.get_metric_history(run.info.run_id, "top1")] == [1, 2, 3, 4, 5]
+        assert set(run.data.params) == set(PARAMS)
+
+
+def test_the_outbox_appends_past_a_torn_line_and_compacts_to_what_is_left(tmp_path):
+    box = outbox.Outbox(tmp_path)
+    box.append({"op": "start", "trial": "a"})
+    with box.path.open("a") as f:  # a driver killed mid-append
+        f.write('{"op": "res')
+    box.append({"op": "complete", "trial": "a", "result": {}})
+    assert [op["op"] for op in box.pending()] == ["start", "complete"]
+    box.replace([{"op": "complete", "trial": "a", "result": {}}])
+    assert [op["op"] for op in box.pending()] == ["complete"]
+    assert stat.S_IMODE(box.path.stat().st_mode) == 0o600
+    box.replace([])
+    assert not box.path.exists() and list(tmp_path.iterdir()) == []
