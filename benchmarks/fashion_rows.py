@@ -44,50 +44,69 @@ SEARCHED = {
 }
 
 
-def _widths(model: nn.Module, per_group: dict[str, int]) -> dict[str, dict[str, int]]:
+def _widths(model: nn.Module, ratios: dict[str, float]) -> dict[str, dict[str, int]]:
+    """Per-layer widths of per-group keep ratios, rounded as ``magnitude_plan`` does."""
     return {
-        name: {g: per_group[g] for g in m.gates} for name, m in pc.prunable_modules(model).items()
+        name: {g: max(1, round(ratios[g] * gate.channels)) for g, gate in m.gates.items()}
+        for name, m in pc.prunable_modules(model).items()
     }
 
 
 def uniform_keeps(
-    model: nn.Module, target: float, tolerance: float = TOLERANCE
+    model: nn.Module,
+    target: float,
+    tolerance: float = TOLERANCE,
+    input_size: tuple[int, int, int] = INPUT_SIZE,
 ) -> dict[str, float]:
-    """Per-group keep ratios (same width in every layer) with MACs in ``[t - tol, t]``.
+    """Per-group keep ratios (the same ratio in every layer) with MACs in ``[t - tol, t]``.
 
-    Starts at the largest single ratio under t (``uniform_keep``), then raises the width of the
-    most pruned group that still fits under t, one channel per head at a time, until none fits.
+    Starts at the largest single ratio under t (``uniform_keep``), then raises the ratio of the
+    most pruned group that still fits under t to the next value that widens some layer by one
+    channel per head (with one width per group, as in ``flatten_vit_micro``: one channel per
+    head at a time), until none fits. A group whose layers differ in width (Swin's stages)
+    keeps the same ratio in all of them.
     """
-    channels: dict[str, int] = {}
+    channels: dict[str, set[int]] = {}
     for m in pc.prunable_modules(model).values():
         for g, gate in m.gates.items():
-            if channels.setdefault(g, gate.channels) != gate.channels:
-                raise ValueError(f"group {g} has different widths across layers")
-    macs = pc.MacModel(model, INPUT_SIZE)
-    keep = pc.uniform_keep(model, INPUT_SIZE, target)
-    width = {g: max(1, round(keep * c)) for g, c in channels.items()}
+            channels.setdefault(g, set()).add(gate.channels)
+    macs = pc.MacModel(model, input_size)
+    keep = pc.uniform_keep(model, input_size, target)
+    ratios = {
+        g: max(1, round(keep * next(iter(cs)))) / next(iter(cs)) if len(cs) == 1 else keep
+        for g, cs in channels.items()
+    }
 
-    def ratio(w: dict[str, int]) -> float:
-        return macs.total(_widths(model, w)) / macs.full
+    def ratio(r: dict[str, float]) -> float:
+        return macs.total(_widths(model, r)) / macs.full
+
+    def raised(g: str) -> float | None:  # the next ratio of g that widens a layer
+        options = [
+            (max(1, round(ratios[g] * c)) + 1) / c
+            for c in channels[g]
+            if max(1, round(ratios[g] * c)) < c
+        ]
+        return min(options) if options else None
 
     while True:
         fits = [
             g
             for g in channels
-            if width[g] < channels[g] and ratio({**width, g: width[g] + 1}) <= target
+            if raised(g) is not None and ratio({**ratios, g: raised(g)}) <= target
         ]
         if not fits:
             break
-        g = min(fits, key=lambda g: (width[g] / channels[g], g))
-        width[g] += 1
-    if ratio(width) < target - tolerance:
+        g = min(fits, key=lambda g: (ratios[g], g))
+        ratios[g] = raised(g)
+    if ratio(ratios) < target - tolerance:
         raise ValueError(
-            f"uniform widths {width} reach only {ratio(width):.4f} of the MACs for target {target}"
+            f"uniform ratios {ratios} reach only {ratio(ratios):.4f} of the MACs for target "
+            f"{target}"
         )
-    return {g: width[g] / channels[g] for g in channels}
+    return ratios
 
 
-def _search(
+def search_student(
     student: nn.Module,
     method: str,
     target: float,
@@ -96,8 +115,14 @@ def _search(
     data: Data,
     steps: int,
     args: argparse.Namespace,
+    input_size: tuple[int, int, int] = INPUT_SIZE,
 ) -> None:
-    """Initialise and search ``student`` in place, the way ``method`` says (module doc)."""
+    """Initialise and search ``student`` in place, the way ``method`` says (module doc).
+
+    ``data`` needs ``train`` (the search's batches) and ``calib``; ``args`` the search knobs
+    (``sim_temperature``, ``sim_every``, ``similarity_to``, ``search_lr``, ``reweight_lr``).
+    ``benchmarks.fashion_attention_rows`` calls it too, with its own data and input size.
+    """
     tau = math.inf if method == "no_similarity" else args.sim_temperature
     mode = "uniform" if method == "uniform_init_all" else "attn_leave_out"
     pc.initialize(student, data.calib, mode=mode, sim_temperature=tau, theta0=0.0)
@@ -124,7 +149,7 @@ def _search(
     pc.search(
         student,
         data.train,
-        INPUT_SIZE,
+        input_size,
         config,
         teacher=teacher_model,
         calib=data.calib,
@@ -168,7 +193,7 @@ def run_one(
     realisable, searched = method != "unaligned", 0
     if method in SEARCHED:
         searched = min(search_steps(data, args), total)
-        _search(student, method, target, seed, teacher_model, data, searched, args)
+        search_student(student, method, target, seed, teacher_model, data, searched, args)
         if method == "unaligned":
             ablations.finalize_unaligned(student, INPUT_SIZE, target, tolerance=TOLERANCE)
             plan = None

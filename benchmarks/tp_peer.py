@@ -58,13 +58,24 @@ def _ignored_params(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in pc.prunable_modules(model).values() for p in m.pruning_parameters()]
 
 
+class _StandIn(Attention):
+    """timm ``Attention`` that also takes a Swin block's call ``attn(windows, mask=...)``.
+
+    Torch-Pruning only traces it (its output is never used for accuracy), so the shift mask
+    and the relative position bias, like FLatten's extra parameters, are invisible to it.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        return super().forward(x, **kwargs)
+
+
 def _stand_ins(model: nn.Module) -> dict[str, nn.Module]:
     """Replace every prunable attention by a timm ``Attention`` with the same qkv/proj."""
     replaced = {}
     for name, attn in attention_modules(model).items():
         if attn.qk_dim != attn.v_dim:
             raise ValueError(f"{name}: Torch-Pruning's recipe needs qk and v widths equal")
-        stand_in = Attention(attn.dim, attn.num_heads, qkv_bias=attn.qkv.bias is not None)
+        stand_in = _StandIn(attn.dim, attn.num_heads, qkv_bias=attn.qkv.bias is not None)
         stand_in.fused_attn = False
         stand_in.qkv, stand_in.proj = attn.qkv, attn.proj
         parent_name, _, child = name.rpartition(".")
@@ -125,6 +136,13 @@ def plan_from_tp(
     ignored: list = [m for m in work.modules() if isinstance(m, (nn.Conv2d,))]
     head = work.get_classifier() if hasattr(work, "get_classifier") else work.head
     ignored += [head, *_ignored_params(work)]
+    # Only qkv/proj and the MLPs are pruned, as in every other row: any other Linear (Swin's
+    # patch merging) would otherwise let Torch-Pruning narrow a whole stage's residual width.
+    pruned = {id(a.qkv) for a in stand_ins.values()} | {id(a.proj) for a in stand_ins.values()}
+    for n in original:
+        if n not in stand_ins:
+            pruned |= {id(work.get_submodule(n).fc1), id(work.get_submodule(n).fc2)}
+    ignored += [m for m in work.modules() if isinstance(m, nn.Linear) and id(m) not in pruned]
     example = torch.randn(1, *input_size)
     ratio_dict = None
     if mlp_ratio is not None:
