@@ -1,8 +1,10 @@
 """Fashion-MNIST where attention matters: the method against peers, ablations and controls.
 
-    nohup nice -n 19 python -m benchmarks.fashion_attention --shard 0/2 > /tmp/fa0.log 2>&1 &
-    nohup nice -n 19 python -m benchmarks.fashion_attention --shard 1/2 > /tmp/fa1.log 2>&1 &
+    nohup nice -n 19 python -m benchmarks.fashion_attention --models flatten_swin_fm > /tmp/a.log &
+    nohup nice -n 19 python -m benchmarks.fashion_attention --models deit_fm > /tmp/b.log &
     python -m benchmarks.fashion_attention --report   # -> fashion_attention.md / .png
+
+(or ``--shard 0/2`` and ``--shard 1/2``: every second cell each, both teachers in both).
 
 Models (``prune_core/models/fashion_models.py``): ``flatten_swin_fm`` (FLatten-Swin micro,
 focused linear attention on 196 tokens in 7×7 windows, then softmax with relative position
@@ -21,11 +23,14 @@ the same number of weight updates after the teacher (search steps count):
   recovery fine-tune, long enough that a weaker selection can be trained back; the search is
   the same 43 steps.
 
-Fine-tunes distil from the teacher (α 0.5, T 2, lr ``--finetune-lr``, cosine, no warm-up) on
-the augmented training images. Rows are read on validation (``val_top1``) and test
-(``test_top1``). Methods: ``benchmarks.fashion_attention_rows``.
+Fine-tunes distil from the teacher (α 0.5, T 2, cosine, no warm-up) on the augmented training
+images, at the learning rate the tuning stage chose for the method on *validation*
+(``benchmarks.fashion_attention_tune``: three rates per tuned method, equal effort, a seed no
+reported row uses; ``--finetune-lr`` fixes one rate instead). Rows are read on validation
+(``val_top1``) and test (``test_top1``). Methods: ``benchmarks.fashion_attention_rows``.
 
-The grid runs in this order, so the goal's cells come first: short budget, targets 0.5 and
+After the teachers and the tuning runs, the grid runs in this order, so the goal's cells come
+first: short budget, targets 0.5 and
 0.3, ``method``/``l1_uniform``/``tp_global``/``tp_isomorphic_taylor`` over 5 seeds; the other
 peers (5 seeds); ablations and controls (3 seeds); then the long budget in the same order.
 Rows are appended to ``--out`` as they finish (file lock, flush, fsync); a rerun skips the
@@ -64,6 +69,14 @@ from benchmarks.fashion_attention_setup import (
     fashion_split,
     teacher,
 )
+from benchmarks.fashion_attention_tune import (
+    TUNE_SEED,
+    TUNE_TARGET,
+    chosen_lr,
+    done_tuning,
+    tune_cells,
+    tuning_path,
+)
 
 BUDGET_EPOCHS = {"short": 0.5, "long": 5.0}
 SEARCH_SHARE = 0.2  # of the short budget, in both budgets
@@ -86,6 +99,7 @@ FIELDS = (
     "finetune_steps",
     "macs",
     "params",
+    "finetune_lr",
     "wall_s",
     "commit",
 )
@@ -101,7 +115,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS / "fashion_attention.csv")
     p.add_argument("--shard", default="0/1", help="i/n: every n-th cell of the grid")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=None,
+        help="fixed fine-tune lr for every row (default: tuned on validation, see the doc)",
+    )
     p.add_argument("--search-lr", type=float, default=5e-4)
     p.add_argument("--mask-lr", type=float, default=0.05, help="learned_mask's mask lr")
     p.add_argument("--sim-temperature", type=float, default=0.5)
@@ -185,6 +204,16 @@ def commit() -> str:
         return "unknown"
 
 
+def wait_for_lr(tuning: Path, model: str, method: str) -> float:
+    """The tuned lr of (model, method); waits while another shard still tunes it."""
+    lr = chosen_lr(tuning, model, method)
+    while lr is None:
+        print(f"waiting for the tuning runs of {model} / {method} ({tuning.name})", flush=True)
+        time.sleep(120)
+        lr = chosen_lr(tuning, model, method)
+    return lr
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
@@ -213,36 +242,51 @@ def main(argv: list[str] | None = None) -> int:
     data = fashion_split()
     steps = budget_steps(args, data.train_size)
     args.search_steps = args.search_steps or max(1, round(SEARCH_SHARE * steps["short"]))
+    tuning = tuning_path(args.out)
+    work: list[tuple] = []
+    if args.finetune_lr is None:  # the tuning stage first (fashion_attention_tune)
+        tunes = tune_cells(args.models, args.methods)[args.shard_index :: args.shard_count]
+        work += [("tune", *t) for t in tunes if t not in done_tuning(tuning)]
+    work += [("grid", *c) for c in todo]
     teachers: dict[str, tuple] = {}
     code = commit()
-    for budget, model, target, method, seed in todo:
-        if key(budget, model, target, method, seed) in done_rows(args.out):
-            continue  # another process (same shard restarted) wrote it meanwhile
+    for item in work:
+        if item[0] == "tune":
+            _, model, method, lr = item
+            budget, target, seed, path = "short", TUNE_TARGET, TUNE_SEED, tuning
+        else:
+            _, budget, model, target, method, seed = item
+            path = args.out
+            if key(budget, model, target, method, seed) in done_rows(path):
+                continue  # another process (same shard restarted) wrote it meanwhile
+            lr = args.finetune_lr or wait_for_lr(tuning, model, method)
         if model not in teachers:
             net, best = teacher(model, data, log=lambda s: print(s, flush=True))
             teachers[model] = (net, best, describe(net))
             print(f"teacher {model}: {best} {teachers[model][2]}", flush=True)
         net, best, info = teachers[model]
         started = time.perf_counter()
+        args.lr_now = lr
         row = run_one(method, target, seed, steps[budget], net, data, args)
         row.update(
             model=model,
             budget=budget,
             teacher_test_top1=best["test_top1"],
             teacher_val_top1=best["val_top1"],
+            finetune_lr=lr,
             wall_s=time.perf_counter() - started,
             commit=code,
             **info,
         )
-        append_row(args.out, row)
+        append_row(path, row)
         inside = target - 0.04 - 1e-9 <= row["macs_ratio"] <= target + 0.01 + 1e-9
         flag = "" if inside else " OUTSIDE [t-0.04, t+0.01]"
         tight = target - TOLERANCE - 1e-9 <= row["macs_ratio"] <= target + 1e-9
         print(
-            f"{model} {budget} t {target:.2f} seed {seed} {method:>28}: val {row['val_top1']:6.2f}"
-            f" test {row['test_top1']:6.2f} at {row['macs_ratio']:.4f} MACs"
-            f"{'' if tight else ' (outside [t-0.01, t])'}{flag}, {row['search_steps']}+"
-            f"{row['finetune_steps']} steps, {row['wall_s']:.0f} s",
+            f"{item[0]} {model} {budget} t {target:.2f} seed {seed} {method:>28} lr {lr:g}: "
+            f"val {row['val_top1']:6.2f} test {row['test_top1']:6.2f} at "
+            f"{row['macs_ratio']:.4f} MACs{'' if tight else ' (outside [t-0.01, t])'}{flag}, "
+            f"{row['search_steps']}+{row['finetune_steps']} steps, {row['wall_s']:.0f} s",
             flush=True,
         )
     return 0

@@ -143,7 +143,7 @@ def run_one(
 ) -> dict:
     """Prune a copy of ``teacher`` to ``target`` with ``method``, fine-tune, read out.
 
-    ``args``: ``search_steps``, ``finetune_lr``, ``mask_lr`` and the search knobs of
+    ``args``: ``search_steps``, ``lr_now`` (the fine-tune lr), ``mask_lr`` and the search knobs of
     ``fashion_rows.search_student``. Every row gets ``total_steps`` weight updates after the
     teacher (search steps included); top-1 in % on validation and test.
     """
@@ -181,7 +181,7 @@ def run_one(
         pc.train(
             student,
             Steps(data.train, finetune),
-            pc.TrainConfig(epochs=1, warmup_epochs=0, lr=args.finetune_lr, seed=seed),
+            pc.TrainConfig(epochs=1, warmup_epochs=0, lr=args.lr_now, seed=seed),
             teacher=teacher,
             device="cpu",
             progress=False,
