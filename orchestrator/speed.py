@@ -20,7 +20,8 @@ import math
 import statistics
 import tempfile
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -44,6 +45,9 @@ from orchestrator.teacher import create_model, load_teacher
 from orchestrator.tracking import client
 
 ROUNDS = 5  # interleaved rounds; the median of them is reported
+# Weights built at once while the front is timed (time_front): small models are timed all
+# together, interleaved; larger ones in groups, down to one model at a time.
+MODEL_BYTES = 1 << 30
 TEACHER = "teacher"
 
 
@@ -121,21 +125,40 @@ def speed_columns(front: pa.Table, measured: dict[str, float]) -> pa.Table:
 
 def time_front(
     teacher: nn.Module,
-    pruned: dict[str, nn.Module],
+    pruned: Mapping[str, nn.Module | Callable[[], nn.Module]],
     input_size: tuple[int, int, int],
     batch: int,
     threads: int,
     device: str | None = None,
     settle: Callable[[], None] | None = None,
+    budget: int = MODEL_BYTES,
 ) -> dict[str, float]:
-    """The teacher and each pruned model (trial id -> model) timed side by side on one
-    device (CUDA when there is one, else CPU); ms per batch of ``batch`` images."""
+    """The teacher and each pruned model (trial id -> model, or a function that builds it)
+    timed side by side on one device (CUDA when there is one, else CPU); ms per batch of
+    ``batch`` images.
+
+    The models are built and timed in groups that fit ``budget`` bytes of weights (sized
+    by the teacher's, which no pruned model exceeds), each with the teacher in its rounds,
+    and dropped before the next group is built: a front of small models is one group (all
+    interleaved), a front of large ones streams one model at a time, in memory O(one model).
+    The teacher's latency is the median of its groups'."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    models = {TEACHER: teacher, **pruned}
-    for model in models.values():
-        model.to(device).eval()
+    teacher.to(device).eval()
     x = torch.randn(batch, *input_size, device=device)
-    return latencies(models, x, threads=threads, settle=settle)
+    size = sum(t.numel() * t.element_size() for t in teacher.state_dict().values())
+    per_group = max(1, budget // max(1, size))
+    items = list(pruned.items())
+    measured: dict[str, float] = {}
+    teacher_ms: list[float] = []
+    for start in range(0, max(1, len(items)), per_group):
+        models = {TEACHER: teacher}
+        for name, model in items[start : start + per_group]:
+            models[name] = (model if isinstance(model, nn.Module) else model()).to(device).eval()
+        got = latencies(models, x, threads=threads, settle=settle if start == 0 else None)
+        teacher_ms.append(got.pop(TEACHER))
+        measured.update(got)
+        del models  # this group's models go before the next is built
+    return {TEACHER: statistics.median(teacher_ms), **measured}
 
 
 def _download_pruned(c, run_id: str, directory: Path) -> tuple[str, dict]:
@@ -156,19 +179,28 @@ def in_driver(exp: Experiment, *, local: bool) -> bool:
 def _timing_task(
     exp: Experiment,
     teacher_state: dict,
-    plans: dict[str, tuple[str, dict]],
+    plans: Mapping[str, tuple[str, dict] | ray.ObjectRef | Callable[[], tuple[str, dict]]],
     settle: Callable[[], None] | None = None,
 ):
-    """One process, one device: rebuild the teacher and the pruned models, time them."""
+    """One process, one device: rebuild the teacher, then each pruned model when its group
+    is timed (``plans``: trial id -> its (plan JSON, weights), an object reference to them,
+    or a function that fetches them), and time them (:func:`time_front`)."""
     threads = exp.resources.threads(exp.resources.teacher_cpus)  # as the teacher trained
     torch.set_num_threads(threads)
     teacher = load_teacher(exp, teacher_state)
-    pruned = {
-        trial: prune_core.load_pruned(
-            create_model(exp, load_checkpoint=False), prune_core.Plan.from_json(plan), weights
-        )
-        for trial, (plan, weights) in plans.items()
-    }
+
+    def builder(source) -> Callable[[], nn.Module]:
+        def build() -> nn.Module:
+            if isinstance(source, ray.ObjectRef):
+                plan, weights = ray.get(source)
+            else:
+                plan, weights = source() if callable(source) else source
+            model = create_model(exp, load_checkpoint=False)
+            return prune_core.load_pruned(model, prune_core.Plan.from_json(plan), weights)
+
+        return build
+
+    pruned = {trial: builder(source) for trial, source in plans.items()}
     return time_front(
         teacher, pruned, exp.input_size, exp.data.eval_batch_size, threads, settle=settle
     )
@@ -196,17 +228,21 @@ def measure_front(
     if front is None or front.num_rows == 0:
         return None
     c = client(uri)
-    with tempfile.TemporaryDirectory(prefix="front-speed-") as tmp:
-        plans = {
-            r["trial_id"]: _download_pruned(c, r["run_id"], Path(tmp) / r["trial_id"])
-            for r in front.to_pylist()
-        }
     r = exp.resources
-    if in_driver(exp, local=local):
-        measured = _timing_task(exp, teacher_state, plans, settle)
-    else:
-        task = ray.remote(num_cpus=r.teacher_cpus, num_gpus=r.teacher_gpus)(_timing_task)
-        measured = ray.get(task.remote(exp, teacher_state, plans))
+    with tempfile.TemporaryDirectory(prefix="front-speed-") as tmp:
+        # each model's files in a folder of its own, fetched when its group is timed (a
+        # folder by position: a trial id read from MLflow never becomes a path)
+        fetch = {
+            row["trial_id"]: partial(_download_pruned, c, row["run_id"], Path(tmp) / f"m{i}")
+            for i, row in enumerate(front.to_pylist())
+        }
+        if in_driver(exp, local=local):
+            measured = _timing_task(exp, teacher_state, fetch, settle)
+        else:  # the task may run where MLflow cannot be reached: the object store carries
+            # the models, put one at a time (the driver holds one), fetched one at a time
+            refs = {trial: ray.put(get()) for trial, get in fetch.items()}
+            task = ray.remote(num_cpus=r.teacher_cpus, num_gpus=r.teacher_gpus)(_timing_task)
+            measured = ray.get(task.remote(exp, teacher_state, refs))
     front = speed_columns(front, measured)
     atomic_write(path, lambda p: pq.write_table(front, p))
     png = plot_speedup(front, exp.sweep_dir / "speedup.png", teacher=teacher)

@@ -93,3 +93,28 @@ def test_the_speedup_legend_hides_no_point_and_the_front_is_labelled(monkeypatch
     ax = figures[0].axes[0]
     assert sorted(t.get_text() for t in ax.texts) == ["16a3ec71", "47009649", "c027910d"]
     assert hidden_by_legend(figures[0]) == []
+
+
+def test_a_front_of_large_models_streams_one_model_at_a_time() -> None:
+    """Models built only when their group is timed, and dropped before the next is built:
+    with a budget of one model, memory holds the teacher and one pruned model at a time."""
+    import gc
+    import weakref
+
+    teacher = deit()
+    built: list[weakref.ref] = []
+
+    def build(keep: float):
+        def make() -> torch.nn.Module:
+            gc.collect()
+            assert all(ref() is None for ref in built), "the previous model is still alive"
+            model = deit(keep)
+            built.append(weakref.ref(model))
+            return model
+
+        return make
+
+    pruned = {"t1": build(0.5), "t2": build(0.25)}
+    measured = speed.time_front(teacher, pruned, (3, 32, 32), batch=16, threads=1, budget=1)
+    assert set(measured) == {"teacher", "t1", "t2"} and len(built) == 2
+    assert measured["teacher"] > measured["t1"] > measured["t2"] > 0
