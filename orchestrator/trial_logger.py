@@ -103,6 +103,7 @@ class TrialLogger(Callback):
         return _LIVE[self._key]
 
     def _rebuild(self) -> dict:
+        self._summary = None  # a failed rebuild leaves summary() the local tables
         self._summary = self.writer.table.rebuild(self.teacher, self.print_fronts)
         return self._summary
 

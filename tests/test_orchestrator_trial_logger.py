@@ -171,3 +171,26 @@ def test_the_outbox_appends_past_a_torn_line_and_compacts_to_what_is_left(tmp_pa
     assert stat.S_IMODE(box.path.stat().st_mode) == 0o600
     box.replace([])
     assert not box.path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_mirror_pushes_only_new_or_changed_files_and_the_log_at_the_end(tmp_path, monkeypatch):
+    import pyarrow.fs as pafs
+
+    from orchestrator import mirror
+
+    class Exp:  # what push reads of an experiment
+        sweep_dir = tmp_path / "sweep"
+
+    remote = tmp_path / "bucket"
+    remote.mkdir()
+    monkeypatch.setattr(mirror, "mirror_uri", lambda exp: "s3://bucket/x.driver")
+    monkeypatch.setattr(mirror, "_remote", lambda uri: (pafs.LocalFileSystem(), str(remote)))
+    Exp.sweep_dir.mkdir()
+    for name in ("sweep.json", "trials.parquet", "ray.log"):
+        (Exp.sweep_dir / name).write_text(name)
+    assert mirror.push(Exp, logs=False) == 2  # after a trial: not the growing log
+    assert mirror.push(Exp, logs=False) == 0  # nothing changed: nothing copied
+    (Exp.sweep_dir / "trials.parquet").write_text("one more trial")
+    assert mirror.push(Exp, logs=False) == 1
+    assert (remote / "trials.parquet").read_text() == "one more trial"
+    assert mirror.push(Exp) == 1 and (remote / "ray.log").read_text() == "ray.log"  # the end
