@@ -233,21 +233,21 @@ def main(argv: list[str] | None = None) -> int:
         f"run -> {args.out}; {digits_setup.machine()}",
         flush=True,
     )
-    if args.dry_run:
-        for c in todo:
-            print(*c)
-        return 0
-    if not todo:
-        return 0
-    data = fashion_split()
-    steps = budget_steps(args, data.train_size)
-    args.search_steps = args.search_steps or max(1, round(SEARCH_SHARE * steps["short"]))
     tuning = tuning_path(args.out)
     work: list[tuple] = []
     if args.finetune_lr is None:  # the tuning stage first (fashion_attention_tune)
         tunes = tune_cells(args.models, args.methods)[args.shard_index :: args.shard_count]
         work += [("tune", *t) for t in tunes if t not in done_tuning(tuning)]
     work += [("grid", *c) for c in todo]
+    if args.dry_run:
+        for item in work:
+            print(*item)
+        return 0
+    if not work:
+        return 0
+    data = fashion_split()
+    steps = budget_steps(args, data.train_size)
+    args.search_steps = args.search_steps or max(1, round(SEARCH_SHARE * steps["short"]))
     teachers: dict[str, tuple] = {}
     code = commit()
     for item in work:
