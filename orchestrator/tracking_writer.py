@@ -126,12 +126,12 @@ class TrackingWriter:
     def replay(self, force: bool = True, warn: bool | None = None) -> bool:
         """Replay the outbox, compacted, in order; on a failure keep what is left (the file
         is compacted to it). True when it is empty."""
+        if not force and time.monotonic() < self.next_try:  # before reading the file: an
+            return False  # operation buffered in an outage costs an append, not a read
         ops = self.box.pending() + self.held
         if not ops:
             self.buffered, self.next_try = 0, 0.0
             return True
-        if not force and time.monotonic() < self.next_try:
-            return False
         done: set[int] = set()
         try:
             for indices, op in compact(ops):
@@ -139,7 +139,8 @@ class TrackingWriter:
                 done.update(indices)
         except Exception as err:  # any error, on purpose
             left = [op for i, op in enumerate(ops) if i not in done]
-            self._keep(left)
+            if done:  # compacted to what is left; nothing taken: the file stays as it is
+                self._keep(left)
             self.buffered, self.next_try = len(left), time.monotonic() + self.RETRY_S
             if force if warn is None else warn:
                 driver_output.warn(
