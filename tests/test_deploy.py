@@ -79,3 +79,26 @@ def test_trace_and_torch_export_match_eager_and_script_says_what_works() -> None
         assert (exported(x) - model(x)).abs().max().item() <= 1e-5
     with pytest.raises(RuntimeError, match="torch.jit.script does not support prune_core"):
         torch.jit.script(model)
+
+
+def test_onnx_opset_is_honoured_or_refused_with_one_line(tmp_path) -> None:
+    """The exporter wrote opset 18 for 13 or 17 and returned normally; now the file holds the
+    opset asked for, or a ValueError names it and the supported range, and no file is left."""
+    import onnx
+
+    model = pruned("timm_vit")
+    path = pc.export_onnx(model, tmp_path / "o20.onnx", opset=20)
+    assert [o.version for o in onnx.load(str(path)).opset_import if o.domain == ""] == [20]
+    for opset in (13, 17, onnx.defs.onnx_opset_version() + 1):
+        with pytest.raises(ValueError, match=f"opset {opset} is not supported: from 18"):
+            pc.export_onnx(model, tmp_path / f"o{opset}.onnx", opset=opset)
+    # only the one export (and the weights file its graph may name), nothing half-written
+    assert {p.name for p in tmp_path.iterdir()} <= {"o20.onnx", "o20.onnx.data"}
+
+
+def test_onnx_export_at_a_size_the_model_was_not_built_for_is_one_line(tmp_path) -> None:
+    model = pruned("timm_vit")  # 32 px
+    with pytest.raises(ValueError, match=r"does not take input_size \(3, 48, 48\)") as info:
+        pc.export_onnx(model, tmp_path / "m.onnx", input_size=(3, 48, 48))
+    assert "\n" not in str(info.value)
+    assert not list(tmp_path.iterdir())
