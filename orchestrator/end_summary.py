@@ -45,13 +45,14 @@ def counts(results: Iterable[Any]) -> Counts:
 
 
 def headline(c: Counts, seconds: float, hypervolume: float, sweep_dir: Path) -> list[str]:
-    """``16 trials in 310 s: 8 complete, 8 stopped early (ASHA), 0 failed; ...`` and the folder."""
+    """``16 trials in 310 s: 8 complete, 8 stopped early (ASHA), 0 failed``, the hypervolume
+    and what it measures, the folder."""
     return [
-        f"{c.total} trials in {seconds:.0f} s: {c.complete} complete, {c.stopped} stopped "
-        f"early (ASHA), {c.failed} failed; hypervolume {hypervolume:.4f} (the share of the "
-        "MAC-ratio × top-1 square the front dominates; 1 is best)",
-        f"tables and plots: {sweep_dir} (pareto.png, speedup.png, hypervolume.png, "
-        "pareto.parquet, trials.parquet)",
+        f"{c.total} trials in {seconds:.0f} s: {c.complete} complete, {c.stopped} stopped early "
+        f"(ASHA), {c.failed} failed",
+        f"hypervolume {hypervolume:.4f}: the share of the MAC ratio × top-1 square that the "
+        "front dominates (1 is best)",
+        f"tables and plots in {sweep_dir}: pareto.png, speedup.png, hypervolume.png, *.parquet",
     ]
 
 

@@ -208,6 +208,10 @@ def finish(fig, ax, labelled: list[tuple[float, float, str]], *, below: bool = F
     of it (``below``: below and left), where a front has no other point, moved further away
     until no two labels overlap; the layout fitted around all of it."""
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+    if labelled:  # room for the labels inside the frame, on their side
+        low, high = ax.get_ylim()
+        pad = 0.1 * (high - low)
+        ax.set_ylim(low - pad, high) if below else ax.set_ylim(low, high + pad)
     fig.tight_layout()
     renderer = fig.canvas.get_renderer()
     left = ax.get_window_extent(renderer).x0

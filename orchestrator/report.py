@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     front = with_speed(pareto.front_table(trials), timed)
     done = sum(1 for f in trials.column("fully_trained").to_pylist() if f)
     hv = pareto.front_hypervolume(front)
-    timing = "; speed timed side by side at the sweep's end" if timed is not None else ""
+    timing = "; speed timed at the sweep's end" if timed is not None else ""
     pareto.print_front(
         front,
         teacher=teacher,
