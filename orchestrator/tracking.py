@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator._redact import redact
+from orchestrator.mlflow_limits import fit_params, fit_tags, json_tag
 
 PARENT_TAG, TRIAL_TAG, SWEEP_TAG = "mlflow.parentRunId", "trial_id", "sweep"
 METRICS = (
@@ -152,14 +153,44 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         for k, v in value.items():
             _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
-        out[prefix] = str(value)[:6000]
+        out[prefix] = str(value)  # MLflow's limit: fit_params, with a warning
+
+
+# Fixed settings that tell one sweep from another in the runs table; everything else of the
+# config is in the config.json artifact (the whole flattened config was ~170 params, mostly
+# None, and filled the column picker).
+PARENT_SETTINGS = (
+    "seed",
+    "model.name",
+    "model.img_size",
+    "data.kind",
+    "teacher.epochs",
+    "sweep.sampler",
+    "sweep.num_samples",
+    "tracking.uri",
+    "storage.path",
+)
+
+
+def parent_params(config: dict, space_rows: list[tuple]) -> dict[str, str]:
+    """The parent run's params: one per explored knob (its range as text: ``search/target``
+    -> ``range [0.1, 0.7]``) and the few fixed settings of :data:`PARENT_SETTINGS`."""
+    flat: dict[str, str] = {}
+    _flatten("", config, flat)
+    explored = {k: v for k, v in space_rows if not str(v).endswith("(fixed)")}
+    fixed = {k: flat[k] for k in PARENT_SETTINGS if flat.get(k, "None") != "None"}
+    return {**fixed, **explored}
 
 
 def start_parent(uri: str, exp_id: str, name: str, config: dict, space_rows: list[tuple]) -> str:
-    """Create the sweep's parent run: config as params, space and config as artifacts (the
-    teacher's metrics follow when it is trained: :func:`log_teacher`). Credentials in the
-    config's URIs are masked (every MLflow reader sees the params)."""
+    """Create the sweep's parent run: the explored space and identifying settings as params
+    (:func:`parent_params`), a distinct name and a description (``mlflow_ui.parent_tags``),
+    space and config as artifacts (the teacher's metrics follow when it is trained:
+    :func:`log_teacher`). Credentials in the config's URIs are masked (every MLflow reader
+    sees the params)."""
     from mlflow.entities import Param, RunTag  # here: see client()
+
+    from orchestrator.mlflow_ui import parent_tags
 
     config = redact(config)
 
@@ -176,12 +207,12 @@ def start_parent(uri: str, exp_id: str, name: str, config: dict, space_rows: lis
         },
     )
     run_id = run.info.run_id
-    flat: dict[str, str] = {}
-    _flatten("", config, flat)
-    params = [Param(k, v) for k, v in sorted(flat.items())]
+    params = [Param(k, v) for k, v in sorted(fit_params(parent_params(config, space_rows)).items())]
     for i in range(0, len(params), 100):
         c.log_batch(run_id, params=params[i : i + 100])
-    c.log_batch(run_id, tags=[RunTag("search_space", json.dumps(dict(space_rows)))])
+    tags = [RunTag("search_space", json_tag("search_space", dict(space_rows), "search_space.json"))]
+    tags = fit_tags({t.key: t.value for t in tags + parent_tags(name, config, space_rows)})
+    c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1, default=str))
         (Path(tmp) / "search_space.json").write_text(json.dumps(dict(space_rows), indent=1))
