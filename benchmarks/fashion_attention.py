@@ -19,7 +19,7 @@ the same number of weight updates after the teacher (search steps count):
 
 - ``short`` = half an epoch of the 55,000 (215 steps at batch 128), the selection-sensitive
   regime; searched rows spend 43 of them (20 %) searching;
-- ``long`` = 5 epochs (2,148 steps), a third of the teacher's 15-epoch schedule: a standard
+- ``long`` = 5 epochs (2,148 steps), a fifth of the teacher's 25-epoch schedule: a standard
   recovery fine-tune, long enough that a weaker selection can be trained back; the search is
   the same 43 steps.
 
