@@ -216,6 +216,8 @@ def _check_parquet_labels(exp: Experiment, source: str | Path, split: str) -> No
                     f"{f} has no column {getattr(d, field)!r} (columns: {sorted(names)})",
                 )
         labels = pq.read_table(f, columns=[d.label_column]).column(0)
+        if problem := _label_problem(labels):
+            raise ConfigError(source, "data.label_column", f"{d.label_column!r} in {f} {problem}")
         low, high = pc.min_max(labels).values()
         if low.is_valid and (low.as_py() < 0 or high.as_py() >= classes):
             raise ConfigError(
@@ -224,6 +226,32 @@ def _check_parquet_labels(exp: Experiment, source: str | Path, split: str) -> No
                 f"{classes}, but {f} has labels {low.as_py()}..{high.as_py()} (class indices "
                 f"must be 0..{classes - 1})",
             )
+
+
+def _label_problem(labels) -> str | None:
+    """What makes a label column no list of class indices, or None: a type other than
+    integers or floats (strings crashed ``--dry-run`` with a traceback), a missing value (it
+    passed, then failed the first evaluation) or a float with a fraction (``int()`` in the
+    dataset made 8.7 class 8 without a word)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = labels.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return f"holds {kind} values, not class indices (integers)"
+    if labels.null_count:
+        first = pc.index(pc.is_null(labels), True).as_py()
+        return f"has {labels.null_count} missing label(s) (null; the first at row {first})"
+    if pa.types.is_floating(kind):
+        whole = pc.equal(labels, pc.floor(labels))  # NaN is not equal to itself: not whole
+        if not pc.all(whole).as_py():
+            first = pc.index(whole, False).as_py()
+            value = labels[first].as_py()
+            return (
+                f"has labels with a fraction ({value} at row {first}): class indices are whole "
+                "numbers (the dataset would truncate it)"
+            )
+    return None
 
 
 def _check_folders(exp: Experiment, source: str | Path) -> tuple[int, str]:

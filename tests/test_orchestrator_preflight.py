@@ -343,3 +343,67 @@ def test_parquet_labels_beyond_num_classes_or_a_missing_column_are_refused(tmp_p
     assert line.startswith("model.num_classes: 5, but ") and "labels 0..9" in line, line
     line = refused(tmp_path, capsys, data={**data, "label_column": "y"}, model=model)
     assert line.startswith("data.label_column: ") and "no column 'y'" in line, line
+
+
+def refused_dry(tmp: Path, capsys, **sections) -> str:
+    """``--dry-run`` on TINY + ``sections``: exit 2, one line on stderr, naming the file."""
+    config = write_config(tmp, "pre", **sections)
+    code = main([str(config), "--dry-run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1, err
+    assert err[0].startswith(f"{config}: "), err
+    return err[0].removeprefix(f"{config}: ")
+
+
+def parquet_split(folder: Path, labels) -> Path:
+    """One shard of 4 PNG images with ``labels`` (a pyarrow array) as its label column."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True)
+    images = []
+    for i in range(len(labels)):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(buf, format="PNG")
+        images.append(buf.getvalue())
+    pq.write_table(pa.table({"image": images, "label": labels}), folder / "s.parquet")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [  # issue 26: a traceback, a crash at the first evaluation, 8.7 silently class 8
+        (["cat", "dog", "cat", "dog"], "holds string values, not class indices (integers)"),
+        ([0, None, 1, 2], "has 1 missing label(s) (null; the first at row 1)"),
+        ([0.0, 8.7, 1.0, 2.0], "has labels with a fraction (8.7 at row 1)"),
+        ([0.0, float("nan"), 1.0, 2.0], "has labels with a fraction (nan at row 1)"),
+    ],
+)
+def test_parquet_label_columns_that_are_no_class_indices_are_refused(
+    tmp_path, capsys, labels, problem
+):
+    import pyarrow as pa
+
+    train = parquet_split(tmp_path / "train", pa.array(labels))
+    val = parquet_split(tmp_path / "val", pa.array([0, 1, 2, 3]))
+    data = {"kind": "parquet", "train": str(train), "val": str(val)}
+    data.update(batch_size=2, calib_images=2)
+    line = refused_dry(tmp_path, capsys, data=data, model={**write_model(), "num_classes": 10})
+    assert line.startswith(f"data.label_column: 'label' in {train / 's.parquet'} {problem}"), line
+
+
+def test_whole_float_labels_pass(tmp_path, capsys):
+    import pyarrow as pa
+
+    data = {
+        "kind": "parquet",
+        "train": str(parquet_split(tmp_path / "train", pa.array([0.0, 1.0, 2.0, 3.0]))),
+        "val": str(parquet_split(tmp_path / "val", pa.array([0, 1, 2, 3]))),
+        "batch_size": 2,
+        "calib_images": 2,
+    }
+    config = write_config(tmp_path, "ok", data=data, model={**write_model(), "num_classes": 10})
+    assert main([str(config), "--dry-run"]) == 0, capsys.readouterr().err
