@@ -13,7 +13,9 @@ then hung or failed late, after the teacher was paid for:
   ``model.num_classes``, empty class folders, empty splits;
 - a batch size larger than the training split: with ``drop_last`` an epoch has no batch, the
   teacher "trains" 0 steps and is kept at chance;
-- a model timm cannot build from ``model.kwargs``, or that ``make_prunable`` cannot prune.
+- a model timm cannot build from ``model.kwargs``, or that ``make_prunable`` cannot prune;
+  a ``search.min_width`` above a head's channels or a ``search.round_to`` that does not divide
+  them (every trial's search would refuse it).
 
 Each failure is a :class:`~orchestrator.config.ConfigError`: one line naming the file and the
 field. torch, timm and torchvision are imported inside the functions that need them, so
@@ -315,6 +317,8 @@ def check_model(exp: Experiment, source: str | Path) -> str:
         raise ConfigError(source, "model.name", f"unknown timm model {m.name!r}")
     field = "model.kwargs" if m.kwargs else "model.name"
 
+    built = []
+
     def build() -> list[str]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -322,6 +326,7 @@ def check_model(exp: Experiment, source: str | Path) -> str:
                 m.name, pretrained=False, num_classes=m.num_classes, img_size=m.img_size, **m.kwargs
             )
             prune_core.make_prunable(model, verbose=False)
+        built.append(model)
         return [str(w.message) for w in caught if "make_prunable" in str(w.message)]
 
     def refuse(err: Exception) -> ConfigError:
@@ -344,5 +349,11 @@ def check_model(exp: Experiment, source: str | Path) -> str:
             raise refuse(err) from None
     except Exception as err:  # TypeError (unknown kwarg), ValueError (make_prunable), ...
         raise refuse(err) from None
+    s = exp.search
+    try:  # every trial's search and finalize would refuse them (prune_core.check_widths)
+        prune_core.check_widths(built[-1], s.groups, s.min_width, s.round_to)
+    except ValueError as err:
+        field = "search.min_width" if str(err).startswith("min_width") else "search.round_to"
+        raise ConfigError(source, field, str(err)) from None
     partly = f"; {left[0]}" if left else ""
     return f"model: {m.name} built on {device} and made prunable{partly}"

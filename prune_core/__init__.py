@@ -21,7 +21,7 @@ from prune_core.focused_linear_attention import FocusedLinearAttention
 from prune_core.indicator import ChannelGate, GateMode
 from prune_core.macs import MacModel, count_macs, count_params, default_input_size
 from prune_core.mlp import PrunableMlp
-from prune_core.prunable import PrunableModule, prunable_modules
+from prune_core.prunable import PrunableModule, check_widths, prunable_modules
 from prune_core.pruning_search import SearchConfig, search, search_plan
 from prune_core.reweight import Reweight, set_reweight_trainable
 from prune_core.surgery import (
@@ -52,6 +52,7 @@ __all__ = [
     "TrainConfig",
     "accuracy",
     "apply_plan",
+    "check_widths",
     "count_macs",
     "count_params",
     "current_plan",

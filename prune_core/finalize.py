@@ -17,7 +17,7 @@ from torch import nn
 
 from prune_core.indicator import ChannelGate, GateMode
 from prune_core.macs import MacModel
-from prune_core.prunable import GROUPS, check_groups, prunable_modules
+from prune_core.prunable import GROUPS, check_groups, check_widths, prunable_modules
 from prune_core.surgery import Plan, current_plan
 from prune_core.training import check_target
 
@@ -60,11 +60,14 @@ def finalize(
     Returns:
         The plan the gates now encode (every gate HARD or OFF).
     Raises:
-        ValueError: the target is below what the model can reach at minimum widths.
+        ValueError: the target is below what the model can reach at minimum widths; a
+            ``min_width`` above a head's channels or a ``round_to`` that does not divide them
+            (``prunable.check_widths``, naming the module).
     """
     check_target(target)
     groups = tuple(GROUPS if groups is None else groups)
     check_groups(groups, min_width)
+    check_widths(model, groups, min_width, round_to)
     macs = MacModel(model, input_size)
     gates: dict[tuple[str, str], ChannelGate] = {}
     for name, module in prunable_modules(model).items():

@@ -156,3 +156,34 @@ def check_groups(groups: Iterable[str], min_width: dict[str, int] | None = None)
     for g, w in (min_width or {}).items():
         if int(w) < 1:
             raise ValueError(f"min_width[{g!r}] must be >= 1, got {w}")
+
+
+def check_widths(
+    model: nn.Module,
+    groups: Iterable[str],
+    min_width: dict[str, int] | None = None,
+    round_to: int = 1,
+) -> None:
+    """Raises ValueError naming the module, its group and the numbers when a width setting
+    cannot hold for a head of a pruned group: ``min_width`` above its channels per head (the
+    minimum could only be its full width), or a ``round_to`` that does not divide them (its
+    widths could not all be multiples of it). Both were clamped without a word before."""
+    groups = set(groups)
+    if int(round_to) < 1:
+        raise ValueError(f"round_to must be >= 1, got {round_to}")
+    for name, module in prunable_modules(model).items():
+        for g, gate in module.gates.items():
+            if g not in groups:
+                continue
+            wanted = int((min_width or {}).get(g, 1))
+            if wanted > gate.channels:
+                raise ValueError(
+                    f"min_width[{g!r}] = {wanted} is above the {gate.channels} channels per "
+                    f"head of {name or type(module).__name__} ({g}): lower it, or leave {g!r} "
+                    "out of groups"
+                )
+            if gate.channels % int(round_to):
+                raise ValueError(
+                    f"round_to = {round_to} does not divide the {gate.channels} channels per "
+                    f"head of {name or type(module).__name__} ({g}): choose a divisor of it"
+                )

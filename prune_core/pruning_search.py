@@ -26,7 +26,7 @@ from prune_core.indicator import ChannelGate, GateMode
 from prune_core.mac_pressure import PENALTIES, MacPressure
 from prune_core.macs import MacModel
 from prune_core.optim import weight_decay_groups
-from prune_core.prunable import GROUPS, check_groups, prunable_modules
+from prune_core.prunable import GROUPS, check_groups, check_widths, prunable_modules
 from prune_core.reweight import reweights
 from prune_core.surgery import Plan
 from prune_core.training import (
@@ -333,9 +333,12 @@ def search_plan(
         The plan (every gate HARD or OFF, within [t - tolerance, t] of the full MACs) and the
         search's per-step records. ``prune(model)`` then removes the dropped channels.
     Raises:
-        ValueError: no prunable module, or a target below what minimum widths reach;
+        ValueError: no prunable module, a target below what minimum widths reach, or a
+            ``min_width`` / ``round_to`` a head cannot hold (``prunable.check_widths``);
         FloatingPointError: a non-finite search loss.
     """
+    # before the search is paid for: finalize would refuse these settings at its end
+    check_widths(model, config.groups, config.min_width, config.round_to)
     initialize(
         model,
         calib,

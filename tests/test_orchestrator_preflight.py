@@ -407,3 +407,23 @@ def test_whole_float_labels_pass(tmp_path, capsys):
     }
     config = write_config(tmp_path, "ok", data=data, model={**write_model(), "num_classes": 10})
     assert main([str(config), "--dry-run"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("search", "expected"),
+    [  # issue 26: both were clamped without a word (flatten_vit_micro: 8 channels per head)
+        (
+            {"min_width": {"qk": 12}},
+            "search.min_width: min_width['qk'] = 12 is above the 8 channels per head of "
+            "blocks.0.attn (qk)",
+        ),
+        (
+            {"round_to": 3},
+            "search.round_to: round_to = 3 does not divide the 8 channels per head of "
+            "blocks.0.attn (qk)",
+        ),
+    ],
+)
+def test_widths_a_head_cannot_hold_are_refused(tmp_path, capsys, search, expected):
+    line = refused_dry(tmp_path, capsys, search={"target": 0.5, **search})
+    assert line.startswith(expected), line
