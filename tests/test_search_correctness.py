@@ -374,6 +374,23 @@ def test_groups_and_min_width_are_respected(digits8) -> None:
         SearchConfig(target=0.5, logit_optimizer="lion")
 
 
+def test_widths_a_head_cannot_hold_are_refused_naming_the_module(digits8) -> None:
+    """Issue 26: min_width above a head's channels and a round_to that does not divide them
+    were clamped without a word (tiny_vit: 8 channels per head)."""
+    from prune_core import check_widths, search_plan
+
+    model = tiny_vit()
+    head = r"the 8 channels per head of blocks.0.attn \(qk\)"
+    with pytest.raises(ValueError, match=rf"min_width\['qk'\] = 9 is above {head}"):
+        finalize(model, (3, 8, 8), 0.6, min_width={"qk": 9})
+    calib = next(iter(digits8[0]))[0]
+    config = SearchConfig(target=0.6, steps=1, round_to=3)
+    with pytest.raises(ValueError, match=rf"round_to = 3 does not divide {head}"):
+        search_plan(model, digits8[0], (3, 8, 8), config, calib=calib, progress=False)
+    check_widths(model, ("qk", "v", "mlp"), {"qk": 8, "mlp": 64}, round_to=8)  # they fit
+    check_widths(model, ("mlp",), {"qk": 99}, round_to=1)  # qk is not pruned: no minimum
+
+
 def test_sgd_logits_meet_the_target(digits8) -> None:
     model = tiny_vit()
     calib = next(iter(digits8[0]))[0]
