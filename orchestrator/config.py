@@ -66,14 +66,30 @@ _PATH_FIELDS = (
     ("storage", "local_dir"),
 )
 _UNSET_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+# Paths a trial would otherwise read from its own environment, by the field they fill when the
+# YAML leaves it empty (prune_core.fashion_mnist.ENV_VAR: named here, config.py stays torch-free)
+_ENV_PATHS = {("data", "root"): ("FASHION_MNIST_DIR", {"kind": "fashion_mnist"})}
 
 
 def _expand_paths(raw: dict, source: str) -> None:
     """``~`` and ``$VAR`` in path fields, so one YAML serves machines with different mounts.
 
     Paths become absolute (against the current directory) here, in the driver: Ray runs each
-    trial in its own working directory, where a relative path would point elsewhere.
+    trial in its own working directory, where a relative path would point elsewhere. So does a
+    path a trial would read from the environment (``FASHION_MNIST_DIR`` for an unset
+    ``data.root``): it becomes the field, resolved here, before any trial starts (a relative
+    one passed ``--dry-run``, trained the teacher, then failed every trial).
     """
+    for (section, key), (var, when) in _ENV_PATHS.items():
+        block = raw.get(section)
+        value = os.environ.get(var)
+        if (
+            value
+            and isinstance(block, dict)
+            and block.get(key) is None
+            and all(block.get(k) == v for k, v in when.items())
+        ):
+            block[key] = value  # made absolute below, as if the YAML had said it
     for section, key in _PATH_FIELDS:
         block = raw.get(section)
         if isinstance(block, dict) and isinstance(block.get(key), str):
@@ -230,7 +246,9 @@ def check_inputs(config: Experiment, source: str | Path) -> None:
     if config.data.kind == "fashion_mnist":
         from prune_core.fashion_mnist import load_fashion_mnist
 
-        field = "data.root" if config.data.root else "data.kind"
+        var = os.environ.get(_ENV_PATHS[("data", "root")][0])
+        from_env = var and config.data.root == Path(os.path.abspath(os.path.expanduser(var)))
+        field = "data.root" if config.data.root and not from_env else "data.kind"
         try:  # reads the whole set (~1 s): a truncated file fails here, not in the teacher task
             train_labels = load_fashion_mnist(config.data.root)[1]
         except (FileNotFoundError, ValueError) as err:

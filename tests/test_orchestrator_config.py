@@ -188,6 +188,25 @@ def test_paths_expand_env_vars_and_become_absolute(tmp_path, monkeypatch):
     )
 
 
+def test_paths_trials_read_from_the_environment_are_resolved_in_the_driver(tmp_path, monkeypatch):
+    """Issue 26: a relative FASHION_MNIST_DIR passed --dry-run, trained the teacher, then every
+    trial failed (Tune runs each in its own folder, where the relative path means nothing). The
+    driver makes it data.root, absolute; the trials never read the variable."""
+    from orchestrator.config import _ENV_PATHS
+    from prune_core.fashion_mnist import ENV_VAR
+
+    assert _ENV_PATHS[("data", "root")][0] == ENV_VAR
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(ENV_VAR, "data/fashion")
+    config = parse_config(minimal(data={"kind": "fashion_mnist"}), "x.yaml")
+    assert config.data.root == tmp_path / "data" / "fashion"
+    yaml_root = parse_config(minimal(data={"kind": "fashion_mnist", "root": "mine"}), "x.yaml")
+    assert yaml_root.data.root == tmp_path / "mine"  # the file's own setting wins
+    assert parse_config(minimal(), "x.yaml").data.root is None  # digits reads no folder
+    monkeypatch.delenv(ENV_VAR)
+    assert parse_config(minimal(data={"kind": "fashion_mnist"}), "x.yaml").data.root is None
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.sweep", *args],
