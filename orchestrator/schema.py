@@ -10,7 +10,7 @@ from __future__ import annotations
 import glob
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -29,6 +29,8 @@ from orchestrator.space import (
     Strict,
     UnitInterval,
 )
+
+Channel = Annotated[int, Field(ge=0, le=255)]  # one 8-bit colour channel
 
 
 class ModelConfig(Strict):
@@ -65,6 +67,12 @@ class DataConfig(Strict):
     crop_pct: float = Field(0.875, gt=0, le=1)
     interpolation: Literal["bilinear", "bicubic"] = "bicubic"
     shuffle_buffer: int = Field(10_000, ge=1)  # parquet training stream
+    # imagefolder / parquet: the colour transparent pixels (RGBA, LA, PA, a palette with
+    # transparency) are composited on. Default ImageNet's mean, the grey the model's
+    # normalisation maps to zero: content drawn dark or light on a transparent background both
+    # stay visible, and what is transparent carries no signal (black, what convert("RGB") gave,
+    # hid dark content entirely; white would hide light content).
+    alpha_background: tuple[Channel, Channel, Channel] = (124, 116, 104)
 
 
 def resolve_split(data: DataConfig, split: str) -> list[Path]:
