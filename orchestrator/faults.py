@@ -10,7 +10,9 @@ in the first trial that reaches that point: it claims the rule by creating
 ``fired-<index>.json`` next to the rules file with ``O_EXCL`` (atomic even across processes),
 and writes the trial id and the worker's pid there, so a test knows whom it hit.
 
-Points: ``teacher`` (the teacher's task, trained and evaluated, before it returns),
+Points: ``tuner`` (in the driver, as Tune pickles the Tuner into ``tuner.pkl`` while it is
+built: ``tuner.BuildFault``), ``teacher`` (the teacher's task, trained and evaluated, before it
+returns),
 ``before_finetune`` (the pruned model is built, no fine-tune epoch yet) and ``epoch_end``
 (fine-tune epoch ``epoch``, 1-based, reported and checkpointed). Actions:
 ``raise`` (RuntimeError), ``nan`` (the caller poisons the model: its loss becomes NaN),

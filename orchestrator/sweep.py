@@ -221,7 +221,11 @@ def _run(
             if not verbose:
                 explored = space_mod.explored(exp.tunable_sections)
                 callbacks.append(LiveView(exp.sweep.num_samples, explored))
-            tuner = make_tuner(exp, trainable, callbacks)
+            try:
+                tuner = make_tuner(exp, trainable, callbacks)
+            except BaseException:  # Tune created tuner.pkl, then could not pickle into it: a
+                sweep_state.discard_tuner(path)  # 0-byte file a rerun took for a sweep
+                raise
         grid = tuner.fit()
         logger.flush()
         if TeacherWatch.error is not None:
@@ -366,7 +370,13 @@ def _masked(exp: Experiment, uri: str) -> Experiment:
 def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:
     """What only the folder's owner may do: look at the folder, then run the sweep."""
     path = exp.tune_dir
-    restorable = sweep_state.restorable(path)
+    state = sweep_state.tuner_state(path)
+    restorable = state == "ok"
+    if args.resume and state == "torn":
+        return fail(
+            f"{args.config}: --resume: {path}/{sweep_state.TUNER_STATE} is empty or cut short "
+            "(a start that failed before its first trial): start it again without --resume"
+        )
     if args.resume and not restorable:
         return fail(f"{args.config}: --resume: no sweep to resume in {path}")
     if restorable and not args.resume:

@@ -49,14 +49,56 @@ def parent_run(exp: Experiment, uri: str) -> tuple[str, bool]:
     return parent, True
 
 
-def restorable(path: str) -> bool:
-    """Whether ``path`` (a folder or a storage URI) holds a Tune experiment: Tune's
-    ``Tuner.can_restore`` (it looks for ``tuner.pkl``), without importing Tune (~1 s) before
-    the teacher starts."""
+TUNER_STATE = "tuner.pkl"  # Tune's Tuner, written as it is built (ray/tune/impl/tuner_internal.py)
+
+
+def _tuner_file(path: str):
+    """(pyarrow filesystem, path of ``tuner.pkl``) of the sweep at ``path`` (folder or URI)."""
     import pyarrow.fs  # here: a config error or --dry-run answers without it
 
     if "://" in path:
         fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
     else:
         fs, fs_path = pyarrow.fs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
-    return fs.get_file_info(f"{fs_path.rstrip('/')}/tuner.pkl").type != pyarrow.fs.FileType.NotFound
+    return fs, f"{fs_path.rstrip('/')}/{TUNER_STATE}"
+
+
+def tuner_state(path: str) -> str:
+    """``"none"`` (no ``tuner.pkl``), ``"torn"`` (empty or cut short: Tune creates the file,
+    then pickles the Tuner into it, so a build that failed in between left 0 bytes) or
+    ``"ok"`` (a whole pickle). Read with :mod:`pickletools`, which walks the opcodes to the
+    STOP without running any of them: no import, no object is made (unpickling a bucket's
+    file is ``--resume``'s to do, on purpose)."""
+    import pickletools
+
+    import pyarrow.fs
+
+    fs, file = _tuner_file(path)
+    if fs.get_file_info(file).type == pyarrow.fs.FileType.NotFound:
+        return "none"
+    with fs.open_input_stream(file) as f:
+        data = f.read()
+    try:
+        ops = list(pickletools.genops(data))
+    except Exception:  # any error, on purpose: ValueError, EOFError, ... all mean cut short
+        return "torn"
+    return "ok" if ops and ops[-1][0].name == "STOP" else "torn"
+
+
+def restorable(path: str) -> bool:
+    """Whether ``path`` (a folder or a storage URI) holds a Tune experiment that can be
+    restored: a whole ``tuner.pkl`` (:func:`tuner_state`; Tune's ``Tuner.can_restore`` only
+    asks whether it exists, and a 0-byte one left by a failed start made the next start ask
+    for ``--resume``, which died with EOFError), without importing Tune (~1 s) before the
+    teacher starts."""
+    return tuner_state(path) == "ok"
+
+
+def discard_tuner(path: str) -> None:
+    """Remove ``tuner.pkl`` of a start that failed before its first trial (a Tuner that could
+    not be built): nothing is left that a rerun would take for a sweep to resume."""
+    fs, file = _tuner_file(path)
+    try:
+        fs.delete_file(file)
+    except (FileNotFoundError, OSError):
+        pass

@@ -9,6 +9,7 @@ driver only when a sweep runs (it loads Ray, Optuna and, through the trial, torc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +22,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.stopper import Stopper
 
+from orchestrator import faults
 from orchestrator import space as space_mod
 from orchestrator.scheduler import MacBucketASHA
 from orchestrator.schema import Experiment
@@ -98,6 +100,7 @@ def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
         # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS so that Tune does not add it back
         callbacks=[
             *callbacks,
+            *([BuildFault()] if os.environ.get(faults.ENV) else []),
             TeacherWatch(),
             EndWatch(),
             KeepTrialLogs(),
@@ -106,6 +109,16 @@ def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
         ],
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+class BuildFault(Callback):
+    """The ``tuner`` fault point (faults.py): fires as Tune pickles the Tuner into
+    ``tuner.pkl`` while building it, where a real failure (an unpicklable searcher) struck.
+    Among the callbacks only while ``ORCHESTRATOR_FAULTS`` is set."""
+
+    def __getstate__(self) -> dict:
+        faults.inject("tuner")
+        return self.__dict__
 
 
 class TeacherWatch(Callback):
