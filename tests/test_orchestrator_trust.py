@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import write_config
@@ -71,3 +72,68 @@ def test_a_tuner_that_fails_to_build_leaves_nothing_that_blocks_a_rerun(tmp_path
     folder = tmp_path / "results" / "build"
     assert not (folder / sweep_state.TUNER_STATE).exists()
     assert not sweep_state.restorable(str(folder))  # the next start is a fresh one
+
+
+# ----------------------------------------------------------------------------- long values
+def test_values_over_mlflows_limits_are_shortened_with_one_warning():
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+    from orchestrator import mlflow_limits
+
+    mlflow_limits._WARNED.clear()
+    assert mlflow_limits.limits() == (MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH)
+    said: list[str] = []
+    params = mlflow_limits.fit_params({"a": "x" * 9000, "b": 7}, warn=said.append)
+    assert params["b"] == "7" and len(params["a"]) == MAX_PARAM_VAL_LENGTH
+    assert params["a"].endswith(
+        "[9000 characters, over MLflow's 6000: whole in the parent run's config.json]"
+    )
+    mlflow_limits.fit_params({"a": "x" * 9000}, warn=said.append)  # the same key: no 2nd line
+    assert said == [
+        "warning: MLflow param 'a' is 9,000 characters, over MLflow's limit of 6,000: "
+        "shortened there; the whole value is in the parent run's config.json"
+    ]
+    space = {"search/target": "choice of " + ", ".join(f"{i / 1300:g}" for i in range(1300))}
+    space["finetune/lr"] = "range [0.001, 0.01]"
+    tag = json.loads(
+        mlflow_limits.json_tag("search_space", space, "search_space.json", said.append)
+    )
+    length = len(json.dumps(space["search/target"]))
+    assert tag == {
+        "search/target": f"[{length} characters: see search_space.json]",
+        "finetune/lr": "range [0.001, 0.01]",
+    }
+    assert len(said) == 2 and "'search_space'" in said[1]
+    huge = {f"k{i}": "y" * 50 for i in range(400)}  # many short entries: the pointer alone
+    assert json.loads(mlflow_limits.json_tag("h", huge, "h.json", said.append))["see"] == "h.json"
+
+
+def test_a_long_choice_list_reaches_mlflow_whole_in_artifacts_and_valid_in_tags(tmp_path, capsys):
+    """Issue 26: 1,300 choices made the parent's search_space tag invalid JSON (cut at 8,000)
+    and a param cut at 6,000, without a word."""
+    from helpers import minimal
+    from mlflow import MlflowClient
+
+    from orchestrator import mlflow_limits, space, tracking
+    from orchestrator.config import parse_config
+
+    mlflow_limits._WARNED.clear()
+    choices = [round(0.1 + i * 0.0005, 4) for i in range(1300)]
+    exp = parse_config(minimal(search__target=choices), "x.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.experiment_id(uri, "long", tmp_path / "artifacts")
+    rows = space.describe(exp.tunable_sections)
+    run_id = tracking.start_parent(uri, exp_id, "long", exp.model_dump(mode="json"), rows)
+    run = MlflowClient(uri).get_run(run_id)
+    assert all(len(v) <= 6000 for v in run.data.params.values())
+    assert all(len(v) <= 8000 for v in run.data.tags.values())
+    tag = json.loads(run.data.tags["search_space"])  # valid JSON, not cut mid-value
+    assert "see search_space.json" in tag["search/target"]
+    folder = Path(MlflowClient(uri).download_artifacts(run_id, "", str(tmp_path / "got")))
+    whole = json.loads((folder / "search_space.json").read_text())
+    assert whole["search/target"].count(",") == 1299  # every choice, in the artifact
+    config = json.loads((folder / "config.json").read_text())
+    assert len(config["search"]["target"]["choices"]) == 1300
+    err = capsys.readouterr().err
+    assert "warning: MLflow tag 'search_space' is" in err and err.count("'search_space'") == 1
+    assert "warning: MLflow param " in err  # the choice list as a param, shortened
