@@ -237,7 +237,9 @@ def _outage(logger, ops: int, epochs: int, rng) -> tuple[int, float]:
     return lost, replay
 
 
-def row(n: int, *, epochs: int, outage_ops: int, seed: int) -> dict[str, Any]:
+def row(
+    n: int, *, epochs: int, outage_ops: int, seed: int, outage_epochs: int = 30
+) -> dict[str, Any]:
     rng = random.Random(seed)
     import matplotlib.pyplot  # noqa: F401  (imported once, before any rebuild is timed)
 
@@ -262,7 +264,7 @@ def row(n: int, *, epochs: int, outage_ops: int, seed: int) -> dict[str, Any]:
         wall = time.perf_counter() - wall0
         lost, replay = ("", "")
         if outage_ops:
-            lost, replay = _outage(logger, outage_ops, epochs, rng)
+            lost, replay = _outage(logger, outage_ops, outage_epochs, rng)
         times = counter.rebuild_times() or [math.nan]
         p95 = statistics.quantiles(times, n=20)[-1] if len(times) > 1 else times[0]
         return {
@@ -302,7 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     largest = max(args.trials)
     for n in args.trials:
         outage = args.outage_ops if n == largest else 0
-        r = row(n, epochs=args.epochs, outage_ops=outage, seed=args.seed)
+        r = row(
+            n,
+            epochs=args.epochs,
+            outage_ops=outage,
+            seed=args.seed,
+            outage_epochs=args.outage_epochs,
+        )
         rows.append(r)
         print(", ".join(f"{k}={r[k]}" for k in COLUMNS), flush=True)
         with args.out.open("w", newline="") as f:

@@ -66,17 +66,57 @@ class ChildRuns:
             self.adopt()
             self._mark_lost(set(op["known"]))
         else:
-            tid = op["trial"]
-            run_id = self._run_id(tid, op.get("config", {}))
-            results = op.get("results") or ([op["result"]] if "result" in op else [])
-            self._log_results(tid, run_id, results)
-            if kind == "complete":
-                log_trial_artifacts(self.uri, run_id, op.get("checkpoint"), op["result"])
-                failed = op["result"].get("failed")
-                status = ("FAILED", "ERROR") if failed else ("FINISHED", "TERMINATED")
-                self._finish(tid, run_id, *status, op["result"].get("error"))
-            elif kind == "error":
-                self._finish(tid, run_id, "FAILED", "ERROR", op.get("reason"))
+            self._trial_op(op)
+
+    def _trial_op(self, op: dict) -> None:
+        """A trial's start, results, end (or all three, compacted): one MLflow batch for its
+        params (a new run), new metrics and end tags, its artifacts, then its end."""
+        kind, tid = op["op"], op["trial"]
+        run_id = self._run_id(tid)
+        params = self._params(tid, op.get("config", {}))
+        results = list(op.get("results", [])) + ([op["result"]] if "result" in op else [])
+        new, last = [], self._last_step[tid]
+        for r in results:  # older steps were logged before a restore (or a replay)
+            if (step := int(r.get("training_iteration", 0))) > last:
+                new.append(r)
+                last = step
+        metrics = [
+            Metric(k, v, int(r.get("timestamp", 0) * 1000), int(r.get("training_iteration", 0)))
+            for r in new
+            for k in METRICS + ("training_iteration",)
+            if (v := as_number(r.get(k))) is not None
+        ]
+        end, reason = None, None
+        if kind == "complete":
+            failed = op["result"].get("failed")
+            end = ("FAILED", "ERROR") if failed else ("FINISHED", "TERMINATED")
+            reason = op["result"].get("error")
+        elif kind == "error":
+            end, reason = ("FAILED", "ERROR"), op.get("reason")
+        reason = redact(reason)[:5000] if reason else None
+        tags = [RunTag("trial_status", end[1])] if end else []
+        tags += [RunTag("error", reason)] if reason else []
+        c = client(self.uri)
+        for i in range(0, max(1, len(metrics)), 1000):  # MLflow's limit per batch
+            first = i == 0
+            if metrics or (first and (params or tags)):
+                c.log_batch(
+                    run_id,
+                    metrics=metrics[i : i + 1000],
+                    params=[Param(k, v) for k, v in (params or {}).items()] if first else [],
+                    tags=tags if first else [],
+                )
+        if params is not None:
+            self.table.started(tid, run_id, params)
+            self._no_params.discard(tid)
+        for r in new:
+            self.table.reported(tid, r)
+        self._last_step[tid] = last
+        if kind == "complete":
+            log_trial_artifacts(self.uri, run_id, op.get("checkpoint"), op["result"])
+        if end:
+            c.set_terminated(run_id, status=end[0])
+            self.table.finished(tid, end[1], reason)
 
     def adopt(self) -> None:
         """After a restore: the sweep's child runs, listed once, and the table from them."""
@@ -106,7 +146,7 @@ class ChildRuns:
         where = f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.{TRIAL_TAG} = '{tid}'"
         return list(c.search_runs([exp_id], filter_string=where))
 
-    def _run_id(self, tid: str, config: dict) -> str:
+    def _run_id(self, tid: str) -> str:
         self.adopt()
         c = client(self.uri)
         if tid not in self._runs and tid in self._unsure:  # created, but no answer came
@@ -124,43 +164,17 @@ class ChildRuns:
             self._unsure.discard(tid)
             self._runs[tid], self._last_step[tid] = run.info.run_id, 0
             self._no_params.add(tid)
-        run_id = self._runs[tid]
         if tid in self._reopen:
-            c.update_run(run_id, status="RUNNING")
+            c.update_run(self._runs[tid], status="RUNNING")
             self._reopen.discard(tid)
-        if tid in self._no_params:
-            params = {k: str(config[k]) for k in self.param_names if k in config}
-            if params:
-                c.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-            self.table.started(tid, run_id, params)
-            self._no_params.discard(tid)
-        return run_id
+        return self._runs[tid]
 
-    def _log_results(self, tid: str, run_id: str, results: list[dict]) -> None:
-        new = [r for r in results if int(r.get("training_iteration", 0)) > self._last_step[tid]]
-        metrics = [
-            Metric(k, v, int(r.get("timestamp", 0) * 1000), int(r.get("training_iteration", 0)))
-            for r in new
-            for k in METRICS + ("training_iteration",)
-            if (v := as_number(r.get(k))) is not None
-        ]
-        for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
-            client(self.uri).log_batch(run_id, metrics=metrics[i : i + 1000])
-        for r in new:  # older ones were logged before a restore (or a replay)
-            self.table.reported(tid, r)
-            self._last_step[tid] = int(r.get("training_iteration", 0))
-
-    def _finish(
-        self, tid: str, run_id: str, run_status: str, trial_status: str, reason: str | None
-    ) -> None:
-        reason = redact(reason)[:5000] if reason else None
-        tags = [RunTag("trial_status", trial_status)] + (
-            [RunTag("error", reason)] if reason else []
-        )
-        c = client(self.uri)
-        c.log_batch(run_id, tags=tags)
-        c.set_terminated(run_id, status=run_status)
-        self.table.finished(tid, trial_status, reason)
+    def _params(self, tid: str, config: dict) -> dict[str, str] | None:
+        """The trial's settings as params, for a run that has none yet (new, or created just
+        before an outage cut them off); None when it has them."""
+        if tid not in self._no_params:
+            return None
+        return {k: str(config[k]) for k in self.param_names if k in config}
 
     def _mark_lost(self, known: set[str]) -> None:
         """End, as KILLED with ``trial_status = LOST``, every running child run whose trial

@@ -94,13 +94,14 @@ class Outbox:
 
 
 def compact(ops: list[dict]) -> list[tuple[list[int], dict]]:
-    """The operations to replay, fewer: ``(indices in ops, operation)`` in an order that keeps
-    what matters (each trial's own operations, and every trial's before an operation on the
-    whole sweep). A trial's consecutive results become one ``results`` operation (one MLflow
-    batch instead of one call per epoch); the tables' rebuild requests of an older driver
-    become one, at the end."""
+    """The operations to replay, fewer: ``(indices in ops, operation)``. A trial's operations
+    (start, results, its end) become one, emitted where its end was (or before the next
+    operation on the whole sweep, or last): one MLflow batch for its params, every epoch's
+    metrics and its end tags, instead of a call per operation. Each trial's own order and
+    every trial's place before the teacher, lost trials and the parent's end are kept; the
+    tables' rebuild requests of an older driver become one, at the end."""
     out: list[tuple[list[int], dict]] = []
-    held: dict[str, tuple[list[int], dict]] = {}  # trial -> its results not yet emitted
+    held: dict[str, tuple[list[int], dict]] = {}  # trial -> its operations so far, merged
     refresh: list[int] = []
 
     def emit(trial: str) -> None:
@@ -111,20 +112,22 @@ def compact(ops: list[dict]) -> list[tuple[list[int], dict]]:
         trial = op.get("trial")
         if op["op"] == "refresh":
             refresh.append(i)
-        elif op["op"] == "result" and trial is not None:
-            indices, merged = held.setdefault(
-                trial, ([], {"op": "results", "trial": trial, "results": []})
-            )
-            indices.append(i)
-            merged["config"] = op.get("config", {})
-            merged["results"].append(op["result"])
-        elif trial is not None:
-            emit(trial)
-            out.append(([i], op))
-        else:  # the teacher, lost trials, the parent's end: after everything before them
+            continue
+        if trial is None:  # the teacher, lost trials, the parent's end: after everything before
             for t in list(held):
                 emit(t)
             out.append(([i], op))
+            continue
+        indices, merged = held.setdefault(
+            trial, ([], {"op": "start", "trial": trial, "config": {}, "results": []})
+        )
+        indices.append(i)
+        merged["config"] = op.get("config") or merged["config"]
+        if op["op"] == "result":
+            merged["results"].append(op["result"])
+        elif op["op"] in ("complete", "error"):
+            merged.update({k: v for k, v in op.items() if k not in ("config", "trial")})
+            emit(trial)
     for t in list(held):
         emit(t)
     if refresh:
