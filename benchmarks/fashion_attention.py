@@ -102,6 +102,7 @@ FIELDS = (
     "finetune_lr",
     "wall_s",
     "commit",
+    "error",
 )
 
 
@@ -267,7 +268,16 @@ def main(argv: list[str] | None = None) -> int:
         net, best, info = teachers[model]
         started = time.perf_counter()
         args.lr_now = lr
-        row = run_one(method, target, seed, steps[budget], net, data, args)
+        try:
+            row = run_one(method, target, seed, steps[budget], net, data, args)
+        except ValueError as err:  # a peer that cannot reach the target: a row that says so
+            if method not in PEERS:
+                raise
+            nan = float("nan")
+            row = dict.fromkeys(("macs_ratio", "val_top1", "test_top1", "macs", "params"), nan)
+            row.update(method=method, target=target, seed=seed, search_steps=0, finetune_steps=0)
+            row["error"] = str(err).splitlines()[0][:200]
+            print(f"{model} {budget} t {target} seed {seed} {method}: {row['error']}", flush=True)
         row.update(
             model=model,
             budget=budget,
@@ -279,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             **info,
         )
         append_row(path, row)
+        if "error" in row:
+            continue
         inside = target - 0.04 - 1e-9 <= row["macs_ratio"] <= target + 0.01 + 1e-9
         flag = "" if inside else " OUTSIDE [t-0.04, t+0.01]"
         tight = target - TOLERANCE - 1e-9 <= row["macs_ratio"] <= target + 1e-9

@@ -51,13 +51,17 @@ def done_tuning(path: Path) -> set[tuple[str, str, float]]:
 
 
 def chosen_lr(path: Path, model: str, method: str) -> float | None:
-    """The tuned fine-tune lr of (model, method), or None while its runs are not all done."""
+    """The tuned fine-tune lr of (model, method), or None while its runs are not all done.
+
+    A run that could not reach the target (an empty top-1) loses; if all did, the default.
+    """
     source = INHERIT.get(method, method)
     val = {
-        float(r["finetune_lr"]): float(r["val_top1"])
+        float(r["finetune_lr"]): float(r["val_top1"] or "nan")
         for r in _rows(path)
         if r["model"] == model and r["method"] == source
     }
     if any(lr not in val for lr in TUNE_LRS):
         return None
-    return max(TUNE_LRS, key=lambda lr: (val[lr], -TUNE_LRS.index(lr)))
+    score = {lr: v if v == v else float("-inf") for lr, v in val.items()}  # NaN: failed
+    return max(TUNE_LRS, key=lambda lr: (score[lr], -TUNE_LRS.index(lr)))
