@@ -12,6 +12,7 @@ from __future__ import annotations
 from mlflow.entities import Metric, Param, RunTag
 
 from orchestrator._redact import redact
+from orchestrator.launched import own_runs
 from orchestrator.tracking import (
     LOST,
     LOST_REASON,
@@ -122,7 +123,8 @@ class ChildRuns:
         """After a restore: the sweep's child runs, listed once, and the table from them."""
         if self.adopted:
             return
-        runs = children(self.uri, self.parent_id)
+        # only trials this sweep launched: a forged run naming our parent stays out (launched.py)
+        runs = own_runs(children(self.uri, self.parent_id), self.table.sweep_dir)
         self._adopt(runs)
         self.table.load(runs)
         self.adopted = True

@@ -25,6 +25,7 @@ from ray.tune import Callback
 
 from orchestrator import driver_output
 from orchestrator._atomic import atomic_write
+from orchestrator._paths import contained
 from orchestrator.outbox import OUTBOX, PRIVATE
 from orchestrator.schema import Experiment
 from orchestrator.sweep_state import SWEEP_STATE
@@ -108,7 +109,7 @@ def pull(exp: Experiment) -> int:
         if info.type != pafs.FileType.File:
             continue
         rel = info.path[len(root) + 1 :]
-        target = exp.sweep_dir / rel
+        target = contained(exp.sweep_dir, rel)  # a bucket key may hold ".." (_paths)
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)

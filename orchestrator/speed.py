@@ -40,6 +40,7 @@ from torch.utils.benchmark.utils.timer import timer as clock
 import prune_core
 from orchestrator import pareto
 from orchestrator._atomic import atomic_write
+from orchestrator._paths import contained
 from orchestrator.schema import Experiment
 from orchestrator.teacher import create_model, load_teacher
 from orchestrator.tracking import client
@@ -233,7 +234,7 @@ def measure_front(
         # each model's files in a folder of its own, fetched when its group is timed (a
         # folder by position: a trial id read from MLflow never becomes a path)
         fetch = {
-            row["trial_id"]: partial(_download_pruned, c, row["run_id"], Path(tmp) / f"m{i}")
+            row["trial_id"]: partial(_download_pruned, c, row["run_id"], contained(tmp, f"m{i}"))
             for i, row in enumerate(front.to_pylist())
         }
         if in_driver(exp, local=local):

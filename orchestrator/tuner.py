@@ -24,6 +24,7 @@ from ray.tune.stopper import Stopper
 
 from orchestrator import faults
 from orchestrator import space as space_mod
+from orchestrator.launched import LaunchedTrials
 from orchestrator.scheduler import MacBucketASHA
 from orchestrator.schema import Experiment
 from orchestrator.searcher import FailureAwareOptunaSearch, make_sampler
@@ -99,6 +100,7 @@ def make_tuner(exp: Experiment, trainable, callbacks: list) -> tune.Tuner:
         # the driver 1.5 s before the first trial (measured); the driver sets
         # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS so that Tune does not add it back
         callbacks=[
+            LaunchedTrials(str(exp.sweep_dir.resolve())),  # first: recorded before its run
             *callbacks,
             *([BuildFault()] if os.environ.get(faults.ENV) else []),
             TeacherWatch(),

@@ -137,3 +137,86 @@ def test_a_long_choice_list_reaches_mlflow_whole_in_artifacts_and_valid_in_tags(
     err = capsys.readouterr().err
     assert "warning: MLflow tag 'search_space' is" in err and err.count("'search_space'") == 1
     assert "warning: MLflow param " in err  # the choice list as a param, shortened
+
+
+# ----------------------------------------------------------------------------- names from outside
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", ".", "", "m0/../../m1"])
+def test_a_name_that_leaves_its_folder_is_refused(tmp_path, name):
+    from orchestrator._paths import EscapesFolder, contained
+
+    with pytest.raises(EscapesFolder, match="is no path inside"):
+        contained(tmp_path, name)
+
+
+def test_names_inside_their_folder_pass_and_links_out_do_not(tmp_path):
+    from orchestrator._paths import EscapesFolder, contained
+
+    assert contained(tmp_path, "m0") == tmp_path.resolve() / "m0"
+    assert contained(tmp_path, "teacher/teacher.pt") == tmp_path.resolve() / "teacher/teacher.pt"
+    (tmp_path / "out").symlink_to(tmp_path.parent)
+    with pytest.raises(EscapesFolder):
+        contained(tmp_path, "out/x")
+
+
+def test_a_bucket_key_with_dotdot_is_never_written_outside_the_sweep(tmp_path, monkeypatch):
+    """mirror.pull copies the mirror's keys under the sweep folder: a key holding '..' is
+    refused before anything is written (S3 keys may contain it)."""
+    import pyarrow.fs as pafs
+    from helpers import minimal
+
+    from orchestrator import mirror
+    from orchestrator._paths import EscapesFolder
+    from orchestrator.config import parse_config
+
+    exp = parse_config(
+        minimal(storage={"path": "s3://bucket/sweeps", "local_dir": str(tmp_path / "local")}),
+        "x.yaml",
+    )
+
+    class Listing:  # the bucket's listing, as pyarrow's S3 filesystem gives it
+        def get_file_info(self, selector):
+            return [pafs.FileInfo(f"{selector.base_dir}/../../../evil.txt", pafs.FileType.File)]
+
+    monkeypatch.setattr(mirror, "_remote", lambda uri: (Listing(), "bucket/sweeps/t.driver"))
+    with pytest.raises(EscapesFolder, match="evil.txt"):
+        mirror.pull(exp)
+    assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_a_forged_child_run_stays_out_of_the_table(tmp_path, capsys):
+    """Issue 26: a child run whose parent tag names our sweep (top-1 99.9, 1 MAC, trial_id
+    '../../..') entered the front after --resume, which rebuilds the table from MLflow. Only the
+    trials the driver recorded as launched are read back."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    from orchestrator import launched, tracking
+    from orchestrator.child_runs import ChildRuns
+    from orchestrator.trial_table import TrialTable
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp_id = tracking.experiment_id(uri, "forged", tmp_path / "artifacts")
+    parent = c.create_run(exp_id, run_name="sweep").info.run_id
+    runs = {}
+    for tid, top1 in (("a1b2_00000", 61.0), ("../../../../tmp/evil", 99.9)):
+        tags = {tracking.PARENT_TAG: parent, tracking.TRIAL_TAG: tid, "trial_status": "TERMINATED"}
+        run = c.create_run(exp_id, run_name=tid, tags=tags).info.run_id
+        metrics = [Metric("top1", top1, 0, 1), Metric("macs", 1e6 if top1 < 90 else 1, 0, 1)]
+        c.log_batch(run, metrics=metrics + [Metric("macs_ratio", 0.5, 0, 1)])
+        c.log_batch(run, tags=[RunTag("x", "y")])
+        c.set_terminated(run)
+        runs[tid] = run
+    sweep_dir = tmp_path / "sweep"
+    launched.record(sweep_dir, "a1b2_00000")  # what LaunchedTrials wrote as Tune started it
+    assert (sweep_dir / launched.LAUNCHED).stat().st_mode & 0o777 == 0o600
+    table = TrialTable(uri, parent, str(sweep_dir), "t")
+    ChildRuns(uri, parent, "forged", [], table, adopted=False).adopt()
+    assert table.table().column("trial_id").to_pylist() == ["a1b2_00000"]
+    err = capsys.readouterr().err
+    forged = runs["../../../../tmp/evil"]
+    assert (
+        f"1 child run(s) of this sweep's parent run were not launched by it (e.g. run {forged}"
+        in (err)
+    )
+    assert launched.own_runs([], tmp_path / "older") == []  # no record: nothing to check against
