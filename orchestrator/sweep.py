@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="continue the interrupted sweep in <storage.path>/<name>",
     )
+    p.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="with --resume: go on although the YAML changed since the sweep started (the "
+        "changed fields are recorded on the parent MLflow run)",
+    )
     p.add_argument("--num-samples", type=int, default=None, help="override sweep.num_samples")
     p.add_argument(
         "--tracking-uri",
@@ -128,15 +134,26 @@ def run(
     resume: bool,
     source: str,
     verbose: bool = False,
+    changes: dict | None = None,
 ) -> int:
     """Run (or resume) the sweep; the driver's lines on the terminal and, unless ``verbose``,
-    Ray's output in ``<sweep folder>/ray.log`` (driver_output.py)."""
+    Ray's output in ``<sweep folder>/ray.log`` (driver_output.py). ``changes``: fields the
+    YAML changed since the sweep started, accepted (``--accept-changes``): recorded on the
+    parent run."""
     global console, _err
     saved = console, _err
     with DriverOutput(exp.sweep_dir / DRIVER_LOG, verbose=verbose) as out:
         console, _err = out.console, (None if verbose else out.err)
         try:
-            return _run(exp, uri, address=address, resume=resume, source=source, verbose=verbose)
+            return _run(
+                exp,
+                uri,
+                address=address,
+                resume=resume,
+                source=source,
+                verbose=verbose,
+                changes=changes or {},
+            )
         finally:
             if (view := sys.modules.get("orchestrator.live_view")) is not None:
                 view.use(None)  # _run imported it (it loads Tune) once the teacher had started
@@ -144,7 +161,14 @@ def run(
 
 
 def _run(
-    exp: Experiment, uri: str, *, address: str | None, resume: bool, source: str, verbose: bool
+    exp: Experiment,
+    uri: str,
+    *,
+    address: str | None,
+    resume: bool,
+    source: str,
+    verbose: bool,
+    changes: dict,
 ) -> int:
     import ray
 
@@ -189,6 +213,9 @@ def _run(
 
         live_view.use(console)
         parent, fresh = sweep_state.parent_run(exp, uri)
+        if changes:  # --accept-changes: on the parent run, and the new file is the reference
+            sweep_state.record_changes(exp, uri, parent, changes)
+            console.print(f"accepted changes, recorded on the parent run: {', '.join(changes)}")
         logger = trial_logger.TrialLogger(
             uri,
             parent,
@@ -370,6 +397,8 @@ def _masked(exp: Experiment, uri: str) -> Experiment:
 def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:
     """What only the folder's owner may do: look at the folder, then run the sweep."""
     path = exp.tune_dir
+    if args.accept_changes and not args.resume:
+        return fail(f"{args.config}: --accept-changes goes with --resume")
     state = sweep_state.tuner_state(path)
     restorable = state == "ok"
     if args.resume and state == "torn":
@@ -379,6 +408,14 @@ def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:
         )
     if args.resume and not restorable:
         return fail(f"{args.config}: --resume: no sweep to resume in {path}")
+    changes = sweep_state.config_changes(exp) if args.resume else {}
+    if changes and not args.accept_changes:  # Tune would restore the old Optuna space and
+        # the trials train with the new file: both, mixed without a word
+        return fail(
+            f"{args.config}: --resume: changed since the sweep started: {', '.join(changes)}; "
+            "resume with the file it started with, or pass --accept-changes (recorded on the "
+            "parent run)"
+        )
     if restorable and not args.resume:
         return fail(
             f"{args.config}: {path} already holds sweep {exp.name!r}: pass --resume to "
@@ -391,6 +428,7 @@ def _locked_main(args: argparse.Namespace, exp: Experiment, uri: str) -> int:
         resume=args.resume,
         source=args.config,
         verbose=args.verbose,
+        changes=changes,
     )
 
 

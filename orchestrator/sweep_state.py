@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from orchestrator import space as space_mod
 from orchestrator._atomic import atomic_write
@@ -45,8 +46,78 @@ def parent_run(exp: Experiment, uri: str) -> tuple[str, bool]:
         space_mod.describe(exp.tunable_sections),
     )
     state = {"parent_run_id": parent, "tracking_uri": redact(uri), "experiment_id": exp_id}
+    state["config"] = started_config(exp)  # what --resume compares the file with
     atomic_write(state_file, json.dumps(state, indent=1), mode=PRIVATE)
     return parent, True
+
+
+def started_config(exp: Experiment) -> dict:
+    """The experiment as ``sweep.json`` keeps it: JSON, credentials masked (as the parent's
+    ``config.json``)."""
+    return redact(exp.model_dump(mode="json"))
+
+
+def _flat(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def config_changes(exp: Experiment) -> dict[str, tuple]:
+    """Dotted field -> (value the sweep started with, value now) for every field the file
+    changed since the sweep started (``sweep.json``; both sides masked alike). A field the
+    started config lacks (a setting added to the schema since) is no change; a sweep.json
+    without a config (from before this check) gives none."""
+    state_file = exp.sweep_dir / SWEEP_STATE
+    if not state_file.is_file():
+        return {}
+    before = json.loads(state_file.read_text()).get("config")
+    if before is None:
+        return {}
+    old, new = _flat(redact(before)), _flat(started_config(exp))
+    return {
+        k: (old[k], new.get(k))
+        for k in sorted(old.keys() | new.keys())
+        if k in old and old[k] != new.get(k)
+    }
+
+
+def record_changes(exp: Experiment, uri: str, parent: str, changes: dict[str, tuple]) -> None:
+    """``--resume --accept-changes``: the changes on the parent run (a ``config_changes`` tag
+    listing the fields, the values in a ``config_changes.json`` artifact, appended to any
+    earlier one) and the new config in ``sweep.json``, which the next ``--resume`` compares
+    with."""
+    import tempfile
+    import time
+
+    from orchestrator import tracking  # here: it loads MLflow
+    from orchestrator.mlflow_limits import fit_tags
+
+    c = tracking.client(uri)
+    entry = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "changes": {
+            k: {"started": a, "now": b} for k, a, b in ((k, *v) for k, v in changes.items())
+        },
+    }
+    history = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            got = c.download_artifacts(parent, "config_changes.json", tmp)
+            history = json.loads(Path(got).read_text())
+        except Exception:  # any error, on purpose: none logged yet
+            history = []
+        (Path(tmp) / "config_changes.json").write_text(json.dumps(history + [entry], indent=1))
+        c.log_artifact(parent, str(Path(tmp) / "config_changes.json"))
+    for key, value in fit_tags({"config_changes": ", ".join(changes)}).items():
+        c.set_tag(parent, key, value)
+    state_file = exp.sweep_dir / SWEEP_STATE
+    state = json.loads(state_file.read_text())
+    state["config"] = started_config(exp)
+    atomic_write(state_file, json.dumps(state, indent=1), mode=PRIVATE)
 
 
 TUNER_STATE = "tuner.pkl"  # Tune's Tuner, written as it is built (ray/tune/impl/tuner_internal.py)

@@ -220,3 +220,54 @@ def test_a_forged_child_run_stays_out_of_the_table(tmp_path, capsys):
         in (err)
     )
     assert launched.own_runs([], tmp_path / "older") == []  # no record: nothing to check against
+
+
+# ----------------------------------------------------------------------------- resume after an edit
+def test_resume_after_editing_the_yaml_is_refused_naming_the_fields(tmp_path, capsys, monkeypatch):
+    """Issue 26: --resume with an edited file mixed both (Tune restored the old Optuna space,
+    trials trained with the new file). Compared with the config sweep.json keeps, both sides
+    masked alike (the password in tracking.uri is neither stored nor a change)."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from orchestrator.config import load_config
+    from orchestrator.sweep import _masked
+
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    monkeypatch.setenv("PW", "hunter2")
+    config = write_config(tmp_path, "edited", tracking={"uri": "postgresql://u:${PW}@db/x"})
+    exp = _masked(load_config(config), uri)  # as the driver holds it
+    exp.sweep_dir.mkdir(parents=True)
+    parent, fresh = sweep_state.parent_run(exp, uri)  # what the first start did
+    assert fresh and "hunter2" not in (exp.sweep_dir / "sweep.json").read_text()
+    (exp.sweep_dir / sweep_state.TUNER_STATE).write_bytes(pickle.dumps({}))  # a whole state
+    monkeypatch.setenv("PW", "rotated")  # a new password is no change to the sweep
+    assert sweep_state.config_changes(_masked(load_config(config), uri)) == {}
+    raw = yaml.safe_load(config.read_text())
+    raw["search"]["steps"] = 7
+    raw["finetune"]["lr"] = {"low": 0.001, "high": 0.01}
+    config.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()  # MLflow's own lines as it made the store
+    assert main([str(config), "--resume", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"{config}: --resume: changed since the sweep started: finetune.lr.high, finetune.lr.low, "
+        "finetune.lr.value, search.steps; resume with the file it started with, or pass "
+        "--accept-changes (recorded on the parent run)"
+    ]
+    assert main([str(config), "--accept-changes", "--tracking-uri", uri]) == 2
+    assert "--accept-changes goes with --resume" in capsys.readouterr().err
+    # --resume --accept-changes records them on the parent run (the driver calls this once
+    # the parent run is found again) and the new file becomes the reference
+    edited = _masked(load_config(config), uri)
+    changes = sweep_state.config_changes(edited)
+    assert changes["search.steps"] == (6, 7)
+    sweep_state.record_changes(edited, uri, parent, changes)
+    run = MlflowClient(uri).get_run(parent)
+    assert run.data.tags["config_changes"] == ", ".join(changes)
+    got = MlflowClient(uri).download_artifacts(parent, "config_changes.json", str(tmp_path))
+    assert json.loads(Path(got).read_text())[0]["changes"]["search.steps"] == {
+        "started": 6,
+        "now": 7,
+    }
+    assert sweep_state.config_changes(edited) == {}
