@@ -1,0 +1,230 @@
+"""A picked front trial as files a deployment can use (``python -m orchestrator.pick --export``).
+
+:func:`fetch` reads what the trial left in MLflow (its child run's ``plan.json`` and
+``weights.pt``, the parent run's ``config.json``), checking it on the way: the run must be a
+child of the sweep's parent run, the architecture a registered timm model with plain
+arguments (none that would make timm read a file), the weights loaded with
+``weights_only=True``, every file downloaded under a fixed name (nothing read from MLflow
+becomes a path). :func:`export` writes ``model.onnx`` (dynamic batch, ``prune_core.export_onnx``),
+``plan.json`` + ``weights.pt`` (``prune_core.save_pruned``) with ``model.json`` (the
+architecture they need) and a model card ``README.md``; the folder is built beside the target
+and renamed into place, so it appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import prune_core
+from orchestrator.pruned_pyfunc import build
+from orchestrator.report import Refused
+from orchestrator.tracking import PARENT_TAG, client
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # an experiment name (schema.Experiment)
+# timm.create_model arguments that read files or fetch weights: never from MLflow's data
+UNSAFE_KWARGS = {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path",
+                 "cache_dir", "pretrained_strict"}  # fmt: skip
+TOLERANCE = 1e-4  # ONNX vs PyTorch logits, max |Δ|
+
+
+@dataclass
+class Picked:
+    row: dict  # the front's row (validated by pick.validate)
+    arch: dict  # model.json: name, num_classes, img_size, kwargs
+    plan: prune_core.Plan
+    weights: dict[str, torch.Tensor]
+    config: dict  # the sweep's config.json (credentials already masked by the sweep)
+    params: dict[str, str] = field(default_factory=dict)  # the trial's MLflow params
+    commit: str = "unknown"
+    parent: str = ""
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        a = self.arch
+        return (int(a["kwargs"].get("in_chans", 3)), a["img_size"], a["img_size"])
+
+    def model(self) -> torch.nn.Module:
+        return build(self.arch, self.plan, self.weights)
+
+
+def check_arch(model: dict) -> dict:
+    """The ``model`` section of config.json as model.json, or Refused."""
+    import timm
+
+    if not isinstance(model, dict):
+        raise Refused("config.json has no model section")
+    name, classes, size = model.get("name"), model.get("num_classes"), model.get("img_size")
+    kwargs = model.get("kwargs") or {}
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise Refused(f"config.json: model {str(name)[:60]!r} is not a timm model here")
+    for key, value, high in (("num_classes", classes, 1_000_000), ("img_size", size, 8192)):
+        if type(value) is not int or not 1 <= value <= high:
+            raise Refused(f"config.json: model.{key} {str(value)[:20]!r} is out of range")
+    if not isinstance(kwargs, dict):
+        raise Refused("config.json: model.kwargs is not a mapping")
+    for key, value in kwargs.items():
+        plain = isinstance(value, (bool, int, float)) or (
+            isinstance(value, str) and len(value) < 64 and not re.search(r"[/\\:]", value)
+        )
+        if key in UNSAFE_KWARGS or not re.match(r"^[a-z_][a-z0-9_]*$", key) or not plain:
+            raise Refused(f"config.json: model.kwargs.{key[:40]} is not accepted")
+    return {"name": name, "num_classes": classes, "img_size": size, "kwargs": dict(kwargs)}
+
+
+def fetch(uri: str, parent: str, row: dict) -> Picked:
+    """The trial of ``row`` (a validated front row) from MLflow (the module doc)."""
+    c = client(uri)
+    run = c.get_run(row["run_id"])
+    if run.data.tags.get(PARENT_TAG) != parent:
+        raise Refused(f"run {row['run_id']} is not a trial of the sweep's parent run {parent}")
+    with tempfile.TemporaryDirectory(prefix="pick-") as tmp:
+        config = json.loads(Path(c.download_artifacts(parent, "config.json", tmp)).read_text())
+        trial = Path(tmp) / "trial"
+        trial.mkdir()
+        plan = Path(c.download_artifacts(row["run_id"], "plan.json", str(trial))).read_text()
+        weights = torch.load(
+            c.download_artifacts(row["run_id"], "weights.pt", str(trial)),
+            map_location="cpu",
+            weights_only=True,
+        )
+    if not isinstance(config, dict):
+        raise Refused("the parent run's config.json is not a mapping")
+    return Picked(
+        row=row,
+        arch=check_arch(config.get("model")),
+        plan=prune_core.Plan.from_json(plan),
+        weights=weights,
+        config=config,
+        params=dict(run.data.params),
+        commit=c.get_run(parent).data.tags.get("git_commit", "unknown"),
+        parent=parent,
+    )
+
+
+def write_model_files(picked: Picked, model: torch.nn.Module, folder: Path, opset=None) -> float:
+    """model.onnx, plan.json, weights.pt and model.json in ``folder``; returns the largest
+    |Δ| of the ONNX logits from PyTorch's on a seeded batch of 4 (ValueError beyond 1e-4)."""
+    prune_core.export_onnx(model, folder / "model.onnx", picked.input_size, opset=opset)
+    prune_core.save_pruned(model, picked.plan, folder)
+    (folder / "model.json").write_text(json.dumps(picked.arch, indent=1) + "\n")
+    import onnxruntime as ort
+
+    x = torch.randn(4, *picked.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = model(x).numpy()
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x.numpy()})[0]
+    delta = float(abs(got - want).max())
+    if not delta <= TOLERANCE:
+        raise ValueError(f"model.onnx differs from the PyTorch model by {delta:.2e}")
+    return delta
+
+
+def export(picked: Picked, teacher: dict, directory: Path, *, opset=None, command="") -> Path:
+    """The export folder (module doc); Refused if ``directory`` exists and is not empty."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise Refused(f"{directory} exists and is not empty: choose another folder")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model = picked.model()
+        delta = write_model_files(picked, model, staging, opset)
+        card = model_card(picked, teacher, delta, opset, command)
+        (staging / "README.md").write_text(card)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 -> what mkdir would have made
+        staging.rename(directory)  # an empty directory is replaced; a non-empty one refused
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _text(value) -> str:
+    """A value read from MLflow, safe inside a Markdown table or code span."""
+    return re.sub(r"[\r\n|`]", " ", str(value))[:200]
+
+
+def reproduce(picked: Picked, command: str) -> list[str]:
+    name = picked.config.get("name")
+    yaml_file = f"experiments/{name}.yaml" if isinstance(name, str) and NAME.match(name) else None
+    if yaml_file is None or not (ROOT / yaml_file).is_file():
+        yaml_file = "<the experiment YAML: config.json on the parent run>"
+    return [
+        f"git checkout {_text(picked.commit).removesuffix('+dirty')}",
+        f"python -m orchestrator.sweep {yaml_file}   # the sweep (its trials are not "
+        "bit-reproducible across machines)",
+        f"{_text(command)}   # this model, from that sweep's front",
+    ]
+
+
+def model_card(picked: Picked, teacher: dict, delta: float, opset, command: str) -> str:
+    r, a, cfg = picked.row, picked.arch, picked.config
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    source = cfg.get("model", {}).get("checkpoint") or (cfg.get("teacher") or {}).get("checkpoint")
+    t_top1, t_macs = teacher.get("top1"), teacher.get("macs")
+    speed = "not timed"
+    if r.get("speedup") is not None:
+        speed = (
+            f"{r['speedup']:.2f}× over the teacher ({r['latency_ms']:.2f} ms per batch of "
+            f"{_text(data.get('eval_batch_size', '?'))}, timed side by side with the teacher at "
+            "the sweep's end)"
+        )
+    lines = [
+        f"# {_text(a['name'])} pruned to {r['macs_ratio']:.3f} of its MACs",
+        "",
+        f"Channel-pruned by flatten-prune (trial `{_text(r['trial_id'])}` of sweep "
+        f"`{_text(cfg.get('name', '?'))}`, MLflow run `{r['run_id']}`, parent `{picked.parent}`).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source model | `{_text(a['name'])}`, {a['num_classes']} classes, {a['img_size']} px, "
+        f"weights: {_text(source) if source else 'the sweep’s teacher (trained by the sweep)'} |",
+        f"| teacher top-1 | {'?' if t_top1 is None else f'{t_top1:.2f} %'} |",
+        f"| top-1 | {r['top1']:.2f} % |",
+        f"| MACs | {r['macs']:,} ({r['macs_ratio']:.3f} of "
+        f"{'the teacher' if t_macs is None else f'{int(t_macs):,}'}) |",
+        f"| params | {'?' if r.get('params') is None else format(r['params'], ',')} |",
+        f"| measured speed-up | {speed} |",
+        f"| data | {_text(data.get('kind', '?'))}"
+        + (f", {_text(data['root'])}" if data.get("root") else "")
+        + " |",
+        f"| commit | `{_text(picked.commit)}` |",
+        f"| ONNX | opset {opset or 'default'}, dynamic batch; "
+        f"max abs diff to PyTorch {delta:.1e} |",
+        "",
+        "## Method settings (the trial's params)",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| `{_text(k)}` | {_text(v)} |" for k, v in sorted(picked.params.items())),
+        "",
+        "## Files",
+        "",
+        "- `model.onnx`: input `images` (batch, "
+        + ", ".join(map(str, picked.input_size))
+        + "), output `logits` (its weights may be in `model.onnx.data` beside it).",
+        "- `plan.json`, `weights.pt`, `model.json`: the PyTorch model, rebuilt with",
+        "  `orchestrator.pruned_pyfunc.build(json.load(open('model.json')), 'plan.json', "
+        "'weights.pt')`",
+        "  (timm + prune_core: `load_pruned` on the prunable model).",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        *reproduce(picked, command),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
