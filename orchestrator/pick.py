@@ -181,8 +181,11 @@ def _teacher(uri: str, parent: str) -> dict:
 
 def choose(rows: list[dict], budget: Budget, order: str) -> tuple[dict, list[dict]]:
     """(the chosen row, every row within the budget, in ``order``); NoMatch when none is."""
-    if order == "fastest" and not any(r.get("latency_ms") is not None for r in rows):
-        raise NoMatch("--order fastest: the front was not timed (no latency_ms)")
+    timed = any(r.get("latency_ms") is not None for r in rows)
+    for asked, flag in ((order == "fastest", "--order fastest"),
+                        (budget.max_latency_ms is not None, "--max-latency-ms")):  # fmt: skip
+        if asked and not timed:
+            raise NoMatch(f"{flag}: the front was not timed (no latency_ms)")
     fits = sorted((r for r in rows if not budget.misses(r)), key=ORDERS[order][0])
     if fits:
         return fits[0], fits

@@ -164,6 +164,10 @@ def test_a_parent_run_id_is_a_source_and_its_front_is_checked(sweep, tmp_path, c
     pq.write_table(pa.Table.from_pylist(bad), folder / "pareto.parquet")
     assert _run(folder)[0] == 1
     assert "is not an MLflow run id" in capsys.readouterr().err
+    untimed = pq.read_table(sweep["dir"] / "pareto.parquet").drop_columns(["latency_ms"])
+    pq.write_table(untimed, folder / "pareto.parquet")
+    assert _run(folder, "--max-latency-ms", 1)[0] == 1
+    assert "--max-latency-ms: the front was not timed" in capsys.readouterr().err
     pq.write_table(pa.table({"trial_id": ["x"], "top1": ["high"]}), folder / "pareto.parquet")
     assert _run(folder)[0] == 1
     assert "pareto.parquet has no 'run_id' column" in capsys.readouterr().err
