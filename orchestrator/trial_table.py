@@ -6,8 +6,9 @@ of every child run per finished trial (5.8 s at 1,000 runs). A finished trial ma
 *dirty*; :meth:`TrialTable.rebuild` rewrites ``trials.parquet``, ``pareto.parquet`` and
 ``pareto.png``, uploads them to the parent run and logs the front's ``hypervolume`` (step:
 finished trials), and runs when :meth:`TrialTable.due`: dirty, and ``every_s`` seconds after the
-last rebuild (``sweep.refresh_every_s``), so any number of completions in between costs one
-rebuild; the driver asks for one more at the end. The last hypervolume step is kept here too.
+last rebuild (``sweep.refresh_every_s``; or ten times that rebuild's duration, if longer), so
+any number of completions in between costs one rebuild; the driver asks for one more at the
+end. The last hypervolume step is kept here too.
 
 After ``Tuner.restore`` (``--resume``) the table is read back from MLflow once
 (:meth:`TrialTable.load`, with the child runs the writer adopts).
@@ -97,7 +98,11 @@ class TrialTable:
         return pareto.trials_table(rows)
 
     def due(self) -> bool:
-        return self.dirty and self.clock() >= self._last + self.every_s
+        """Dirty, and ``every_s`` after the last rebuild began, or ten times as long as that
+        rebuild took if longer: rebuilding never takes more than a tenth of the driver's time,
+        however long the table (or however loaded the machine) grows."""
+        wait = max(self.every_s, 10 * self.times[-1]) if self.times else self.every_s
+        return self.dirty and self.clock() >= self._last + wait
 
     def rebuild(self, teacher: dict | None, print_front: bool = False) -> dict:
         """Write the tables and plot, upload them, log the hypervolume; the summary."""
