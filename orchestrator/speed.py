@@ -254,7 +254,7 @@ def measure_front(
         front,
         teacher={**teacher, "latency_ms": measured[TEACHER]},
         title=f"Pareto front, timed side by side (batch {exp.data.eval_batch_size}, "
-        f"{'GPU' if r.teacher_gpus else f'{max(1, math.ceil(r.teacher_cpus))} CPU thread(s)'})",
+        f"{'GPU' if r.teacher_gpus else f'{r.threads(r.teacher_cpus)} CPU thread(s)'})",
         console=console,
     )
     return front
