@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         args.lr_now = lr
         try:
             row = run_one(method, target, seed, steps[budget], net, data, args)
-        except ValueError as err:  # a peer that cannot reach the target: a row that says so
-            if method not in PEERS:
+        except (ValueError, RuntimeError) as err:  # a peer that cannot reach the target
+            if method not in PEERS:  # (or that Torch-Pruning fails on): a row that says so
                 raise
             nan = float("nan")
             row = dict.fromkeys(("macs_ratio", "val_top1", "test_top1", "macs", "params"), nan)
