@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,18 +24,20 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import children, kill_group, mlflow_client, tune_results, write_config
+from helpers import (
+    MlflowServer,
+    children,
+    free_port,
+    kill_group,
+    mlflow_client,
+    tune_results,
+    write_config,
+)
 
 from orchestrator import space
 from orchestrator.config import load_config
 
 pytestmark = [pytest.mark.sweep, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sweep_cmd(config: Path, *extra: str) -> list[str]:
@@ -258,54 +259,6 @@ def test_unreachable_tracking_server_at_start_fails_fast_with_one_line(tmp_path)
     )
     assert not (tmp_path / "results").exists()  # no teacher, no trial, no sweep directory
     print(f"unreachable MLflow reported in {elapsed:.1f} s")
-
-
-class MlflowServer:
-    """A real ``mlflow server`` on a loopback port; SIGKILLed and restarted by the test."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port, self.proc = root, free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{self.root / 'server.db'}",
-            "--artifacts-destination",
-            str(self.root / "artifacts"),
-        ]
-        self.log = (self.root / "server.log").open("a")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def wait_up(self, timeout: float = 180) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return
-            except OSError:
-                assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "mlflow server did not come up"
-                time.sleep(0.3)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            kill_group(self.proc.pid)
-            self.proc.wait()
 
 
 def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
