@@ -121,7 +121,11 @@ def test_concurrent_first_use_of_one_sqlite_store(tmp_path):
 
 def test_the_existing_sweep_check_agrees_with_tunes_can_restore(tmp_path, capsys):
     """The driver looks for Tune's state without importing Tune (~1 s before the teacher);
-    it must answer what ``Tuner.can_restore`` answers, and ``--resume`` of nothing is refused."""
+    it answers what ``Tuner.can_restore`` answers for a whole state and for none, but a 0-byte
+    ``tuner.pkl`` (a Tuner build that failed: issue 26), which can_restore takes for a sweep,
+    is none; ``--resume`` of nothing is refused."""
+    import pickle
+
     from ray import tune
 
     from orchestrator.sweep import main
@@ -131,6 +135,8 @@ def test_the_existing_sweep_check_agrees_with_tunes_can_restore(tmp_path, capsys
     folder.mkdir(parents=True)
     assert restorable(str(folder)) is tune.Tuner.can_restore(str(folder)) is False
     (folder / "tuner.pkl").write_bytes(b"")
+    assert tune.Tuner.can_restore(str(folder)) is True and restorable(str(folder)) is False
+    (folder / "tuner.pkl").write_bytes(pickle.dumps({"a": 1}))
     assert restorable(str(folder)) is tune.Tuner.can_restore(str(folder)) is True
     assert restorable(f"file://{folder}") is True
 
