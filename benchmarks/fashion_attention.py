@@ -32,7 +32,8 @@ reported row uses; ``--finetune-lr`` fixes one rate instead). Rows are read on v
 After the teachers and the tuning runs, the grid runs in this order, so the goal's cells come
 first: short budget, targets 0.5 and
 0.3, ``method``/``l1_uniform``/``tp_global``/``tp_isomorphic_taylor`` over 5 seeds; the other
-peers (5 seeds); ablations and controls (3 seeds); then the long budget in the same order.
+peers (5 seeds); ablations and controls (3 seeds); then the long budget in the same order,
+target 0.3 (its goal) before 0.5 in each tier.
 Rows are appended to ``--out`` as they finish (file lock, flush, fsync); a rerun skips the
 (model, budget, target, method, seed) rows already there, so a stopped run resumes.
 ``--shard i/n`` takes every n-th cell of that order.
@@ -146,7 +147,10 @@ def budget_steps(args: argparse.Namespace, train_size: int) -> dict[str, int]:
 
 
 def grid(args: argparse.Namespace) -> list[tuple[str, str, float, str, int]]:
-    """(budget, model, target, method, seed) in run order (module doc), all shards."""
+    """(budget, model, target, method, seed) in run order (module doc), all shards.
+
+    In the long budget, whose goal is at 0.3 alone, each tier runs its lowest target first.
+    """
     tiers = [("method", *GOAL_PEERS), PEERS[len(GOAL_PEERS) :], (*ABLATIONS, *CONTROLS)]
     cells = []
     for budget in ("short", "long"):
@@ -155,12 +159,14 @@ def grid(args: argparse.Namespace) -> list[tuple[str, str, float, str, int]]:
         for tier, methods in enumerate(tiers):
             n = SEEDS_MAIN if tier < 2 else SEEDS_OTHER
             seeds = args.seeds if args.seeds is not None else list(range(n))
-            for seed in seeds:
-                for target in args.targets:
-                    for model in args.models:
-                        for method in methods:
-                            if method in args.methods:
-                                cells.append((budget, model, target, method, seed))
+            order = [(s, t) for s in seeds for t in args.targets]
+            if budget == "long":
+                order = [(s, t) for t in sorted(args.targets) for s in seeds]
+            for seed, target in order:
+                for model in args.models:
+                    for method in methods:
+                        if method in args.methods:
+                            cells.append((budget, model, target, method, seed))
     return cells
 
 
