@@ -14,7 +14,9 @@ import typing
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import write_config  # noqa: E402 - the suite's tiny experiment, one home
 
 from orchestrator import versions
 from orchestrator.schema import SweepConfig
@@ -23,26 +25,13 @@ SAMPLERS = typing.get_args(SweepConfig.model_fields["sampler"].annotation)
 
 
 def config(folder: Path, sampler: str) -> Path:
-    raw = {
-        "name": f"latest-{sampler}",
-        "seed": 0,
-        "model": {
-            "name": "flatten_vit_micro",
-            "num_classes": 10,
-            "img_size": 8,
-            "kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 4},
-        },
-        "data": {"kind": "digits", "calib_images": 64},
-        "teacher": {"epochs": 1, "lr": 0.003},
-        "search": {"target": {"low": 0.4, "high": 0.8}, "steps": 4, "sim_every": 2},
-        "finetune": {"epochs": 1},
-        "sweep": {"num_samples": 2, "sampler": sampler, "population_size": 2, "asha": None},
-        "resources": {"num_cpus": 2, "cpus_per_trial": 1, "teacher_cpus": 1},
-        "storage": {"path": str(folder / "results")},
-    }
-    path = folder / f"{sampler}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    """The test suite's tiny digits experiment (tests/helpers.py TINY): 2 trials, each with
+    a MAC target ``sampler`` chooses."""
+    sweep = {"num_samples": 2, "sampler": sampler, "population_size": 2, "asha": None}
+    search = {"target": {"low": 0.4, "high": 0.8}}
+    return write_config(
+        folder, f"latest-{sampler}", sweep=sweep, search=search, finetune={"epochs": 1}
+    )
 
 
 def main() -> int:
