@@ -66,6 +66,12 @@ class ChildRuns:
         elif kind == "lost":
             self.adopt()
             self._mark_lost(set(op["known"]))
+        elif kind == "settle":  # Tune's finished trials whose end MLflow never took
+            self.adopt()
+            running = self.table.running()
+            for t in op["trials"]:
+                if t["trial"] in running:
+                    self._trial_op({"op": "complete", **t})
         else:
             self._trial_op(op)
 

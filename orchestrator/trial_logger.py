@@ -171,8 +171,21 @@ class TrialLogger(Callback):
         self.submit(self._op("error", trial, reason=error_reason(trial)))
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        """Tune's whole trial list, once at the end (finished or interrupted): a child run of
-        a trial it does not hold is one Tune lost (``TrackingWriter._mark_lost``)."""
+        """Tune's whole trial list, once at the end (finished or interrupted). A trial Tune
+        holds as finished whose child run is still open had its end lost with a killed driver
+        (Tune snapshotted it, MLflow had not yet taken it; a resume never reports it again):
+        its last result ends it now (``settle``). A child run of a trial Tune does not hold is
+        one Tune lost (``TrackingWriter._mark_lost``)."""
+        ended = [
+            {
+                "trial": t.trial_id,
+                "result": plain_dict(t.last_result or {}, RESULT_KEYS),
+                "checkpoint": checkpoint_uri(t.checkpoint, getattr(self, "storage_uri", "")),
+            }
+            for t in trials
+            if t.status == "TERMINATED" and t.last_result
+        ]
+        self.submit({"op": "settle", "trials": ended})
         self.submit(self._op("lost", known=sorted(t.trial_id for t in trials)))
 
     # ------------------------------------------------------------------ the end
