@@ -183,7 +183,9 @@ class TrialLogger(Callback):
                 "checkpoint": checkpoint_uri(t.checkpoint, getattr(self, "storage_uri", "")),
             }
             for t in trials
-            if t.status == "TERMINATED" and t.last_result
+            # it reported (a trial stopped before its first report, e.g. by a failed teacher,
+            # has only Tune's bookkeeping in last_result and stays as its run ended)
+            if t.status == "TERMINATED" and "training_iteration" in (t.last_result or {})
         ]
         self.submit({"op": "settle", "trials": ended})
         self.submit(self._op("lost", known=sorted(t.trial_id for t in trials)))
