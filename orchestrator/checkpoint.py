@@ -10,8 +10,10 @@ one of them leaves an orphan RUNNING Optuna trial. Every report saves a checkpoi
 - one of ``model.pt`` (the pruned model after the search), ``train_state.pt`` (model,
   optimiser, scheduler, epoch: the fine-tune state) or ``weights.pt`` (the final weights:
   ``plan.json`` + ``weights.pt`` is prune_core's portable format);
-- ``trial.json`` last, listing every other file with its size, so that a copy cut short by a
-  killed worker is recognised as incomplete (``read_checkpoint`` raises ValueError).
+- ``trial.json`` last, the manifest: every other file with its size and sha256, so that a copy
+  cut short by a killed worker, or a file changed on disk or in the bucket afterwards, is
+  recognised (``read_checkpoint`` raises ValueError) and the trial resumes from the older kept
+  checkpoint instead (``restore``; Tune keeps two, ``tuner.py``).
 
 ``epoch_metrics`` and ``final_metrics`` build the per-epoch and final result dicts for both the
 single-process trial (``trial.py``) and the data-parallel fine-tune (``finetune_dp.py``).
@@ -19,7 +21,9 @@ single-process trial (``trial.py``) and the data-parallel fine-tune (``finetune_
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,15 @@ PLAN, WEIGHTS, STATE, MODEL, META, SEARCH_LOG, WIDTHS = (
     "widths.csv",
 )
 SEARCH_LOG_POINTS = 50  # the search curve is subsampled to this many steps
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, hex (read in 1 MiB blocks: weights can be large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def subsample_search_log(history: list[dict]) -> list[dict]:
@@ -66,9 +79,10 @@ class Reporter:
     def write(self, directory: str | Path, result: dict[str, Any], files: dict[str, Any]) -> None:
         """A checkpoint: the plan, the search curve, the result, and the given state dicts.
 
-        ``trial.json`` is written last and lists every other file with its size: Tune copies
-        the directory into storage file by file (in parallel), so a worker killed mid-copy
-        leaves a directory that :func:`read_checkpoint` must recognise as incomplete.
+        ``trial.json`` is written last and lists every other file with its size and sha256:
+        Tune copies the directory into storage file by file (in parallel), so a worker killed
+        mid-copy leaves a directory that :func:`read_checkpoint` must recognise as incomplete,
+        and a file altered later (a bad disk, a bucket object overwritten) must not be loaded.
         """
         d = Path(directory)
         (d / PLAN).write_text(self.plan_json)
@@ -79,9 +93,12 @@ class Reporter:
             written.append(WIDTHS)
         for name, obj in files.items():
             torch.save(obj, d / name)
-        sizes = {name: (d / name).stat().st_size for name in (*written, *files)}
+        manifest = {
+            name: {"size": (d / name).stat().st_size, "sha256": sha256_file(d / name)}
+            for name in (*written, *files)
+        }
         (d / META).write_text(
-            json.dumps({"summary": self.summary, "result": result, "files": sizes})
+            json.dumps({"summary": self.summary, "result": result, "files": manifest})
         )
 
     def report(self, metrics: dict[str, Any], files: dict[str, Any]) -> None:
@@ -101,13 +118,30 @@ def check_reported(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def read_checkpoint(directory: Path) -> dict[str, Any]:
-    """A checkpoint's contents; ValueError when it is incomplete (a copy cut short)."""
-    meta = json.loads((directory / META).read_text())
-    for name, size in meta.get("files", {}).items():
+def verify_manifest(directory: Path, files: dict[str, Any]) -> None:
+    """ValueError naming the first file of ``files`` (trial.json's manifest) that is missing,
+    of another size, or whose sha256 differs. Entries that are a bare size (checkpoints
+    written before the sha256 was recorded) are checked by size alone."""
+    for name, entry in files.items():
         path = directory / name
-        if not path.is_file() or path.stat().st_size != size:
+        if not isinstance(entry, dict):
+            entry = {"size": entry}
+        if Path(name).name != name:  # the manifest is data read back: names stay inside
+            raise ValueError(f"{directory / META}: file name {name!r} is not a plain name")
+        if not path.is_file() or path.stat().st_size != entry["size"]:
             raise ValueError(f"{path}: missing or truncated (checkpoint incomplete)")
+        if "sha256" in entry and sha256_file(path) != entry["sha256"]:
+            raise ValueError(f"{path}: sha256 differs from the manifest (checkpoint corrupted)")
+
+
+def read_checkpoint(directory: Path) -> dict[str, Any]:
+    """A checkpoint's contents, verified against its manifest (:func:`verify_manifest`).
+
+    Raises ValueError when it is incomplete (a copy cut short) or corrupted; OSError, KeyError
+    or JSONDecodeError (a ValueError) when ``trial.json`` itself is missing or torn.
+    """
+    meta = json.loads((directory / META).read_text())
+    verify_manifest(directory, meta.get("files", {}))
     out: dict[str, Any] = {
         "plan": (directory / PLAN).read_text(),
         "search_log": json.loads((directory / SEARCH_LOG).read_text()),
@@ -120,6 +154,26 @@ def read_checkpoint(directory: Path) -> dict[str, Any]:
     return out
 
 
+def _index(path: str) -> int | None:
+    """N of a ``checkpoint_N`` directory name, else None."""
+    prefix, _, number = path.rstrip("/").rpartition("/")[2].rpartition("_")
+    return int(number) if prefix == "checkpoint" and number.isdigit() else None
+
+
+def _siblings(checkpoint) -> list[tuple[int, str]]:
+    """(N, path) of every ``checkpoint_N`` beside ``checkpoint`` in its storage (any pyarrow
+    filesystem: local, mounted, S3), N ascending; [] when they cannot be listed."""
+    import pyarrow.fs
+
+    parent = checkpoint.path.rstrip("/").rpartition("/")[0]
+    try:
+        infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    except (OSError, ValueError):
+        return []
+    found = [(_index(i.path), i.path) for i in infos if i.type == pyarrow.fs.FileType.Directory]
+    return sorted((n, path) for n, path in found if n is not None)
+
+
 def newer_on_disk(checkpoint) -> list[Path]:
     """Checkpoints this trial persisted after the one Tune restored, newest first.
 
@@ -130,22 +184,41 @@ def newer_on_disk(checkpoint) -> list[Path]:
     """
     if checkpoint is None or getattr(checkpoint.filesystem, "type_name", "") != "local":
         return []
-    current = Path(checkpoint.path)
-    try:
-        index = int(current.name.rsplit("_", 1)[1])
-        found = [(int(p.name.rsplit("_", 1)[1]), p) for p in current.parent.glob("checkpoint_*")]
-    except (IndexError, ValueError):
+    current = _index(checkpoint.path)
+    if current is None:
         return []
-    return [p for i, p in sorted(found, reverse=True) if i > index]
+    return [Path(path) for n, path in reversed(_siblings(checkpoint)) if n > current]
+
+
+def read_verified(checkpoint) -> dict[str, Any] | None:
+    """The contents of ``checkpoint``, or, when it fails verification, of the newest older
+    kept one that passes (Tune keeps two); None when none does. Each rejected one is named
+    on stderr (the trial's log): a corrupted checkpoint is never loaded, and never silently
+    skipped either. Works on any storage Tune writes to.
+    """
+    from ray.tune import Checkpoint
+
+    current = _index(checkpoint.path)
+    kept = [] if current is None else reversed(_siblings(checkpoint))
+    older = [Checkpoint(p, filesystem=checkpoint.filesystem) for n, p in kept if n < current]
+    for candidate in [checkpoint, *older]:
+        try:
+            with candidate.as_directory() as tmp:
+                return read_checkpoint(Path(tmp))
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            print(f"checkpoint {candidate.path} rejected: {err}", file=sys.stderr, flush=True)
+    return None
 
 
 def restore(checkpoint) -> dict[str, Any] | None:
-    """Everything a restarted trial needs, read into memory from its latest checkpoint.
+    """Everything a restarted trial needs, read into memory from its latest intact checkpoint.
 
     ``unreported`` lists the checkpoints persisted after the one Tune restored, oldest first:
     the trial reports each again, in order, so that Tune numbers them as the first driver did
     (re-reporting only the newest gave the final result the iteration of an epoch whose
-    report Tune had lost, and MLflow, which had that epoch, kept it as the last one).
+    report Tune had lost, and MLflow, which had that epoch, kept it as the last one). When
+    Tune's checkpoint fails verification the older kept one is used (its later epochs run
+    again); when none passes, None: the trial starts over from its search.
     """
     if checkpoint is None:
         return None
@@ -157,8 +230,11 @@ def restore(checkpoint) -> dict[str, Any] | None:
             continue
     if newer:
         return {**newer[0], "unreported": newer[::-1]}
-    with checkpoint.as_directory() as tmp:
-        return {**read_checkpoint(Path(tmp)), "unreported": []}
+    saved = read_verified(checkpoint)
+    if saved is None:
+        print("no intact checkpoint: the trial starts over", file=sys.stderr, flush=True)
+        return None
+    return {**saved, "unreported": []}
 
 
 def saved_files(saved: dict[str, Any]) -> dict[str, Any]:

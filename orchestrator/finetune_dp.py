@@ -17,7 +17,6 @@ the same parameters would diverge again.
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -37,6 +36,7 @@ from orchestrator.checkpoint import (
     epoch_metrics,
     failure_result,
     final_metrics,
+    read_verified,
 )
 from orchestrator.data import build_datasets, loaders
 from orchestrator.schema import Experiment
@@ -104,9 +104,9 @@ def _worker_loop(cfg: dict[str, Any]) -> None:
     plain = model.module if hasattr(model, "module") else model
     resume_state = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume_state = torch.load(Path(d) / STATE, map_location="cpu", weights_only=True)
+    if checkpoint is not None:  # verified against its manifest, else the older kept one
+        saved = read_verified(checkpoint)
+        resume_state = None if saved is None else saved.get(STATE)
     epochs = exp.finetune.epochs
 
     reporter: Reporter = cfg["reporter"].with_summary(

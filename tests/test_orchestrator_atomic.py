@@ -6,6 +6,7 @@ Crashes are simulated by making the writer raise after it has written part of it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -173,4 +174,60 @@ def test_intact_newer_checkpoint_is_preferred(tmp_path):
     assert saved["result"] == {"epoch": 3}
     assert [old["result"] for old in saved["unreported"]] == [{"epoch": 2}, {"epoch": 3}]
     assert [old[checkpoint.STATE]["epoch"] for old in saved["unreported"]] == [2, 3]
-    assert json.loads((older / checkpoint.META).read_text())["files"][checkpoint.STATE] > 0
+    entry = json.loads((older / checkpoint.META).read_text())["files"][checkpoint.STATE]
+    assert entry["size"] == (older / checkpoint.STATE).stat().st_size
+    assert entry["sha256"] == hashlib.sha256((older / checkpoint.STATE).read_bytes()).hexdigest()
+
+
+def _flip_one_byte(path: Path) -> None:
+    """Same size, one bit changed: what a bad disk or an overwritten bucket object leaves."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_whose_sha256_differs_falls_back_to_the_older_kept_one(tmp_path, capsys):
+    from ray import tune
+
+    _checkpoint(tmp_path, 1)
+    newer = _checkpoint(tmp_path, 2)
+    _flip_one_byte(newer / checkpoint.STATE)
+    with pytest.raises(ValueError, match="sha256 differs"):
+        checkpoint.read_checkpoint(newer)
+    saved = checkpoint.restore(tune.Checkpoint.from_directory(str(newer)))
+    assert saved["result"] == {"epoch": 1} and saved["unreported"] == []
+    assert saved[checkpoint.STATE]["epoch"] == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint {newer} rejected" in err and "sha256 differs" in err
+
+
+def test_no_intact_checkpoint_means_the_trial_starts_over(tmp_path, capsys):
+    from ray import tune
+
+    older, newer = _checkpoint(tmp_path, 1), _checkpoint(tmp_path, 2)
+    _flip_one_byte(older / checkpoint.PLAN)
+    _flip_one_byte(newer / checkpoint.STATE)
+    assert checkpoint.restore(tune.Checkpoint.from_directory(str(newer))) is None
+    err = capsys.readouterr().err
+    assert err.count("rejected") == 2 and "the trial starts over" in err
+
+
+def test_a_manifest_from_before_the_sha256_is_checked_by_size(tmp_path):
+    d = _checkpoint(tmp_path, 1)
+    meta = json.loads((d / checkpoint.META).read_text())
+    meta["files"] = {name: e["size"] for name, e in meta["files"].items()}
+    (d / checkpoint.META).write_text(json.dumps(meta))
+    assert checkpoint.read_checkpoint(d)[checkpoint.STATE]["epoch"] == 1
+    (d / checkpoint.PLAN).write_text("{}")
+    with pytest.raises(ValueError, match="missing or truncated"):
+        checkpoint.read_checkpoint(d)
+
+
+def test_a_manifest_naming_a_path_outside_the_checkpoint_is_refused(tmp_path):
+    d = _checkpoint(tmp_path, 1)
+    (tmp_path / "outside.pt").write_bytes(b"x")
+    meta = json.loads((d / checkpoint.META).read_text())
+    meta["files"]["../outside.pt"] = {"size": 1}
+    (d / checkpoint.META).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="not a plain name"):
+        checkpoint.read_checkpoint(d)
