@@ -52,7 +52,7 @@ test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev,hf]'
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/freeze.txt
 	$(LATEST)/bin/python -m pytest -m "not sweep" -p no:cacheprovider \
 		--deselect tests/test_orchestrator_versions.py::test_the_lock_pins_every_key_package_at_its_installed_version
