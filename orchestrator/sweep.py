@@ -144,8 +144,9 @@ def run(
     saved = console, _err
     with DriverOutput(exp.sweep_dir / DRIVER_LOG, verbose=verbose) as out:
         console, _err = out.console, (None if verbose else out.err)
+        outcome = {"lost": 0}
         try:
-            return _run(
+            code = _run(
                 exp,
                 uri,
                 address=address,
@@ -153,7 +154,9 @@ def run(
                 source=source,
                 verbose=verbose,
                 changes=changes or {},
+                outcome=outcome,
             )
+            return 1 if code == 0 and outcome["lost"] else code  # never a silent loss
         finally:
             if (view := sys.modules.get("orchestrator.live_view")) is not None:
                 view.use(None)  # _run imported it (it loads Tune) once the teacher had started
@@ -169,7 +172,9 @@ def _run(
     source: str,
     verbose: bool,
     changes: dict,
+    outcome: dict,
 ) -> int:
+    """The sweep; ``outcome["lost"]``: tracking records lost at the end (``run`` exits 1)."""
     import ray
 
     from orchestrator.teacher_job import TeacherJob, reserved_cpus
@@ -311,10 +316,18 @@ def _run(
     finally:
         if logger is not None:
             if not logger.end_sweep(status, say=console.print):
+                left, lost = logger.unlogged()
+                outcome["lost"] = lost
+                where = exp.sweep_dir / "tracking-outbox.jsonl"
                 print(
-                    f"orchestrator.sweep: MLflow at {redact(uri)} did not take every record; they "
-                    f"are kept in {exp.sweep_dir / 'tracking-outbox.jsonl'}: run with --resume "
-                    "when it is back",
+                    f"orchestrator.sweep: MLflow at {redact(uri)} did not take {left} tracking "
+                    + (
+                        f"record(s); {lost} of them could not be written to {where} either "
+                        "(disk full?) and are lost: the trials' results are in Tune's folders"
+                        if lost
+                        else f"record(s); they are kept in {where}: run with --resume when it "
+                        "is back"
+                    ),
                     file=sys.stderr,
                 )
         elif parent is not None:

@@ -155,6 +155,14 @@ class TrackingWriter:
         )
         return True
 
+    def persist_held(self) -> int:
+        """At the end: the operations held in memory (the disk refused them) go to the outbox
+        once more, the file rewritten whole with them; the number still only in memory, which
+        the driver's exit loses (the sweep reports it and exits non-zero)."""
+        if self.held:
+            self._keep(self.box.pending() + self.held)
+        return len(self.held)
+
     def _keep(self, left: list[dict]) -> None:
         """The outbox compacted to ``left``; if the disk refuses, all of it stays as it was
         (a replayed operation applied twice changes nothing)."""

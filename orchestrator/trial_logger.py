@@ -219,6 +219,11 @@ class TrialLogger(Callback):
         self.wait()
         return not self.writer.buffered
 
+    def unlogged(self) -> tuple[int, int]:
+        """After :meth:`end_sweep`: (operations MLflow did not take, of them those that are in
+        no outbox either: lost when the driver exits, as on a full disk)."""
+        return self.writer.buffered, self.writer.persist_held()
+
     def log_importance(self) -> list[str]:
         """``param_importance.json`` / ``.png`` (orchestrator.importance) from the sweep's
         ``trials.parquet``, in the sweep folder and on the parent run; the console lines."""

@@ -200,3 +200,76 @@ def test_the_mirror_pushes_only_new_or_changed_files_and_the_log_at_the_end(tmp_
     assert mirror.push(Exp, logs=False) == 1
     assert (remote / "trials.parquet").read_text() == "one more trial"
     assert mirror.push(Exp) == 1 and (remote / "ray.log").read_text() == "ray.log"  # the end
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+def test_a_full_disk_during_an_outage_is_warned_once_and_the_loss_counted(store, monkeypatch):
+    """MLflow away and the outbox refused (ENOSPC): operations stay in memory, one warning;
+    at the end they are written if the disk has room again, else counted as lost (the sweep
+    says so and exits 1, orchestrator.sweep.run)."""
+    from orchestrator import _atomic, driver_output
+
+    uri, parent, sweep_dir = store
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    warned = []
+    monkeypatch.setattr(driver_output, "warn", warned.append)
+    logger = TrialLogger(uri, parent, sweep_dir, "scale", PARAMS, print_fronts=False)
+    w = logger.writer
+    w.uri = w.runs.uri = w.table.uri = "http://127.0.0.1:9"  # MLflow goes away
+    monkeypatch.setattr(outbox.Outbox, "append", _disk_full)
+    monkeypatch.setattr(_atomic, "atomic_write", _disk_full)
+    monkeypatch.setattr(outbox, "atomic_write", _disk_full)
+    for i in range(2):
+        _run(logger, _trial(i), i, epochs=1)
+    assert not logger.end_sweep("FINISHED", say=lambda line: None)
+    assert sum("cannot write" in line and "No space left" in line for line in warned) == 1
+    left, lost = logger.unlogged()
+    assert left == lost == len(w.held) > 0
+    assert not outbox.Outbox(sweep_dir).path.exists()
+    monkeypatch.undo()  # room on the disk again: the end writes them, nothing is lost
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    left_now, lost_now = logger.unlogged()
+    assert (left_now, lost_now) == (left, 0)
+    ops = outbox.Outbox(sweep_dir).pending()
+    assert len(ops) == left and [op["op"] for op in ops].count("result") == 4
+
+
+def test_a_full_disk_loses_nothing_when_mlflow_comes_back(store, monkeypatch):
+    uri, parent, sweep_dir = store
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    logger = TrialLogger(uri, parent, sweep_dir, "scale", PARAMS, print_fronts=False)
+    w = logger.writer
+    w.uri = w.runs.uri = w.table.uri = "http://127.0.0.1:9"
+    monkeypatch.setattr(outbox.Outbox, "append", _disk_full)
+    for i in range(2):
+        _run(logger, _trial(i), i, epochs=1)
+    logger.wait()
+    assert w.held
+    w.uri = w.runs.uri = w.table.uri = uri  # MLflow back, the disk still full
+    assert logger.flush()
+    assert logger.unlogged() == (0, 0)
+    runs = tracking.children(uri, parent)
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_sweep_that_lost_tracking_records_exits_1(tmp_path, monkeypatch):
+    """The driver's exit status carries the loss ``_run`` found at its end (its body is a sweep;
+    here it reports the loss as it does after end_sweep)."""
+    from orchestrator import sweep
+    from orchestrator.config import load_config
+    from tests.helpers import write_config
+
+    exp = load_config(write_config(tmp_path, "lost"))
+
+    def ran(*args, outcome, lost, code, **kwargs):
+        outcome["lost"] = lost
+        return code
+
+    for lost, code, expected in [(3, 0, 1), (0, 0, 0), (3, 130, 130)]:
+        monkeypatch.setattr(
+            sweep, "_run", lambda *a, lost=lost, code=code, **k: ran(*a, lost=lost, code=code, **k)
+        )
+        assert sweep.run(exp, "sqlite:///x.db", address=None, resume=False, source="x") == expected
