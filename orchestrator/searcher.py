@@ -25,6 +25,10 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from orchestrator import driver_output
+from orchestrator.study_db import StudyDatabase
+from orchestrator.tracking import first_line
+
 # the lock types by the name stored in a pickle (a lock's type cannot itself be pickled)
 _LOCK_KINDS = {type(threading.Lock()): "lock", type(threading.RLock()): "rlock"}
 _NEW_LOCK = {"lock": threading.Lock, "rlock": threading.RLock}
@@ -121,10 +125,41 @@ def make_sampler(kind: str, *, seed: int, population_size: int) -> optuna.sample
     raise ValueError(f"sweep.sampler: unknown sampler {kind!r} (nsga2, tpe, random)")
 
 
+# open optuna.db files by path: the searcher is pickled by Tune (its __dict__), the SQLAlchemy
+# engine stays in the process
+_STUDY_DBS: dict[str, StudyDatabase] = {}
+
+
 class FailureAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells a failed trial as FAIL (its result holds ``failed``) and copies
+    every ended trial into the sweep's ``optuna.db`` (``study_db``) when ``study_db`` is given.
+    """
+
+    def __init__(self, *args, study_db: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._study_db_path = study_db
+        self._study_db_warned = False
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        ended, failed = result, error
         if result and result.get("failed"):
             result, error = None, True
+        known = trial_id in self._ot_trials and trial_id not in self._completed_trials
         super().on_trial_complete(trial_id, result=result, error=error)
+        if known and getattr(self, "_study_db_path", None):
+            self._copy_to_study_db(trial_id, ended, failed)
+
+    def _copy_to_study_db(self, trial_id: str, result: dict | None, error: bool) -> None:
+        path = self._study_db_path
+        try:
+            db = _STUDY_DBS.get(path)
+            if db is None:
+                db = _STUDY_DBS[path] = StudyDatabase(path, self._study_name)
+            ot_trial = self._ot_trials[trial_id]
+            db.add(trial_id, ot_trial.params, ot_trial.distributions, result, error)
+        except Exception as err:  # any error, on purpose: the dashboard's copy never costs
+            if not self._study_db_warned:  # the sweep; said once
+                self._study_db_warned = True
+                driver_output.warn(f"{path}: trial {trial_id} not copied ({first_line(err)})")

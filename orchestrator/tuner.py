@@ -28,6 +28,7 @@ from orchestrator.launched import LaunchedTrials
 from orchestrator.scheduler import MacBucketASHA
 from orchestrator.schema import Experiment
 from orchestrator.searcher import FailureAwareOptunaSearch, make_sampler
+from orchestrator.study_db import STUDY_DB
 from orchestrator.trial import run_trial
 
 
@@ -41,6 +42,7 @@ def make_searcher(exp: Experiment) -> FailureAwareOptunaSearch:
         mode=["max", "min"],
         sampler=sampler,
         study_name=exp.name,
+        study_db=str(exp.sweep_dir / STUDY_DB),  # for optuna-dashboard (study_db.py)
         points_to_evaluate=[space_mod.flatten_point(p) for p in s.points_to_evaluate] or None,
     )
 

@@ -151,6 +151,29 @@ def test_optuna_study_has_no_orphan_running_trials(sweep):
     assert len(study.directions) == 2  # still multi-objective: no metric leaked into TuneConfig
 
 
+def test_optuna_db_holds_every_trial_for_optuna_dashboard(sweep):
+    """``optuna-dashboard sqlite:///<sweep>/optuna.db``: every ended trial, fully trained ones
+    COMPLETE with (top-1 %, MACs ratio) as in trials.parquet, ASHA-stopped ones PRUNED."""
+    import optuna
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{sweep['dir']}/optuna.db")
+    rows = {r["trial_id"]: r for r in pq.read_table(sweep["dir"] / "trials.parquet").to_pylist()}
+    trials = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert set(trials) == set(rows) and len(trials) == 4
+    assert study.metric_names == ["top1_pct", "macs_ratio"]
+    for trial_id, t in trials.items():
+        row = rows[trial_id]
+        assert set(t.params) == {"search/target", "search/init_mode", "search/init_scale",
+                                 "finetune/lr"}  # fmt: skip
+        assert t.params["search/target"] == row["param_search/target"]
+        if row["fully_trained"]:
+            assert t.state.name == "COMPLETE" and t.user_attrs["status"] == "complete"
+            assert t.values == pytest.approx([row["top1"], row["macs_ratio"]], rel=1e-12)
+        else:
+            assert t.state.name == "PRUNED" and t.user_attrs["status"] == "early_stopped"
+    assert any(t.state.name == "COMPLETE" for t in study.trials)
+
+
 def test_report_cli_prints_the_front_and_writes_the_plot(sweep, tmp_path):
     out = tmp_path / "front.png"
     proc = subprocess.run(
@@ -299,3 +322,8 @@ def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
     # are sampled after two of generation 0 completed); a lost population would restart at 0
     generations = [t.system_attrs["NSGAIISampler:generation"] for t in complete]
     assert generations == sorted(generations) and generations[-1] >= 1, generations
+    # optuna.db, for optuna-dashboard: both drivers' trials in one study, each once
+    db = optuna.load_study(study_name="resume", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    copied = sorted(t.user_attrs["tune_trial_id"] for t in db.trials)
+    assert copied == sorted(t["trial_id"] for t in trials)
+    assert all(t.state.name == "COMPLETE" and len(t.values) == 2 for t in db.trials)
