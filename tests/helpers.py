@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -152,6 +154,37 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def wait_until(
+    check: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    every: float = 0.2,
+) -> Any:
+    """``check()``'s first truthy value, read every ``every`` s (the pace of the reads, not a
+    synchronisation: the test waits for the condition itself). A ``check`` that raises
+    FileNotFoundError or ValueError (a file not written yet, JSON half written) is not ready.
+
+    Fails (AssertionError) with ``what`` after ``timeout`` s, or at once with the tail of
+    ``log`` when ``proc`` (the driver) has exited meanwhile.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except (FileNotFoundError, ValueError):
+            value = None
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-4000:] if log is not None and log.is_file() else ""
+            raise AssertionError(f"exited ({proc.returncode}) before {what}\n{tail}")
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s: {what}"
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,15 +224,15 @@ class MlflowServer:
     def wait_up(self, timeout: float = 180) -> None:
         import urllib.request
 
-        deadline = time.monotonic() + timeout
-        while True:
+        def healthy() -> bool:
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return
+                    return True
             except OSError:
-                assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "mlflow server did not come up"
-                time.sleep(0.3)
+                return False
+
+        wait_until(healthy, timeout=timeout, what="mlflow server up", proc=self.proc,
+                   log=self.root / "server.log", every=0.3)  # fmt: skip
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

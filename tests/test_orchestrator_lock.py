@@ -10,11 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import write_config
+from helpers import wait_until, write_config
 
 from orchestrator.lock import LOCK, OWNER, SweepBusy, SweepLock
 
@@ -91,26 +90,51 @@ def test_a_fresh_folder_nobody_wrote_into_is_removed(tmp_path):
 
 def test_concurrent_first_use_of_one_sqlite_store(tmp_path):
     """Four drivers meet a fresh SQLite tracking store at once: MLflow's schema migration
-    runs once, under the lock, and every process can then use the store."""
+    runs once, under the lock, and every process can then use the store.
+
+    A file barrier makes them race: each imports MLflow, says it is ready, and waits for "go",
+    which the test gives only when all four are ready (a start time guessed in advance let a
+    slow interpreter arrive after the others had finished).
+    """
     uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     code = (
         "import sys, time\n"
+        "from pathlib import Path\n"
         "from orchestrator.lock import init_sqlite\n"
         "from mlflow import MlflowClient\n"
-        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"  # start together
+        "barrier = Path(sys.argv[2])\n"
+        "(barrier / f'ready-{sys.argv[3]}').touch()\n"
+        "while not (barrier / 'go').exists():\n"
+        "    time.sleep(0.01)\n"
         "init_sqlite(sys.argv[1])\n"
         "MlflowClient(sys.argv[1]).create_experiment(sys.argv[3])\n"
     )
-    start = str(time.time() + 8)  # after every interpreter has imported MLflow
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, uri, start, f"sweep{i}"],
+            [sys.executable, "-c", code, uri, str(barrier), f"sweep{i}"],
             stderr=subprocess.PIPE,
             text=True,
         )
         for i in range(4)
     ]
-    errors = [p.communicate(timeout=180)[1] for p in procs]
+    try:
+        wait_until(
+            lambda: (
+                len(list(barrier.glob("ready-*"))) == 4 or any(p.poll() is not None for p in procs)
+            ),
+            timeout=180,
+            what="four drivers ready",
+        )
+        assert all(p.poll() is None for p in procs)  # all four wait at the barrier
+        assert not (tmp_path / "results").exists()  # and none has touched the store yet
+        (barrier / "go").touch()
+        errors = [p.communicate(timeout=180)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [e[-1500:] for e in errors]
     from mlflow import MlflowClient
 
