@@ -39,6 +39,9 @@ from prune_core.converters import (
     WINDOW_ATTENTION,
     is_identity,
 )
+from prune_core.hf_converters import HF_MLP_KINDS, is_transformers_module, survey_kind
+from prune_core.hf_converters import SUPPORTED as HF_SUPPORTED
+from prune_core.hf_converters import convert as convert_hf
 from prune_core.prunable import PrunableModule
 from prune_core.timm_attention import TimmBlockAttention
 
@@ -145,6 +148,9 @@ def _survey(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
             kind, issue = MLP, _mlp_issue(m)
         elif type(m) in (SwiGLU, GluMlp):
             kind, issue = GLU_MLP, _glu_issue(m)
+        elif is_transformers_module(m):
+            parent = model.get_submodule(path.rpartition(".")[0]) if path else None
+            kind, issue = survey_kind(m, parent)
         elif "Attention" in name:
             issue = f"unsupported attention class {qualified}"
         elif "Mlp" in name or "SwiGLU" in name:
@@ -172,21 +178,23 @@ def make_prunable(model: nn.Module, *, verbose: bool = True) -> nn.Module:
     attention, since the method has nothing to search then. ``verbose`` logs a summary at INFO.
     """
     convert, skipped = _survey(model)
-    if not attention_modules(model) and not any(k not in MLP_KINDS for k in convert.values()):
+    mlp_kinds = MLP_KINDS + HF_MLP_KINDS
+    if not attention_modules(model) and not any(k not in mlp_kinds for k in convert.values()):
         detail = f"; left alone: {skipped}" if skipped else ""
         raise ValueError(
             f"make_prunable: {type(model).__name__} has no attention module it can "
             "prune (supported: timm Attention, Swin and Swin V2 WindowAttention, BEiT "
-            f"Attention, EvaAttention, prune_core attention){detail}"
+            f"Attention, EvaAttention, prune_core attention; {HF_SUPPORTED}){detail}"
         )
     for path, kind in convert.items():
         old = model.get_submodule(path)
-        new = CONVERTERS[kind](old)
-        if not path:
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if path else None
+        new = CONVERTERS[kind](old) if kind in CONVERTERS else convert_hf(kind, old, parent)
+        if parent is None:
             model = new
             continue
-        parent, _, child = path.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
+        setattr(parent, child, new)
     if skipped:
         listing = "; ".join(f"{path}: {reason}" for path, reason in skipped.items())
         warnings.warn(

@@ -1,7 +1,7 @@
 """Converters: one timm module -> its prunable twin, with the original parts moved in.
 
 Each ``_convert_*`` builds the prunable class with the original's sizes and hands it the
-original ``Linear`` modules, tables, norms, activation and dropouts (``_adopt``), so weights,
+original ``Linear`` modules, tables, norms, activation and dropouts (``adopt``), so weights,
 device, dtype and ``requires_grad`` carry over and an optimizer built before conversion still
 points at the live weights. Where timm keeps q/v biases apart from the ``qkv`` weight, or EVA
 keeps separate q/k/v projections, ``_fused_qkv`` makes the one ``qkv`` Linear the prunable
@@ -38,7 +38,7 @@ def is_identity(module: object) -> bool:
     return module is None or isinstance(module, nn.Identity)
 
 
-def _adopt(new: PrunableModule, old: nn.Module, reuse: dict[str, nn.Module]) -> PrunableModule:
+def adopt(new: PrunableModule, old: nn.Module, reuse: dict[str, nn.Module]) -> PrunableModule:
     """Give ``new`` the original's device, dtype and mode, then move the original parts in.
 
     Parts are assigned *after* ``.to``/``.train`` so each keeps its own device, dtype and mode.
@@ -73,30 +73,48 @@ def _convert_attention(m: Attention) -> PrunableModule:
     reuse = {"qkv": m.qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
     if q_norm is not None or k_norm is not None:
         reuse.update(q_norm=m.q_norm, k_norm=m.k_norm)
-    return _adopt(new, m, reuse)
+    return adopt(new, m, reuse)
+
+
+def fuse_linears(parts: tuple[nn.Linear, ...]) -> nn.Linear:
+    """One Linear computing ``cat([p(x) for p in parts], -1)``: separate q/k/v projections
+    (EVA, Hugging Face ``transformers``) as the one ``qkv`` the prunable classes use.
+
+    Weights are stacked (new tensors) on the first part's device and dtype; a part without a
+    bias contributes zeros (BEiT's and Swin V2's bias-free k). No bias when no part has one.
+    """
+    ref = parts[0].weight
+    weight = torch.cat([p.weight for p in parts])
+    bias = None
+    if any(p.bias is not None for p in parts):
+        bias = torch.cat(
+            [p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0]) for p in parts]
+        )
+    qkv = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=bias is not None, device=ref.device, dtype=ref.dtype
+    )
+    with torch.no_grad():
+        qkv.weight.copy_(weight)
+        if bias is not None:
+            qkv.bias.copy_(bias)
+    qkv.requires_grad_(ref.requires_grad)
+    return qkv
 
 
 def _fused_qkv(m: nn.Module) -> nn.Linear:
     """One ``qkv`` Linear for BEiT / Swin V2 / EVA: the original weight Parameter, and the
     q | 0 | v biases (k has none) as one new bias; EVA's separate q/k/v projections fused."""
+    if getattr(m, "qkv", None) is None:  # EVA with qkv_fused=False
+        return fuse_linears((m.q_proj, m.k_proj, m.v_proj))
     ref = next(m.parameters())
-    if getattr(m, "qkv", None) is not None:
-        weight = m.qkv.weight
-        bias = None if m.q_bias is None else torch.cat((m.q_bias, m.k_bias, m.v_bias))
-    else:  # EVA with qkv_fused=False
-        parts = (m.q_proj, m.k_proj, m.v_proj)
-        weight = torch.cat([p.weight for p in parts])
-        biases = [p.bias if p.bias is not None else torch.zeros_like(p.weight[:, 0]) for p in parts]
-        bias = None if all(p.bias is None for p in parts) else torch.cat(biases)
+    weight = m.qkv.weight
+    bias = None if m.q_bias is None else torch.cat((m.q_bias, m.k_bias, m.v_bias))
     qkv = nn.Linear(
         weight.shape[1], weight.shape[0], bias=bias is not None, device=ref.device, dtype=ref.dtype
     )
-    with torch.no_grad():
-        if isinstance(weight, nn.Parameter):
-            qkv.weight = weight  # reuse: an optimizer over the model still sees it
-        else:
-            qkv.weight.copy_(weight)
-        if bias is not None:
+    qkv.weight = weight  # reuse: an optimizer over the model still sees it
+    if bias is not None:
+        with torch.no_grad():
             qkv.bias.copy_(bias)
     return qkv
 
@@ -119,7 +137,7 @@ def _convert_beit(m: beit.Attention) -> PrunableModule:
     reuse = {"qkv": qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
     if m.relative_position_bias_table is not None:
         reuse["relative_position_bias_table"] = m.relative_position_bias_table
-    return _adopt(new, m, reuse)
+    return adopt(new, m, reuse)
 
 
 def _convert_swin_v2(m: swin_transformer_v2.WindowAttention) -> PrunableModule:
@@ -147,7 +165,7 @@ def _convert_swin_v2(m: swin_transformer_v2.WindowAttention) -> PrunableModule:
         "logit_scale": m.logit_scale,
         "cpb_mlp": m.cpb_mlp,
     }
-    return _adopt(new, m, reuse)
+    return adopt(new, m, reuse)
 
 
 def _convert_eva(m: eva.EvaAttention, rotary: bool) -> PrunableModule:
@@ -172,7 +190,7 @@ def _convert_eva(m: eva.EvaAttention, rotary: bool) -> PrunableModule:
     reuse = {"qkv": qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
     if q_norm is not None or k_norm is not None:
         reuse.update(q_norm=m.q_norm, k_norm=m.k_norm)
-    return _adopt(new, m, reuse)
+    return adopt(new, m, reuse)
 
 
 def _convert_window(m: WindowAttention) -> PrunableModule:
@@ -192,7 +210,7 @@ def _convert_window(m: WindowAttention) -> PrunableModule:
     # Our index is recomputed, not copied: it must be timm's, or the bias table is misread.
     if not torch.equal(new.relative_position_index, m.relative_position_index.cpu()):
         raise RuntimeError("relative_position_index differs from timm's; conversion aborted")
-    return _adopt(
+    return adopt(
         new,
         m,
         {
@@ -216,7 +234,7 @@ def _convert_mlp(m: Mlp) -> PrunableModule:
         bias=m.fc1.bias is not None,
         drop=m.drop1.p,
     )
-    return _adopt(
+    return adopt(
         new, m, {"fc1": m.fc1, "act": m.act, "drop1": m.drop1, "fc2": m.fc2, "drop2": m.drop2}
     )
 
@@ -252,7 +270,7 @@ def _convert_glu(m: SwiGLU | GluMlp) -> PrunableModule:
         drop=m.drop1.p,
     )
     reuse = {"fc1_g": fc1_g, "fc1_x": fc1_x, "act": m.act, "drop1": m.drop1, "fc2": m.fc2}
-    return _adopt(new, m, {**reuse, "drop2": m.drop2})
+    return adopt(new, m, {**reuse, "drop2": m.drop2})
 
 
 CONVERTERS = {

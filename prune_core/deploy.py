@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -31,6 +32,14 @@ def _opset_of(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _output_names(output: object) -> list[str]:
+    """``logits`` for a tensor; the tensor fields' names of a mapping (a transformers
+    ``ModelOutput`` keeps only the fields that are set, in order, as torch.export flattens it)."""
+    if isinstance(output, Mapping):
+        return [k for k, v in output.items() if isinstance(v, torch.Tensor)]
+    return ["logits"]
 
 
 def _check_opset(opset: int | None) -> None:
@@ -56,7 +65,9 @@ def export_onnx(
     Args:
         input_size: (C, H, W) of one image; default :func:`prune_core.default_input_size`.
         opset: ONNX opset version (None: the exporter's default), 18 or newer.
-    Input ``images`` (batch, C, H, W) with a dynamic batch; output ``logits`` (batch, classes).
+    Input ``images`` (batch, C, H, W) with a dynamic batch; output ``logits`` (batch, classes),
+    or, for a model that returns a Hugging Face output object, one output per tensor field,
+    named as the field (``logits``; ``last_hidden_state``, ``pooler_output`` of a base model).
     The file appears whole or not at all (exported beside it, then renamed).
     Raises:
         ImportError: onnx or onnxscript is not installed (``pip install flatten-prune[deploy]``).
@@ -85,7 +96,7 @@ def export_onnx(
         example = torch.zeros(2, *size, device=next(model.parameters()).device)
         try:
             with torch.no_grad():
-                model(example)
+                names = _output_names(model(example))
         except (RuntimeError, ValueError, AssertionError) as err:  # before torch.export's banner
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(
@@ -97,7 +108,7 @@ def export_onnx(
             str(partial),
             dynamo=True,
             input_names=["images"],
-            output_names=["logits"],
+            output_names=names,
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=opset,
             verbose=False,

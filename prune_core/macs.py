@@ -152,14 +152,20 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     """(channels, height, width) the model was built for, when a caller leaves it out.
 
     The model's own image size first: timm's ``patch_embed.img_size`` or a FLatten model's
-    ``img_size``, with the channels of the patch embedding's conv. timm's data config comes
-    last because it keeps the pretrained config's size: ``vit_tiny_patch16_224`` created with
+    ``img_size``, with the channels of the patch embedding's conv; then a Hugging Face model's
+    ``config.num_channels`` and ``config.image_size``. timm's data config comes last because
+    it keeps the pretrained config's size: ``vit_tiny_patch16_224`` created with
     ``img_size=32`` still says (3, 224, 224) there.
     """
     embed = getattr(model, "patch_embed", None)
     conv = getattr(embed, "proj", embed)
     chans = getattr(conv, "in_channels", None) or getattr(model, "in_chans", None)
     size = getattr(embed, "img_size", None) or getattr(model, "img_size", None)
+    if chans and size:
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(chans), int(h), int(w))
+    config = getattr(model, "config", None)  # transformers: the model's own configuration
+    chans, size = getattr(config, "num_channels", None), getattr(config, "image_size", None)
     if chans and size:
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return (int(chans), int(h), int(w))

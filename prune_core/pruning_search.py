@@ -34,6 +34,7 @@ from prune_core.training import (
     batches_forever,
     check_target,
     default_device,
+    logits_of,
     progress_bar,
     require_batches,
     seed_everything,
@@ -270,7 +271,7 @@ def search(
             target_now = running_target(step, config)
             hard_ratio = macs.ratio()
             with autocast(device):
-                out = model(images).float()
+                out = logits_of(model(images)).float()
                 loss_task = task_loss(
                     out,
                     labels,

@@ -156,11 +156,31 @@ def task_loss(
     return (1 - alpha) * ce + alpha * kd
 
 
+def logits_of(output: object) -> Tensor:
+    """Class scores (B, classes) from a model's output: the tensor itself (timm, prune_core),
+    or the ``logits`` field of a Hugging Face output object (``ImageClassifierOutput``).
+
+    Raises:
+        ValueError: an output with neither, such as a base ``*Model``'s hidden states (search,
+            fine-tuning and accuracy need a classifier: ``*ForImageClassification``).
+    """
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise ValueError(
+        f"the model's output ({type(output).__name__}) has no class scores: training, search "
+        "and accuracy need a classifier (a tensor, or an output with logits, such as a "
+        "transformers *ForImageClassification)"
+    )
+
+
 def teacher_forward(teacher: nn.Module | None, images: Tensor) -> Tensor | None:
     if teacher is None:
         return None
     with torch.no_grad():
-        return teacher(images).float()
+        return logits_of(teacher(images)).float()
 
 
 def fold_reweights(model: nn.Module) -> None:
@@ -240,7 +260,7 @@ def train(
             for images, labels in loader:
                 images, labels = images.to(device), labels.to(device)
                 with autocast(device):
-                    out = model(images).float()
+                    out = logits_of(model(images)).float()
                     loss = task_loss(
                         out,
                         labels,
@@ -301,7 +321,7 @@ def accuracy(
     correct = seen = 0
     for images, labels in loader:
         with autocast(device):
-            out = model(images.to(device))
+            out = logits_of(model(images.to(device)))
         correct += int((out.argmax(-1).cpu() == labels).sum())
         seen += len(labels)
     model.train(was_training)

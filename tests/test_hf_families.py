@@ -1,0 +1,249 @@
+"""Hugging Face ``transformers`` vision models under the timm families' contract: ViT, DeiT,
+Swin, Swin V2, DINOv2 (MLP and SwiGLU, with registers), BEiT (own and shared relative
+position bias, layer scale), each as ``*Model`` and ``*ForImageClassification``, eager and SDPA.
+
+Contract: converted outputs equal the original (<= 1e-5) and are the model's own output
+object; masks bite; masked == pruned (<= 1e-4); count_macs equals torch's counter (original
+model, and the pruned one against the MAC model's prediction); load_pruned on a model built
+from the same config gives the pruned outputs back. Small random-init configs: no download.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+import prune_core as pc
+from prune_core.convert import qk_kept_whole, supported_modules
+from prune_core.macs import counting
+
+VIT = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2}
+VIT = {**VIT, "num_attention_heads": 4, "intermediate_size": 64, "num_labels": 5}
+SWIN = {"image_size": 32, "patch_size": 2, "embed_dim": 16, "depths": [2, 2]}
+SWIN = {**SWIN, "num_heads": [2, 4], "window_size": 4, "num_labels": 5}
+DINO = {k: v for k, v in VIT.items() if k != "intermediate_size"}
+DINO = {**DINO, "mlp_ratio": 2, "layerscale_value": 0.5}
+BEIT = {**VIT, "use_relative_position_bias": True, "layer_scale_init_value": 0.1}
+# name: (config class, config, model classes, kinds make_prunable converts, q/k kept whole)
+CASES = {
+    "vit": (tf.ViTConfig, VIT, "ViT", {"hf_attention": 2, "hf_mlp": 2}, 0),
+    "deit": (tf.DeiTConfig, VIT, "DeiT", {"hf_attention": 2, "hf_mlp": 2}, 0),
+    "swin": (tf.SwinConfig, SWIN, "Swin", {"hf_swin": 4, "hf_mlp": 4}, 0),
+    "swinv2": (tf.Swinv2Config, SWIN, "Swinv2", {"hf_swin_v2": 4, "hf_split_mlp": 4}, 4),
+    "dinov2": (tf.Dinov2Config, DINO, "Dinov2", {"hf_attention": 2, "hf_mlp": 2}, 0),
+    "dinov2_swiglu": (
+        tf.Dinov2Config,
+        {**DINO, "use_swiglu_ffn": True},
+        "Dinov2",
+        {"hf_attention": 2, "hf_glu_mlp": 2},
+        0,
+    ),
+    "dinov2_registers": (
+        tf.Dinov2WithRegistersConfig,
+        {**DINO, "num_register_tokens": 4},
+        "Dinov2WithRegisters",
+        {"hf_attention": 2, "hf_mlp": 2},
+        0,
+    ),
+    "beit": (tf.BeitConfig, BEIT, "Beit", {"hf_attention": 2, "hf_mlp": 2}, 0),
+    "beit_shared_bias": (
+        tf.BeitConfig,
+        {**BEIT, "use_relative_position_bias": False, "use_shared_relative_position_bias": True},
+        "Beit",
+        {"hf_attention": 2, "hf_mlp": 2},
+        0,
+    ),
+}
+HEADS = ("Model", "ForImageClassification")
+
+
+def build(case: str, head: str = "ForImageClassification", attn: str | None = None) -> nn.Module:
+    """A small model with every parameter moved off its init: zero-initialised tables, layer
+    scales and biases would otherwise make a wrong conversion look exact."""
+    config_class, kwargs, prefix, _, _ = CASES[case]
+    config = config_class(**kwargs, **({"attn_implementation": attn} if attn else {}))
+    torch.manual_seed(0)
+    model = getattr(tf, f"{prefix}{head}")(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def first(output) -> torch.Tensor:
+    """The output object's first tensor (logits, or the base model's last hidden state)."""
+    return output[0]
+
+
+def torch_macs(model: nn.Module, size: tuple[int, int, int]) -> int:
+    with counting(model) as counter:
+        model(torch.zeros(1, *size))
+    return counter.get_total_flops() // 2
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_family_keeps_the_contract(case: str, head: str) -> None:
+    _, _, _, kinds, whole = CASES[case]
+    model = build(case, head)
+    size = pc.default_input_size(model)
+    assert size == (3, 32, 32)
+    x = torch.randn(2, *size)
+    with torch.no_grad():
+        original = model(x)
+    full_macs = torch_macs(model, size)
+    converted = list(supported_modules(model).values())
+    assert {k: converted.count(k) for k in set(converted)} == kinds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a supported model converts without a warning
+        model = pc.make_prunable(model, verbose=False)
+    assert supported_modules(model) == {}
+    assert len(qk_kept_whole(model)) == whole
+    assert pc.count_macs(model, size) == full_macs
+    with torch.no_grad():
+        out = model(x)
+    assert type(out) is type(original)  # the model's own output object
+    assert (first(out) - first(original)).abs().max().item() <= 1e-5
+
+    plan = pc.random_plan(model, 0.5)  # half of every head, random
+    pc.apply_plan(model, plan)
+    macs = pc.MacModel(model, size)
+    predicted = macs.total(macs.current_widths())
+    with torch.no_grad():
+        masked = first(model(x))
+        assert (masked - first(original)).abs().max().item() > 1e-2  # the gates bite
+        pc.prune(model)
+        pruned = first(model(x))
+        assert (pruned - masked).abs().max().item() <= 1e-4
+    assert pc.count_macs(model, size) == predicted == torch_macs(model, size)
+    assert predicted < 0.8 * full_macs
+    for module in pc.prunable_modules(model).values():
+        if isinstance(module, pc.SoftmaxAttention):  # equal widths: one qk_dim, one v_dim
+            rows = module.num_heads * (2 * module.qk_dim + module.v_dim)
+            assert module.qkv.weight.shape[0] == rows
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_eager_and_sdpa_models_convert_to_the_same_function(case: str) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    for attn in ("eager", "sdpa"):
+        if case.startswith("swinv2") and attn == "sdpa":
+            continue  # transformers' Swin V2 has only its eager attention
+        model = build(case, attn=attn)
+        assert model.config._attn_implementation == attn
+        with torch.no_grad():
+            original = model(x).logits
+            model = pc.make_prunable(model, verbose=False)
+            assert (model(x).logits - original).abs().max().item() <= 1e-5, attn
+
+
+def test_load_pruned_restores_widths_on_a_model_built_from_the_same_config(tmp_path) -> None:
+    """save_pretrained cannot express per-layer widths: save_pruned + a from_pretrained base."""
+    model = pc.make_prunable(build("beit"), verbose=False)
+    plan = pc.magnitude_plan(model, {"qk": 0.5, "v": 0.75, "mlp": 0.25})
+    pc.apply_plan(model, plan)
+    pc.prune(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x).logits
+    pc.save_pruned(model, plan, tmp_path / "pruned")
+    model.config.save_pretrained(tmp_path / "base")
+    config = tf.AutoConfig.from_pretrained(tmp_path / "base")
+    fresh = pc.make_prunable(tf.AutoModelForImageClassification.from_config(config), verbose=False)
+    pc.load_pruned(fresh, tmp_path / "pruned" / "plan.json", tmp_path / "pruned" / "weights.pt")
+    attn = fresh.beit.layers[0].attention
+    assert (attn.qk_dim, attn.v_dim, fresh.beit.layers[0].mlp.hidden_features) == (4, 6, 16)
+    with torch.no_grad():
+        assert (fresh.eval()(x).logits - want).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("case", ["beit", "swinv2", "dinov2_swiglu"])
+def test_search_plan_meets_the_target_with_the_pretrained_model_as_teacher(case: str) -> None:
+    """The whole method on an HF model: logits from its output object, teacher included."""
+    teacher = build(case)
+    images = torch.randn(64, 3, 32, 32)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, torch.randint(0, 5, (64,))), batch_size=16
+    )
+    model = pc.make_prunable(build(case), verbose=False)
+    config = pc.SearchConfig(target=0.6, steps=4, sim_every=2, tolerance=0.05)
+    size = (3, 32, 32)
+    _, history = pc.search_plan(
+        model, loader, size, config, calib=images[:16], teacher=teacher, progress=False
+    )
+    assert len(history) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+    pc.prune(model)
+    ratio = pc.count_macs(model, size) / pc.count_macs(teacher, size)
+    assert 0.55 <= ratio <= 0.6
+    assert 0.0 <= pc.accuracy(model, loader) <= 100.0
+
+
+def test_a_base_model_in_search_says_it_needs_a_classifier() -> None:
+    model = pc.make_prunable(build("vit", "Model"), verbose=False)
+    loader = [(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(ValueError, match="BaseModelOutputWithPooling.*ForImageClassification"):
+        pc.accuracy(model, loader)
+
+
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("ViTMSNForImageClassification", tf.ViTMSNConfig(**VIT)),
+        ("IJepaForImageClassification", tf.IJepaConfig(**VIT)),
+        ("ViTMAEModel", tf.ViTMAEConfig(**VIT, mask_ratio=0.0)),
+    ],
+)
+def test_models_reusing_the_attention_code_convert_exactly(name: str, config) -> None:
+    """Models the tests do not name, built from copies of ViT's attention and MLP."""
+    torch.manual_seed(0)
+    model = getattr(tf, name)(config).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.manual_seed(1)  # ViT-MAE draws its (here empty) masking noise
+        original = first(model(x))
+        model = pc.make_prunable(model, verbose=False)
+        torch.manual_seed(1)
+        assert (first(model(x)) - original).abs().max().item() <= 1e-5
+    assert set(supported_modules(model)) == set()
+    assert len(pc.prunable_modules(model)) == 4
+
+
+def test_an_unsupported_transformers_model_is_refused_in_one_line_naming_the_class() -> None:
+    """Data2Vec-Vision keeps BEiT's older attention code (not converted: one line says so)."""
+    config = tf.Data2VecVisionConfig(**{k: v for k, v in VIT.items() if k != "num_labels"})
+    model = tf.Data2VecVisionForImageClassification(config)
+    with pytest.raises(ValueError) as err:
+        pc.make_prunable(model)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "Data2VecVisionAttention" in message
+    assert "ViT, DeiT, DINOv2 (and with registers), BEiT, Swin and Swin V2" in message
+
+
+def test_attention_weights_are_refused_in_one_line() -> None:
+    model = pc.make_prunable(build("vit", attn="eager"), verbose=False)
+    x = torch.randn(1, 3, 32, 32)
+    assert len(model(x, output_hidden_states=True).hidden_states) == 3  # still recorded
+    with pytest.raises(ValueError, match="output_attentions=True"):
+        model(x, output_attentions=True)
+
+
+@pytest.mark.parametrize("case", ["vit", "deit", "swin", "swinv2", "dinov2_registers", "beit"])
+def test_onnx_export_of_a_pruned_model_matches_pytorch(case: str, tmp_path) -> None:
+    import onnxruntime as ort
+
+    model = pc.make_prunable(build(case), verbose=False)
+    pc.apply_plan(model, pc.magnitude_plan(model, 0.5))
+    pc.prune(model)
+    path = pc.export_onnx(model, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path))
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the export's example
+    (got,) = session.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        want = model(x).logits.numpy()
+    assert abs(got - want).max() <= 1e-4
