@@ -5,6 +5,13 @@ After ``Tuner.restore`` the sweep's child runs are listed once (:meth:`ChildRuns
 also fills the trials table from them); a run whose creation got no answer is looked for by
 its tags before it is created again. Every write is also told to the
 :class:`~orchestrator.trial_table.TrialTable`, so the table is MLflow's view without reading it.
+
+What a child run holds: the trial's explored settings as params (what varies per trial; the
+fixed ones are the parent's ``config.json``), floats to 4 significant digits (:func:`param_text`);
+its reports as metrics under their MLflow names (``top1_pct``, ...: ``mlflow_names``); at its
+end the ``trial_status`` tag (``complete``, ``early_stopped``, ``failed``) and
+``pareto_front = false``, which the next rebuild of the tables turns ``true`` for a front
+trial (``front_marks``).
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ from __future__ import annotations
 from mlflow.entities import Metric, Param, RunTag
 
 from orchestrator._redact import redact
+from orchestrator.front_marks import FRONT_TAG
 from orchestrator.launched import own_runs
+from orchestrator.mlflow_names import LOST, RUNNING, STATUS_TAG, mlflow_metric, trial_status
 from orchestrator.tracking import (
-    LOST,
     LOST_REASON,
     METRICS,
     PARENT_TAG,
@@ -88,7 +96,12 @@ class ChildRuns:
                 new.append(r)
                 last = step
         metrics = [
-            Metric(k, v, int(r.get("timestamp", 0) * 1000), int(r.get("training_iteration", 0)))
+            Metric(
+                mlflow_metric(k),
+                v,
+                int(r.get("timestamp", 0) * 1000),
+                int(r.get("training_iteration", 0)),
+            )
             for r in new
             for k in METRICS + ("training_iteration",)
             if (v := as_number(r.get(k))) is not None
@@ -101,7 +114,10 @@ class ChildRuns:
         elif kind == "error":
             end, reason = ("FAILED", "ERROR"), op.get("reason")
         reason = redact(reason)[:5000] if reason else None
-        tags = [RunTag("trial_status", end[1])] if end else []
+        tags = []
+        if end:  # MLflow's FINISHED is a complete and an ASHA-stopped trial alike
+            status = trial_status(op.get("result"), error=kind == "error")
+            tags += [RunTag(STATUS_TAG, status), RunTag(FRONT_TAG, "false")]
         tags += [RunTag("error", reason)] if reason else []
         c = client(self.uri)
         for i in range(0, max(1, len(metrics)), 1000):  # MLflow's limit per batch
@@ -120,7 +136,7 @@ class ChildRuns:
             self.table.reported(tid, r)
         self._last_step[tid] = last
         if kind == "complete":
-            log_trial_artifacts(self.uri, run_id, op.get("checkpoint"), op["result"])
+            log_trial_artifacts(self.uri, run_id, tid, op.get("checkpoint"), op["result"])
         if end:
             c.set_terminated(run_id, status=end[0])
             self.table.finished(tid, end[1], reason)
@@ -167,13 +183,14 @@ class ChildRuns:
             run = c.create_run(
                 self._exp_id,
                 run_name=f"{self.sweep_name}-{tid}",
-                tags={**tags, "trial_status": "RUNNING"},
+                tags={**tags, STATUS_TAG: RUNNING},
             )
             self._unsure.discard(tid)
             self._runs[tid], self._last_step[tid] = run.info.run_id, 0
             self._no_params.add(tid)
-        if tid in self._reopen:
+        if tid in self._reopen:  # its end tags go with its new end
             c.update_run(self._runs[tid], status="RUNNING")
+            c.set_tag(self._runs[tid], STATUS_TAG, RUNNING)
             self._reopen.discard(tid)
         return self._runs[tid]
 
@@ -182,10 +199,10 @@ class ChildRuns:
         before an outage cut them off); None when it has them."""
         if tid not in self._no_params:
             return None
-        return {k: str(config[k]) for k in self.param_names if k in config}
+        return {k: param_text(config[k]) for k in self.param_names if k in config}
 
     def _mark_lost(self, known: set[str]) -> None:
-        """End, as KILLED with ``trial_status = LOST``, every running child run whose trial
+        """End, as KILLED with ``trial_status = lost``, every running child run whose trial
         Tune does not hold. A driver killed between a trial's start and Tune's next snapshot
         of its state leaves such a run: ``--resume`` restores the older snapshot, which never
         saw that trial, so Tune will not finish it (the searcher samples again in its place).
@@ -194,6 +211,15 @@ class ChildRuns:
         for tid, run_id in self.table.running().items():
             if tid in known or tid in self._reopen:  # a run an earlier driver already ended
                 continue
-            c.log_batch(run_id, tags=[RunTag("trial_status", LOST), RunTag("error", LOST_REASON)])
+            c.log_batch(run_id, tags=[RunTag(STATUS_TAG, LOST), RunTag("error", LOST_REASON)])
             c.set_terminated(run_id, status="KILLED")
             self.table.lost(tid)
+
+
+def param_text(value) -> str:
+    """A sampled value as an MLflow param: a float to 4 significant digits (``0.0004131``,
+    not ``0.000413108993050043``: the runs table and parallel coordinates show the number a
+    person compares), anything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

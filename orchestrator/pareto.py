@@ -13,6 +13,7 @@ sweeps of the same model and independent of the MAC scale.
 
 from __future__ import annotations
 
+import bisect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,28 @@ def non_dominated(top1: Sequence[float], macs: Sequence[float]) -> list[bool]:
         elif (macs[i], top1[i]) == best:
             keep[i] = True
     return keep
+
+
+def pareto_ranks(top1: Sequence[float], macs: Sequence[float]) -> list[int]:
+    """Non-dominated sorting: 0 for the front (:func:`non_dominated`), 1 for the front of
+    what is left, and so on. O(n log n).
+
+    In the order of :func:`non_dominated`, every earlier point has no more MACs, so a layer
+    dominates point p iff its best (top-1, -MACs) is lexicographically above p's; layers'
+    bests strictly decrease with depth, so p's layer is found by bisection.
+    """
+    order = sorted(range(len(top1)), key=lambda i: (macs[i], -top1[i]))
+    bests: list[tuple[float, float]] = []  # per layer: (-top1, macs) of its best, increasing
+    rank = [0] * len(top1)
+    for i in order:
+        key = (-top1[i], macs[i])
+        k = bisect.bisect_left(bests, key)  # the first layer that does not dominate i
+        if k == len(bests):
+            bests.append(key)
+        else:
+            bests[k] = key
+        rank[i] = k
+    return rank
 
 
 def hypervolume(top1: Sequence[float], macs_ratio: Sequence[float]) -> float:

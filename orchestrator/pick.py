@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator._redact import redact
+from orchestrator.mlflow_names import teacher_metrics
 from orchestrator.report import Refused, _state, tracking_uri
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # MLflow's run ids are 32 hex digits
@@ -171,12 +172,7 @@ def load_front(source: str, explicit_uri: str | None) -> Front:
 def _teacher(uri: str, parent: str) -> dict:
     from orchestrator.tracking import client
 
-    metrics = client(uri).get_run(parent).data.metrics
-    return {
-        k.removeprefix("teacher_"): float(v)
-        for k, v in metrics.items()
-        if k.startswith("teacher_") and isinstance(v, (int, float)) and math.isfinite(v)
-    }
+    return teacher_metrics(client(uri).get_run(parent).data.metrics)  # old names too
 
 
 def choose(rows: list[dict], budget: Budget, order: str) -> tuple[dict, list[dict]]:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from orchestrator import importance, mlflow_ui, pareto
 from orchestrator._redact import redact
+from orchestrator.mlflow_names import teacher_metrics
 from orchestrator.sweep_state import SWEEP_STATE
 from orchestrator.tracking import client
 
@@ -101,11 +102,7 @@ def _from_run(run_id: str, uri: str) -> tuple[pa.Table, pa.Table | None, dict | 
         timed = None
         if "pareto.parquet" in names:
             timed = _timed(pq.read_table(c.download_artifacts(run_id, "pareto.parquet", tmp)))
-    teacher = {
-        k.removeprefix("teacher_"): v
-        for k, v in run.data.metrics.items()
-        if k.startswith("teacher_")
-    }
+    teacher = teacher_metrics(run.data.metrics)  # this sweep's names or an older one's
     return trials, timed, teacher or None, run.info.experiment_id
 
 

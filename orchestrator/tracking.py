@@ -20,6 +20,7 @@ from typing import Any
 
 from orchestrator._redact import redact
 from orchestrator.mlflow_limits import fit_params, fit_tags, json_tag
+from orchestrator.mlflow_names import STATUS_TAG, is_lost, mlflow_metric, tune_metrics, tune_status
 
 PARENT_TAG, TRIAL_TAG, SWEEP_TAG = "mlflow.parentRunId", "trial_id", "sweep"
 METRICS = (
@@ -38,8 +39,6 @@ METRICS = (
     "time_total_s",
 )  # per iteration; the last one holds the finals
 ARTIFACTS = ("plan.json", "weights.pt", "search.json", "widths.csv")
-# The trial_status of a child run whose trial Tune lost with a killed driver (never finished).
-LOST = "LOST"
 LOST_REASON = (
     "the driver was killed before Tune saved this trial in its state; --resume could not "
     "restore it, so the searcher sampled again in its place"
@@ -221,12 +220,13 @@ def start_parent(uri: str, exp_id: str, name: str, config: dict, space_rows: lis
 
 
 def log_teacher(uri: str, run_id: str, teacher: dict) -> None:
-    """The teacher's numbers on the parent run as ``teacher_<name>`` metrics (step 0): top1
-    (%), macs, params, throughput (img/s), epochs."""
+    """The teacher's numbers on the parent run as ``teacher_<name>`` metrics (step 0), named
+    as the trials' (mlflow_names): ``teacher_top1_pct``, ``_macs_count``, ``_params_count``,
+    ``_throughput_img_per_s``, ``_epochs``."""
     from mlflow.entities import Metric  # here: see client()
 
     metrics = [
-        Metric(f"teacher_{k}", float(v), 0, 0)
+        Metric(f"teacher_{mlflow_metric(k)}", float(v), 0, 0)
         for k, v in teacher.items()
         if isinstance(v, (int, float))
     ]
@@ -278,20 +278,21 @@ def as_number(value: Any) -> float | None:
 
 def trial_rows(uri: str, parent_id: str) -> list[dict]:
     """One dict per child run (the source of ``trials.parquet``), from MLflow alone; runs of
-    trials Tune lost (``trial_status = LOST``) are left out."""
+    trials Tune lost (``trial_status = lost``) are left out."""
     rows = [trial_row(run) for run in children(uri, parent_id)]
     return sorted((r for r in rows if r is not None), key=lambda r: r["trial_id"] or "")
 
 
 def trial_row(run) -> dict | None:
-    """A child run as a row of ``trials.parquet`` (None for a trial Tune lost)."""
-    m, tags = run.data.metrics, run.data.tags
-    if tags.get("trial_status") == LOST:
+    """A child run as a row of ``trials.parquet`` (None for a trial Tune lost); metric names
+    and statuses of older sweeps read alike (mlflow_names)."""
+    tags = run.data.tags
+    if is_lost(tags.get(STATUS_TAG)):
         return None
     return row(
         tags.get(TRIAL_TAG),
-        tags.get("trial_status", run.info.status),
-        m,
+        tune_status(tags.get(STATUS_TAG)) or run.info.status,
+        tune_metrics(run.data.metrics),
         run.data.params,
         run.info.run_id,
         tags.get("error"),

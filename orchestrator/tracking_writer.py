@@ -38,7 +38,7 @@ class TrackingWriter:
         sweep_name: str,
         param_names: list[str],
         table: TrialTable,
-        rebuild: Callable[[], object],
+        rebuild: Callable[..., object],
         *,
         adopted: bool,
     ) -> None:
@@ -85,9 +85,10 @@ class TrackingWriter:
             self.replay(force=op.get("force", True), warn=op.get("warn", False))
         elif kind == "tick":
             self.tick_queued = False
-        elif kind == "rebuild":  # the end of the sweep: once more, if anything changed
-            if not self.buffered and (self.table.dirty or not self.table.times):
-                self.rebuild()
+        elif kind == "rebuild":  # the end of the sweep: once more, if anything changed, with
+            # every front mark left over (a bounded number per rebuild until now)
+            if not self.buffered and (self.table.stale or not self.table.times):
+                self.rebuild(final=True)
             return
         elif self.buffered:
             self._buffer(op)

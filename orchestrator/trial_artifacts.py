@@ -14,9 +14,12 @@ from orchestrator.tracking import ARTIFACTS, client, first_line
 from prune_core.widths import plot_widths
 
 
-def log_trial_artifacts(uri: str, run_id: str, checkpoint_uri: str | None, result: dict) -> None:
+def log_trial_artifacts(
+    uri: str, run_id: str, trial_id: str, checkpoint_uri: str | None, result: dict
+) -> None:
     """plan.json, weights.pt (fully trained trials only), search.json, widths.csv and
-    widths.png from the trial's last checkpoint (a local path or a storage URI)."""
+    widths.png (titled with Tune's ``trial_id``) from the trial's last checkpoint (a local path
+    or a storage URI) on the child run ``run_id``."""
     if result.get("checkpoint_path"):  # reported by a Ray Train (data-parallel) fine-tune
         checkpoint_uri = result["checkpoint_path"]
     if not checkpoint_uri:
@@ -28,11 +31,12 @@ def log_trial_artifacts(uri: str, run_id: str, checkpoint_uri: str | None, resul
             if (Path(d) / name).is_file():
                 client(uri).log_artifact(run_id, str(Path(d) / name))
         if (Path(d) / "widths.csv").is_file():
-            log_widths_plot(uri, run_id, Path(d) / "widths.csv")
+            log_widths_plot(uri, run_id, trial_id, Path(d) / "widths.csv")
 
 
-def log_widths_plot(uri: str, run_id: str, csv_path: Path) -> None:
-    """widths.png (learned vs uniform keep fraction per layer) from a trial's widths.csv."""
+def log_widths_plot(uri: str, run_id: str, trial_id: str, csv_path: Path) -> None:
+    """widths.png (learned vs uniform keep fraction per layer) from a trial's widths.csv,
+    titled with the trial's Tune id, as the console, the tables and the plots name it."""
     with csv_path.open() as f:
         rows = [
             {
@@ -43,7 +47,9 @@ def log_widths_plot(uri: str, run_id: str, csv_path: Path) -> None:
             for r in csv.DictReader(f)
         ]
     with tempfile.TemporaryDirectory(prefix="widths-") as tmp:
-        png = plot_widths(rows, Path(tmp) / "widths.png", title=f"learned widths ({run_id[:8]})")
+        png = plot_widths(
+            rows, Path(tmp) / "widths.png", title=f"learned widths (trial {trial_id})"
+        )
         client(uri).log_artifact(run_id, str(png))
 
 

@@ -102,9 +102,9 @@ class TrialLogger(Callback):
             _LIVE[self._key] = self._make_writer(adopted=False)
         return _LIVE[self._key]
 
-    def _rebuild(self) -> dict:
+    def _rebuild(self, final: bool = False) -> dict:
         self._summary = None  # a failed rebuild leaves summary() the local tables
-        self._summary = self.writer.table.rebuild(self.teacher, self.print_fronts)
+        self._summary = self.writer.table.rebuild(self.teacher, self.print_fronts, final=final)
         return self._summary
 
     @property

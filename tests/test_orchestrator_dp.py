@@ -53,7 +53,7 @@ def test_data_parallel_finetune_reports_through_tune(tmp_path):
     state = json.loads((sweep_dir / "sweep.json").read_text())
     client = mlflow_client(tmp_path)
     (run,) = children(client, state["parent_run_id"])
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "top1")]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "top1_pct")]
     assert steps == [1, 2, 3]
     assert run.data.metrics["finetune_workers"] == 2.0  # rank 0 of a world of two reported
     local = tmp_path / "artifacts"

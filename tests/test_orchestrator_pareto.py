@@ -21,6 +21,29 @@ def test_non_dominated_equals_brute_force_with_ties(seed):
     assert pareto.non_dominated(top1, macs) == brute_force(top1, macs)
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_pareto_ranks_equal_peeling_fronts_off_one_by_one(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 40)
+    top1 = [float(rng.randint(0, 10)) for _ in range(n)]
+    macs = [float(rng.randint(0, 10)) for _ in range(n)]
+    expected, left, depth = [None] * n, list(range(n)), 0
+    while left:  # the definition: the front of what is left, again and again
+        mask = brute_force([top1[i] for i in left], [macs[i] for i in left])
+        for i, on in zip(left, mask, strict=True):
+            if on:
+                expected[i] = depth
+        left, depth = [i for i, on in zip(left, mask, strict=True) if not on], depth + 1
+    assert pareto.pareto_ranks(top1, macs) == expected
+
+
+def test_pareto_ranks_of_a_small_case():
+    # (top-1, MACs): a front of two, one point behind each, one behind that one
+    top1 = [90.0, 80.0, 85.0, 70.0, 60.0]
+    macs = [10.0, 5.0, 12.0, 6.0, 13.0]
+    assert pareto.pareto_ranks(top1, macs) == [0, 0, 1, 1, 2]
+
+
 def grid_hypervolume(top1: list[float], ratio: list[float], steps: int = 400) -> float:
     """Midpoint rule on the unit square: the dominated fraction, independent of the sweep."""
     inside = 0

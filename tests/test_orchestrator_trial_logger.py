@@ -126,7 +126,7 @@ def test_a_restored_logger_reads_its_table_from_mlflow_once(store):
     runs = tracking.children(uri, parent)
     assert len(runs) == 6  # no run created twice
     run4 = next(r for r in runs if r.data.tags["trial_id"] == "0004")
-    steps = [m.step for m in c.get_metric_history(run4.info.run_id, "top1")]
+    steps = [m.step for m in c.get_metric_history(run4.info.run_id, "top1_pct")]
     assert steps == [1, 2, 3]
     assert max(m.step for m in c.get_metric_history(parent, "hypervolume")) == 6
 
@@ -161,7 +161,8 @@ def test_an_outage_is_appended_and_replayed_compacted(store, monkeypatch):
     c = MlflowClient(uri)
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert [m.step for m in c.get_metric_history(run.info.run_id, "top1")] == [1, 2, 3, 4, 5]
+        history = c.get_metric_history(run.info.run_id, "top1_pct")
+        assert [m.step for m in history] == [1, 2, 3, 4, 5]
         assert set(run.data.params) == set(PARAMS)
 
 
@@ -209,7 +210,7 @@ def _disk_full(*args, **kwargs):
 def test_a_full_disk_during_an_outage_is_warned_once_and_the_loss_counted(store, monkeypatch):
     """MLflow away and the outbox refused (ENOSPC): operations stay in memory, one warning;
     at the end they are written if the disk has room again, else counted as lost (the sweep
-    says so and exits 1, orchestrator.sweep_run.run)."""
+    says so and exits 1, orchestrator.sweep.run)."""
     from orchestrator import _atomic, driver_output
 
     uri, parent, sweep_dir = store
@@ -256,22 +257,20 @@ def test_a_full_disk_loses_nothing_when_mlflow_comes_back(store, monkeypatch):
 
 
 def test_a_sweep_that_lost_tracking_records_exits_1(tmp_path, monkeypatch):
-    """The driver's exit status carries the loss the run found at its end (its steps are a
-    sweep; here they end with the count end_sweep left, as ``SweepRun._close`` sets it)."""
-    from orchestrator import sweep_run
+    """The driver's exit status carries the loss ``_run`` found at its end (its body is a sweep;
+    here it reports the loss as it does after end_sweep)."""
+    from orchestrator import sweep
     from orchestrator.config import load_config
     from tests.helpers import write_config
 
     exp = load_config(write_config(tmp_path, "lost"))
+
+    def ran(*args, outcome, lost, code, **kwargs):
+        outcome["lost"] = lost
+        return code
+
     for lost, code, expected in [(3, 0, 1), (0, 0, 0), (3, 130, 130)]:
-
-        def ran(self, lost=lost, code=code):
-            self.lost = lost
-            return code
-
-        monkeypatch.setattr(sweep_run.SweepRun, "run", ran)
-        assert sweep_run.run(exp, "sqlite:///x.db", address=None, resume=False, source="x") == (
-            expected
+        monkeypatch.setattr(
+            sweep, "_run", lambda *a, lost=lost, code=code, **k: ran(*a, lost=lost, code=code, **k)
         )
-    line = sweep_run.unlogged_line("http://u:pw@h", 5, 2, tmp_path)
-    assert "did not take 5 tracking record(s); 2 of them could not be written" in line
+        assert sweep.run(exp, "sqlite:///x.db", address=None, resume=False, source="x") == expected
