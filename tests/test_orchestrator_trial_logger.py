@@ -210,7 +210,7 @@ def _disk_full(*args, **kwargs):
 def test_a_full_disk_during_an_outage_is_warned_once_and_the_loss_counted(store, monkeypatch):
     """MLflow away and the outbox refused (ENOSPC): operations stay in memory, one warning;
     at the end they are written if the disk has room again, else counted as lost (the sweep
-    says so and exits 1, orchestrator.sweep.run)."""
+    says so and exits 1, orchestrator.sweep_run.run)."""
     from orchestrator import _atomic, driver_output
 
     uri, parent, sweep_dir = store
@@ -257,20 +257,22 @@ def test_a_full_disk_loses_nothing_when_mlflow_comes_back(store, monkeypatch):
 
 
 def test_a_sweep_that_lost_tracking_records_exits_1(tmp_path, monkeypatch):
-    """The driver's exit status carries the loss ``_run`` found at its end (its body is a sweep;
-    here it reports the loss as it does after end_sweep)."""
-    from orchestrator import sweep
+    """The driver's exit status carries the loss the run found at its end (its steps are a
+    sweep; here they end with the count end_sweep left, as ``SweepRun._close`` sets it)."""
+    from orchestrator import sweep_run
     from orchestrator.config import load_config
     from tests.helpers import write_config
 
     exp = load_config(write_config(tmp_path, "lost"))
-
-    def ran(*args, outcome, lost, code, **kwargs):
-        outcome["lost"] = lost
-        return code
-
     for lost, code, expected in [(3, 0, 1), (0, 0, 0), (3, 130, 130)]:
-        monkeypatch.setattr(
-            sweep, "_run", lambda *a, lost=lost, code=code, **k: ran(*a, lost=lost, code=code, **k)
+
+        def ran(self, lost=lost, code=code):
+            self.lost = lost
+            return code
+
+        monkeypatch.setattr(sweep_run.SweepRun, "run", ran)
+        assert sweep_run.run(exp, "sqlite:///x.db", address=None, resume=False, source="x") == (
+            expected
         )
-        assert sweep.run(exp, "sqlite:///x.db", address=None, resume=False, source="x") == expected
+    line = sweep_run.unlogged_line("http://u:pw@h", 5, 2, tmp_path)
+    assert "did not take 5 tracking record(s); 2 of them could not be written" in line
