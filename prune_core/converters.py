@@ -55,22 +55,35 @@ def _norm_or_none(module: nn.Module | None) -> nn.Module | None:
     return None if is_identity(module) else module
 
 
+def _sizes(m: nn.Module, qkv: nn.Linear, head_dim: int) -> dict:
+    """What every timm attention's twin is built with beside its own extras: the widths
+    (q/k and v heads alike), which biases exist, the dropout rates."""
+    return {
+        "qk_dim": head_dim,
+        "v_dim": head_dim,
+        "qkv_bias": qkv.bias is not None,
+        "proj_bias": m.proj.bias is not None,
+        "attn_drop": m.attn_drop.p,
+        "proj_drop": m.proj_drop.p,
+    }
+
+
+def _parts(m: nn.Module, qkv: nn.Linear) -> dict[str, nn.Module]:
+    """The parts every timm attention hands its twin (``qkv`` possibly fused anew)."""
+    return {"qkv": qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
+
+
 def _convert_attention(m: Attention) -> PrunableModule:
     q_norm, k_norm = _norm_or_none(m.q_norm), _norm_or_none(m.k_norm)
     new = TimmBlockAttention(
         m.qkv.in_features,
         m.num_heads,
-        qk_dim=m.head_dim,
-        v_dim=m.head_dim,
-        qkv_bias=m.qkv.bias is not None,
-        proj_bias=m.proj.bias is not None,
         scale=m.scale,
-        attn_drop=m.attn_drop.p,
-        proj_drop=m.proj_drop.p,
         q_norm=q_norm,
         k_norm=k_norm,
+        **_sizes(m, m.qkv, m.head_dim),
     )
-    reuse = {"qkv": m.qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
+    reuse = _parts(m, m.qkv)
     if q_norm is not None or k_norm is not None:
         reuse.update(q_norm=m.q_norm, k_norm=m.k_norm)
     return adopt(new, m, reuse)
@@ -125,16 +138,11 @@ def _convert_beit(m: beit.Attention) -> PrunableModule:
     new = BeitAttention(
         m.qkv.in_features,
         m.num_heads,
-        qk_dim=head_dim,
-        v_dim=head_dim,
-        qkv_bias=qkv.bias is not None,
-        proj_bias=m.proj.bias is not None,
         scale=m.scale,
-        attn_drop=m.attn_drop.p,
-        proj_drop=m.proj_drop.p,
         relative_position_index=m.relative_position_index,
+        **_sizes(m, qkv, head_dim),
     )
-    reuse = {"qkv": qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
+    reuse = _parts(m, qkv)
     if m.relative_position_bias_table is not None:
         reuse["relative_position_bias_table"] = m.relative_position_bias_table
     return adopt(new, m, reuse)
@@ -146,25 +154,13 @@ def _convert_swin_v2(m: swin_transformer_v2.WindowAttention) -> PrunableModule:
     new = SwinV2WindowAttention(
         m.qkv.in_features,
         m.num_heads,
-        qk_dim=head_dim,
-        v_dim=head_dim,
-        qkv_bias=qkv.bias is not None,
-        proj_bias=m.proj.bias is not None,
         window_size=tuple(m.window_size),
         cpb_mlp=m.cpb_mlp,
         relative_coords_table=m.relative_coords_table,
         relative_position_index=m.relative_position_index,
-        attn_drop=m.attn_drop.p,
-        proj_drop=m.proj_drop.p,
+        **_sizes(m, qkv, head_dim),
     )
-    reuse = {
-        "qkv": qkv,
-        "proj": m.proj,
-        "attn_drop": m.attn_drop,
-        "proj_drop": m.proj_drop,
-        "logit_scale": m.logit_scale,
-        "cpb_mlp": m.cpb_mlp,
-    }
+    reuse = {**_parts(m, qkv), "logit_scale": m.logit_scale, "cpb_mlp": m.cpb_mlp}
     return adopt(new, m, reuse)
 
 
@@ -174,20 +170,15 @@ def _convert_eva(m: eva.EvaAttention, rotary: bool) -> PrunableModule:
     new = EvaAttention(
         qkv.in_features,
         m.num_heads,
-        qk_dim=m.head_dim,
-        v_dim=m.head_dim,
-        qkv_bias=qkv.bias is not None,
-        proj_bias=m.proj.bias is not None,
         scale=m.scale,
         qk_prunable=not rotary and q_norm is None and k_norm is None,
         num_prefix_tokens=m.num_prefix_tokens,
         rotate_half=getattr(m, "rotate_half", False),
         q_norm=q_norm,
         k_norm=k_norm,
-        attn_drop=m.attn_drop.p,
-        proj_drop=m.proj_drop.p,
+        **_sizes(m, qkv, m.head_dim),
     )
-    reuse = {"qkv": qkv, "proj": m.proj, "attn_drop": m.attn_drop, "proj_drop": m.proj_drop}
+    reuse = _parts(m, qkv)
     if q_norm is not None or k_norm is not None:
         reuse.update(q_norm=m.q_norm, k_norm=m.k_norm)
     return adopt(new, m, reuse)
@@ -198,29 +189,15 @@ def _convert_window(m: WindowAttention) -> PrunableModule:
     new = SoftmaxAttention(
         m.qkv.in_features,
         m.num_heads,
-        qk_dim=head_dim,
-        v_dim=head_dim,
-        qkv_bias=m.qkv.bias is not None,
-        proj_bias=m.proj.bias is not None,
         scale=m.scale,
         window_size=tuple(m.window_size),
-        attn_drop=m.attn_drop.p,
-        proj_drop=m.proj_drop.p,
+        **_sizes(m, m.qkv, head_dim),
     )
     # Our index is recomputed, not copied: it must be timm's, or the bias table is misread.
     if not torch.equal(new.relative_position_index, m.relative_position_index.cpu()):
         raise RuntimeError("relative_position_index differs from timm's; conversion aborted")
-    return adopt(
-        new,
-        m,
-        {
-            "qkv": m.qkv,
-            "proj": m.proj,
-            "attn_drop": m.attn_drop,
-            "proj_drop": m.proj_drop,
-            "relative_position_bias_table": m.relative_position_bias_table,
-        },
-    )
+    table = m.relative_position_bias_table
+    return adopt(new, m, {**_parts(m, m.qkv), "relative_position_bias_table": table})
 
 
 def _convert_mlp(m: Mlp) -> PrunableModule:
