@@ -52,7 +52,8 @@ def headline(c: Counts, seconds: float, hypervolume: float, sweep_dir: Path) -> 
         f"(ASHA), {c.failed} failed",
         f"hypervolume {hypervolume:.4f}: the share of the MAC ratio × top-1 square that the "
         "front dominates (1 is best)",
-        f"tables and plots in {sweep_dir}: pareto.png, speedup.png, hypervolume.png, *.parquet",
+        f"tables and plots in {sweep_dir}: pareto.html (hover a point: its trial and run), "
+        "pareto.csv, pareto.png, speedup.png, hypervolume.png, *.parquet",
     ]
 
 

@@ -48,14 +48,18 @@ def parent_description(config: dict[str, Any], space_rows: list[tuple[str, str]]
         "",
         "Explored: " + (", ".join(explored) if explored else "nothing (every setting fixed)") + ".",
         "",
-        "Each child run is one trial, its settings as params under their YAML names. "
-        "`fully_trained` is 1 for a trial that finished its fine-tune and 0 for one ASHA "
-        "stopped early (its `top1` is from a partial fine-tune).",
+        "Each child run is one trial, its explored settings as params under their YAML names "
+        "(the fixed ones are in this run's `config.json`). Its `trial_status` tag is "
+        "`complete`, `early_stopped` (stopped by ASHA: its `top1_pct` is from a partial "
+        "fine-tune) or `failed`; `pareto_front` is `true` on the front, and `pareto_rank` "
+        "(0 = the front) sorts the table. The front's runs carry the measured `latency_ms` "
+        "and `speedup_x`.",
         "",
-        "This run's artifacts: `pareto.png` (top-1 vs MACs, front labelled by trial), "
-        "`pareto.parquet` (the front; `latency_ms` and `speedup` timed side by side at the "
-        "end), `speedup.png`, `hypervolume.png`, `param_importance.png`, `trials.parquet`. "
-        "Its `hypervolume` metric is logged per finished trial (the chart's step).",
+        "This run's artifacts: `pareto.html` (top-1 vs MACs, hover a point for its trial and "
+        "run) and `pareto.csv` (the front, with the measured speed), `pareto.png`, "
+        "`speedup.png`, `hypervolume.png`, `param_importance.png`, and the tables "
+        "`pareto.parquet`, `trials.parquet`. Its `hypervolume` metric is logged per finished "
+        "trial (the chart's step).",
     ]
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator import front_preview
 from orchestrator._atomic import atomic_write
 
 TRIAL_COLUMNS = (
@@ -304,7 +305,8 @@ def save(fig, path: str | Path) -> Path:
 def write_tables(
     trials: pa.Table, directory: str | Path, *, teacher: dict | None = None, title: str = ""
 ) -> dict[str, Path]:
-    """Rewrite ``trials.parquet``, ``pareto.parquet`` and ``pareto.png`` in ``directory``."""
+    """Rewrite ``trials.parquet``, ``pareto.parquet``, ``pareto.png`` and the previews MLflow's
+    UI shows (``pareto.csv``, ``pareto.html``: orchestrator.front_preview) in ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     front = front_table(trials)
@@ -316,6 +318,7 @@ def write_tables(
     for key, table in (("trials", trials), ("pareto", front)):
         atomic_write(paths[key], lambda p, t=table: pq.write_table(t, p))
     plot(trials, front, paths["plot"], teacher=teacher, title=title)
+    paths.update(front_preview.write(trials, front, directory, teacher=teacher, title=title))
     return paths
 
 

@@ -11,7 +11,10 @@ worker when those ask for a GPU.
 
 Columns added to ``pareto.parquet`` (and the console table): ``latency_ms`` (median ms per batch
 of ``data.eval_batch_size``), ``speedup`` (teacher latency / model latency) and
-``fraction_of_limit`` (speed-up / (1 / MAC ratio): 1 would mean time scales with MACs).
+``fraction_of_limit`` (speed-up / (1 / MAC ratio): 1 would mean time scales with MACs). The
+previews (``pareto.csv``, ``pareto.html``) are written again with them, and each front trial's
+child run gets ``latency_ms`` and ``speedup_x`` as metrics, so MLflow's runs table sorts by
+measured speed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import math
 import statistics
 import tempfile
+import time
 import timeit
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -38,9 +42,10 @@ from torch.utils import benchmark
 from torch.utils.benchmark.utils.timer import timer as clock
 
 import prune_core
-from orchestrator import pareto
+from orchestrator import front_preview, pareto
 from orchestrator._atomic import atomic_write
 from orchestrator._paths import contained
+from orchestrator.mlflow_names import SPEED_METRICS
 from orchestrator.schema import Experiment
 from orchestrator.teacher import create_model, load_teacher
 from orchestrator.tracking import client
@@ -247,9 +252,16 @@ def measure_front(
     front = speed_columns(front, measured)
     atomic_write(path, lambda p: pq.write_table(front, p))
     png = plot_speedup(front, exp.sweep_dir / "speedup.png", teacher=teacher)
-    for file in (path, png):
+    trials_file = exp.sweep_dir / "trials.parquet"
+    trials = pq.read_table(trials_file) if trials_file.is_file() else front
+    timed_teacher = {**teacher, "latency_ms": measured[TEACHER]}
+    previews = front_preview.write(
+        trials, front, exp.sweep_dir, teacher=timed_teacher, title=f"{exp.name}: timed front"
+    )
+    for file in (path, png, *previews.values()):
         c.log_artifact(parent_id, str(file))
     c.log_metric(parent_id, "teacher_latency_ms", measured[TEACHER])
+    log_child_speed(c, front)
     pareto.print_front(
         front,
         teacher={**teacher, "latency_ms": measured[TEACHER]},
@@ -258,6 +270,22 @@ def measure_front(
         console=console,
     )
     return front
+
+
+def log_child_speed(c, front: pa.Table) -> int:
+    """``latency_ms`` and ``speedup_x`` on each timed front trial's child run (one
+    ``log_batch`` per run, step 0); the number of runs written. MLflow errors propagate."""
+    from mlflow.entities import Metric  # here: the timing task never needs MLflow
+
+    now, written = int(time.time() * 1000), 0
+    for r in front.to_pylist():
+        values = {SPEED_METRICS[k]: r.get(k) for k in SPEED_METRICS}
+        if r.get("run_id") and all(
+            isinstance(v, float) and math.isfinite(v) for v in values.values()
+        ):
+            c.log_batch(r["run_id"], metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+            written += 1
+    return written
 
 
 def plot_speedup(front: pa.Table, png: Path, *, teacher: dict) -> Path:

@@ -43,7 +43,13 @@ def test_tables_and_plot_survive_a_crash_mid_write(tmp_path, monkeypatch):
 
     pareto.write_tables(pareto.trials_table(_rows(2)), tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    assert set(before) == {"trials.parquet", "pareto.parquet", "pareto.png"}
+    assert set(before) == {
+        "trials.parquet",
+        "pareto.parquet",
+        "pareto.png",
+        "pareto.csv",
+        "pareto.html",
+    }
 
     def torn_parquet(table, where, **kw):
         Path(where).write_bytes(b"PAR1 half a table")

@@ -34,7 +34,8 @@ def test_parent_tags_name_and_describe_the_parent_run(tmp_path: Path) -> None:
         assert note.startswith("Pruning sweep **digits**: `flatten_vit_micro` on digits, 16 ")
         assert "`search/target` (range [0.1, 0.7])" in note and "`finetune/lr`" in note
         assert "search/lr" not in note  # fixed: not explored
-        assert "pareto.png" in note and "stopped early" in note
+        assert "pareto.png" in note and "pareto.html" in note and "pareto.csv" in note
+        assert "`early_stopped`" in note and "`pareto_front`" in note and "latency_ms" in note
     assert names == ["digits 12-06 21:04:12", "digits 12-06 21:09:40"]
 
 

@@ -112,6 +112,8 @@ def test_front_only_fully_trained_and_matches_brute_force(tmp_path):
         "trials.parquet",
         "pareto.parquet",
         "pareto.png",
+        "pareto.csv",  # the previews MLflow's UI shows (test_orchestrator_front_preview.py)
+        "pareto.html",
     }
     assert paths["plot"].stat().st_size > 10_000  # a real PNG, not an empty figure
     trials = pq.read_table(paths["trials"]).to_pylist()
