@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import fcntl
 import math
 import sys
@@ -41,8 +40,9 @@ from rich.console import Console
 from torch import nn
 
 import prune_core as pc
-from benchmarks import ablations, digits_setup
+from benchmarks import ablations, digits_setup, results_csv
 from benchmarks.digits_setup import CACHE, Digits
+from benchmarks.results_csv import done_keys
 
 METHODS = (
     "method",
@@ -190,23 +190,12 @@ def run_one(
     return row, plan
 
 
-def done_rows(path: Path) -> set[tuple[str, float, int]]:
-    if not path.is_file():
-        return set()
-    with path.open() as f:
-        return {
-            (r["method"], round(float(r["target"]), 4), int(r["seed"])) for r in csv.DictReader(f)
-        }
+def done_rows(path: Path) -> set[tuple]:
+    return done_keys(path, lambda r: (r["method"], round(float(r["target"]), 4), int(r["seed"])))
 
 
 def append_row(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if f.tell() == 0:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    results_csv.append_row(path, row, FIELDS)
 
 
 def locked_teacher(data: Digits, seed: int, epochs: int) -> tuple[nn.Module, float]:

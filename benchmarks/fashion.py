@@ -52,8 +52,6 @@ short ones), so shards finish together.
 from __future__ import annotations
 
 import argparse
-import csv
-import fcntl
 import sys
 import time
 from pathlib import Path
@@ -62,7 +60,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from benchmarks import digits_setup
+from benchmarks import digits_setup, results_csv
 from benchmarks.fashion_rows import METHODS, TOLERANCE, run_one
 from benchmarks.fashion_setup import (
     BUDGET_EPOCHS,
@@ -71,6 +69,7 @@ from benchmarks.fashion_setup import (
     fashion,
     teacher,
 )
+from benchmarks.results_csv import done_keys
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -171,24 +170,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------ bookkeeping
-def done_rows(path: Path) -> set[tuple[str, float, int, str]]:
-    if not path.is_file():
-        return set()
-    with path.open() as f:
-        return {
-            (r["method"], round(float(r["target"]), 4), int(r["seed"]), r["budget"])
-            for r in csv.DictReader(f)
-        }
+def done_rows(path: Path) -> set[tuple]:
+    return done_keys(
+        path,
+        lambda r: (r["method"], round(float(r["target"]), 4), int(r["seed"]), r["budget"]),
+    )
 
 
 def append_row(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # shards append to the same file
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if f.tell() == 0:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    results_csv.append_row(path, row, FIELDS)  # shards append to the same file
 
 
 def shard_cells(args: argparse.Namespace) -> list[tuple[int, float, str]]:

@@ -42,9 +42,6 @@ Rows are appended to ``--out`` as they finish (file lock, flush, fsync); a rerun
 from __future__ import annotations
 
 import argparse
-import csv
-import fcntl
-import os
 import subprocess
 import sys
 import time
@@ -52,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import digits_setup
+from benchmarks import digits_setup, results_csv
 from benchmarks.fashion_attention_rows import (
     ABLATIONS,
     CONTROLS,
@@ -78,6 +75,7 @@ from benchmarks.fashion_attention_tune import (
     tune_cells,
     tuning_path,
 )
+from benchmarks.results_csv import done_keys
 
 BUDGET_EPOCHS = {"short": 0.5, "long": 5.0}
 SEARCH_SHARE = 0.2  # of the short budget, in both budgets
@@ -175,26 +173,14 @@ def key(budget: str, model: str, target: float, method: str, seed: int) -> tuple
 
 
 def done_rows(path: Path) -> set[tuple]:
-    if not path.is_file():
-        return set()
-    with path.open() as f:
-        return {
-            key(r["budget"], r["model"], r["target"], r["method"], r["seed"])
-            for r in csv.DictReader(f)
-        }
+    return done_keys(
+        path, lambda r: key(r["budget"], r["model"], r["target"], r["method"], r["seed"])
+    )
 
 
 def append_row(path: Path, row: dict) -> None:
     """One row, appended under a file lock, flushed and fsynced (shards share the file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if f.tell() == 0:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        f.flush()
-        os.fsync(f.fileno())
+    results_csv.append_row(path, row, FIELDS)
 
 
 def commit() -> str:

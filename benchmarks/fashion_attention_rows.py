@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 
 import torch
 from torch import nn
 
 import prune_core as pc
-from benchmarks import ablations, learned_mask, tp_peer
+from benchmarks import ablations, learned_mask
 from benchmarks.fashion_attention_setup import INPUT_SIZE, Data
-from benchmarks.fashion_rows import search_student, uniform_keeps
+from benchmarks.fashion_rows import peer_plan, search_student, uniform_keeps
 from benchmarks.fashion_setup import Steps
 from prune_core.scoring import unit_magnitude
-from prune_core.training import batches_forever
 
 TOLERANCE = 0.01
-TAYLOR_BATCHES = 4
 
 GOAL_PEERS = ("l1_uniform", "tp_global", "tp_isomorphic_taylor")
 PEERS = (*GOAL_PEERS, "tp_local", "random", "learned_mask")
@@ -82,27 +79,9 @@ def _peer_plan(method: str, teacher: nn.Module, target: float, seed: int, data: 
 def _make_peer_plan(
     method: str, teacher: nn.Module, target: float, seed: int, data: Data
 ) -> pc.Plan:
-    if method in ("l1_uniform", "random"):
-        keeps = uniform_keeps(teacher, target, TOLERANCE, INPUT_SIZE)
-        if method == "l1_uniform":
-            return pc.magnitude_plan(teacher, keeps)
-        return pc.random_plan(teacher, keeps, seed=seed)
-    grads = None
-    if method == "tp_isomorphic_taylor":
-        torch.manual_seed(seed)
-        grads = tp_peer.taylor_grads(
-            teacher, itertools.islice(batches_forever(data.train), TAYLOR_BATCHES)
-        )
-    plan, _ = tp_peer.tp_plan_at(
-        teacher,
-        INPUT_SIZE,
-        target,
-        global_pruning=method == "tp_global",
-        isomorphic=method == "tp_isomorphic_taylor",
-        grads=grads,
-        tolerance=TOLERANCE,
+    return peer_plan(
+        method, teacher, target, seed, data.train, input_size=INPUT_SIZE, tolerance=TOLERANCE
     )
-    return plan
 
 
 def _searched_plan(

@@ -177,6 +177,43 @@ def unaligned_on_teacher_weights(teacher_model: nn.Module, student: nn.Module, d
     return pc.accuracy(model, data.test, "cpu")
 
 
+def peer_plan(
+    method: str,
+    teacher: nn.Module,
+    target: float,
+    seed: int,
+    train,
+    *,
+    input_size: tuple[int, int, int] = INPUT_SIZE,
+    tolerance: float = TOLERANCE,
+) -> pc.Plan:
+    """The plan of a one-shot peer at MACs in ``[target - tolerance, target]``: ``l1_uniform``
+    and ``random`` at uniform widths (``uniform_keeps``), Torch-Pruning's ``tp_global``,
+    ``tp_local`` and ``tp_isomorphic_taylor`` (its Taylor scores from ``TAYLOR_BATCHES``
+    batches of ``train``, seeded)."""
+    if method in ("l1_uniform", "random"):
+        keeps = uniform_keeps(teacher, target, tolerance, input_size)
+        if method == "l1_uniform":
+            return pc.magnitude_plan(teacher, keeps)
+        return pc.random_plan(teacher, keeps, seed=seed)
+    grads = None
+    if method == "tp_isomorphic_taylor":
+        torch.manual_seed(seed)
+        grads = tp_peer.taylor_grads(
+            teacher, itertools.islice(batches_forever(train), TAYLOR_BATCHES)
+        )
+    plan, _ = tp_peer.tp_plan_at(
+        teacher,
+        input_size,
+        target,
+        global_pruning=method == "tp_global",
+        isomorphic=method == "tp_isomorphic_taylor",
+        grads=grads,
+        tolerance=tolerance,
+    )
+    return plan
+
+
 def run_one(
     method: str,
     target: float,
@@ -199,30 +236,8 @@ def run_one(
             plan = None
         else:
             plan = pc.finalize(student, INPUT_SIZE, target, tolerance=TOLERANCE)
-    elif method in ("l1_uniform", "random"):
-        keeps = uniform_keeps(teacher_model, target)
-        plan = (
-            pc.magnitude_plan(teacher_model, keeps)
-            if method == "l1_uniform"
-            else pc.random_plan(teacher_model, keeps, seed=seed)
-        )
-        pc.apply_plan(student, plan)
     else:
-        grads = None
-        if method == "tp_isomorphic_taylor":
-            torch.manual_seed(seed)
-            grads = tp_peer.taylor_grads(
-                teacher_model, itertools.islice(batches_forever(data.train), TAYLOR_BATCHES)
-            )
-        plan, _ = tp_peer.tp_plan_at(
-            teacher_model,
-            INPUT_SIZE,
-            target,
-            global_pruning=method == "tp_global",
-            isomorphic=method == "tp_isomorphic_taylor",
-            grads=grads,
-            tolerance=TOLERANCE,
-        )
+        plan = peer_plan(method, teacher_model, target, seed, data.train)
         pc.apply_plan(student, plan)
     if realisable:
         pc.prune(student)
