@@ -23,6 +23,8 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator._redact import redact
+from orchestrator.hf_model import ALLOWED_KWARGS as HF_KWARGS
+from orchestrator.hf_model import is_local
 from orchestrator.schema import BUNDLED_KINDS, STORAGE_SCHEMES, Experiment, resolve_split
 from orchestrator.space import INIT_MODES, check_point
 
@@ -90,6 +92,15 @@ def _expand_paths(raw: dict, source: str) -> None:
             and all(block.get(k) == v for k, v in when.items())
         ):
             block[key] = value  # made absolute below, as if the YAML had said it
+    model = raw.get("model")
+    if (
+        isinstance(model, dict)
+        and model.get("source") == "hf"
+        and isinstance(model.get("name"), str)
+    ):
+        name = os.path.expanduser(os.path.expandvars(model["name"]))
+        if is_local(name):  # a save_pretrained folder: absolute, as the path fields below
+            model["name"] = os.path.abspath(name)
     for section, key in _PATH_FIELDS:
         block = raw.get(section)
         if isinstance(block, dict) and isinstance(block.get(key), str):
@@ -187,14 +198,26 @@ def _cross_checks(config: Experiment, source: str) -> None:
         for split in ("train", "val"):
             if getattr(config.data, split) is None:
                 raise ConfigError(source, f"data.{split}", f"required for kind {config.data.kind}")
-    if config.teacher.epochs == 0 and not (config.teacher.checkpoint or config.model.checkpoint):
+    hf = config.model.source == "hf"
+    for field in ("model", "teacher"):
+        if hf and getattr(config, field).checkpoint is not None:
+            raise ConfigError(
+                source, f"{field}.checkpoint", "source hf loads its weights from model.name"
+            )
+    pretrained = hf or config.teacher.checkpoint or config.model.checkpoint
+    if config.teacher.epochs == 0 and not pretrained:
         raise ConfigError(
             source,
             "teacher.epochs",
-            "must be > 0 when neither "
-            "model.checkpoint nor teacher.checkpoint is given (nothing to prune)",
+            "must be > 0 when neither model.checkpoint nor teacher.checkpoint is given "
+            "and model.source is not hf (nothing to prune)",
         )
     kwargs = config.model.kwargs
+    unknown = sorted(set(kwargs) - set(HF_KWARGS))
+    if hf and unknown:
+        raise ConfigError(
+            source, f"model.kwargs.{unknown[0]}", f"source hf takes only {', '.join(HF_KWARGS)}"
+        )
     for key in ("num_classes", "img_size"):  # teacher.create_model passes these itself
         if key in kwargs:
             raise ConfigError(
@@ -243,6 +266,9 @@ def check_inputs(config: Experiment, source: str | Path) -> None:
     for field, path in files:
         if path is not None and not path.is_file():
             raise ConfigError(source, field, f"no such file: {path}")
+    name = config.model.name
+    if config.model.source == "hf" and is_local(name) and not Path(name).expanduser().is_dir():
+        raise ConfigError(source, "model.name", f"no such folder: {name}")
     if config.data.kind == "fashion_mnist":
         from prune_core.fashion_mnist import load_fashion_mnist
 

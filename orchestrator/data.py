@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
+from orchestrator import hf_model
 from orchestrator._atomic import atomic_write
 from orchestrator.augment import training_transform
 from orchestrator.schema import Experiment, resolve_split
@@ -49,11 +50,17 @@ class Datasets:
 
 # ----------------------------------------------------------------------------- transforms
 def transforms(config: Experiment, training: bool):
-    """timm's standard transforms at the model's input size (ImageNet mean/std); the training
-    one through ``augment.training_transform``, which no image makes raise."""
+    """timm's standard transforms at the model's input size (ImageNet mean/std; a
+    ``model.source: hf`` model's own, from its image processor config, whose size
+    ``preflight`` checks is ``model.img_size``); the training one through
+    ``augment.training_transform``, which no image makes raise."""
 
     d = config.data
     size = config.input_size
+    norm = {}
+    if config.model.source == "hf":
+        prep = hf_model.preprocessing(config.model.name)
+        norm = {"mean": prep.mean, "std": prep.std}
     if training:
         return training_transform(
             size,
@@ -62,9 +69,10 @@ def transforms(config: Experiment, training: bool):
             auto_augment=d.auto_augment,
             interpolation=d.interpolation,
             re_prob=d.re_prob,
+            **norm,
         )
     return create_transform(
-        size, is_training=False, crop_pct=d.crop_pct, interpolation=d.interpolation
+        size, is_training=False, crop_pct=d.crop_pct, interpolation=d.interpolation, **norm
     )
 
 

@@ -42,6 +42,8 @@ def print_plan(exp: Experiment, uri: str, source: str, checks: list[str], consol
             f"{fashion_mnist_dir(exp.data.root)})"
         )
     teacher_from = f" from {exp.teacher.checkpoint}" if exp.teacher.checkpoint else ""
+    if exp.model.source == "hf":
+        teacher_from = ", the pretrained weights (transformers from_pretrained)"
     finetune = (
         "in the trial"
         if f.workers == 1

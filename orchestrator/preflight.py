@@ -313,6 +313,10 @@ def check_model(exp: Experiment, source: str | Path) -> str:
     import prune_core  # registers the FLatten models with timm
 
     m = exp.model
+    if m.source == "hf":
+        model, note = _check_hf_model(exp, source)
+        _check_widths(exp, source, model)
+        return note
     if not timm.is_model(m.name):
         raise ConfigError(source, "model.name", f"unknown timm model {m.name!r}")
     field = "model.kwargs" if m.kwargs else "model.name"
@@ -349,11 +353,39 @@ def check_model(exp: Experiment, source: str | Path) -> str:
             raise refuse(err) from None
     except Exception as err:  # TypeError (unknown kwarg), ValueError (make_prunable), ...
         raise refuse(err) from None
+    _check_widths(exp, source, built[-1])
+    partly = f"; {left[0]}" if left else ""
+    return f"model: {m.name} built on {device} and made prunable{partly}"
+
+
+def _check_widths(exp: Experiment, source: str | Path, model) -> None:
+    """Every trial's search and finalize would refuse them (prune_core.check_widths)."""
+    import prune_core
+
     s = exp.search
-    try:  # every trial's search and finalize would refuse them (prune_core.check_widths)
-        prune_core.check_widths(built[-1], s.groups, s.min_width, s.round_to)
+    try:
+        prune_core.check_widths(model, s.groups, s.min_width, s.round_to)
     except ValueError as err:
         field = "search.min_width" if str(err).startswith("min_width") else "search.round_to"
         raise ConfigError(source, field, str(err)) from None
-    partly = f"; {left[0]}" if left else ""
-    return f"model: {m.name} built on {device} and made prunable{partly}"
+
+
+def _check_hf_model(exp: Experiment, source: str | Path):
+    """A transformers checkpoint (orchestrator.hf_model): its labels, image processor size and
+    channels fit the config, and its architecture is prunable. (model, note)"""
+    from orchestrator import hf_model
+
+    m = exp.model
+    try:
+        prep = hf_model.check(m.name, m.num_classes, m.img_size, exp.input_size[0])
+        model = hf_model.built_prunable(m.name, m.kwargs)
+    except ValueError as err:
+        raise ConfigError(source, *hf_model.field_of(err)) from None
+    mean = ", ".join(f"{v:g}" for v in prep.mean)
+    std = ", ".join(f"{v:g}" for v in prep.std)
+    note = (
+        f"model: {type(model).__name__} from {m.name} (transformers) built on the meta device "
+        f"and made prunable; its image processor: {prep.size[0]}x{prep.size[1]}, mean ({mean}), "
+        f"std ({std})"
+    )
+    return model, note

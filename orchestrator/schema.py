@@ -34,6 +34,9 @@ Channel = Annotated[int, Field(ge=0, le=255)]  # one 8-bit colour channel
 
 
 class ModelConfig(Strict):
+    # timm: name is a timm model; hf: a transformers image classifier, a save_pretrained
+    # folder or a cached hub id, whose weights are the teacher (orchestrator/hf_model.py)
+    source: Literal["timm", "hf"] = "timm"
     name: str
     num_classes: int = Field(ge=1)
     img_size: int = Field(ge=8)

@@ -18,7 +18,7 @@ from timm.models import load_checkpoint
 from torch import nn
 
 import prune_core
-from orchestrator import faults
+from orchestrator import faults, hf_model
 from orchestrator.data import build_datasets, loaders
 from orchestrator.schema import Experiment
 from orchestrator.trial_settings import teacher_config
@@ -26,9 +26,14 @@ from prune_core.models.flatten_swin import load_flatten_checkpoint
 
 
 def create_model(config: Experiment, *, load_checkpoint: bool = True) -> nn.Module:
-    """The timm model of the config, made prunable; weights from the model's checkpoint."""
+    """The model of the config, made prunable: a timm model with weights from the model's
+    checkpoint, or (``model.source: hf``) a transformers classifier, pretrained from
+    ``model.name`` when ``load_checkpoint`` (else its architecture alone)."""
 
     m = config.model
+    if m.source == "hf":
+        model = hf_model.create(m.name, m.kwargs, pretrained=load_checkpoint)
+        return prune_core.make_prunable(model)
     model = timm.create_model(
         m.name, pretrained=False, num_classes=m.num_classes, img_size=m.img_size, **m.kwargs
     )
