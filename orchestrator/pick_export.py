@@ -169,6 +169,20 @@ def reproduce(picked: Picked, command: str) -> list[str]:
     ]
 
 
+def fixed_settings(config: dict) -> dict[str, str]:
+    """The sweep's fixed ``search`` / ``finetune`` settings from its ``config.json``
+    (``search/lr`` -> ``0.0005``): a child run's params hold only the explored ones."""
+    out = {}
+    for section in ("search", "finetune"):
+        for name, value in (config.get(section) or {}).items():
+            if isinstance(value, dict):  # a tunable leaf: fixed when it has a value
+                if value.get("value") is None:
+                    continue
+                value = value["value"]
+            out[f"{section}/{name}"] = str(value)
+    return out
+
+
 def model_card(picked: Picked, teacher: dict, delta: float, opset, command: str) -> str:
     r, a, cfg = picked.row, picked.arch, picked.config
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
@@ -204,11 +218,16 @@ def model_card(picked: Picked, teacher: dict, delta: float, opset, command: str)
         f"| ONNX | opset {opset or 'default'}, dynamic batch; "
         f"max abs diff to PyTorch {delta:.1e} |",
         "",
-        "## Method settings (the trial's params)",
+        "## Method settings (the trial's explored params, then the sweep's fixed settings)",
         "",
         "| setting | value |",
         "|---|---|",
         *(f"| `{_text(k)}` | {_text(v)} |" for k, v in sorted(picked.params.items())),
+        *(
+            f"| `{_text(k)}` | {_text(v)} (fixed) |"
+            for k, v in sorted(fixed_settings(cfg).items())
+            if k not in picked.params
+        ),
         "",
         "## Files",
         "",

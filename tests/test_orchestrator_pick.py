@@ -61,7 +61,14 @@ def sweep(tmp_path_factory):
     teacher = _teacher()
     teacher_macs = pc.count_macs(teacher, SIZE)
     parent = c.create_run(exp, run_name="digits", tags={"git_commit": "abc123"}).info.run_id
-    config = {"name": "digits", "model": ARCH, "data": {"kind": "digits", "eval_batch_size": 256}}
+    config = {
+        "name": "digits",
+        "model": ARCH,
+        "data": {"kind": "digits", "eval_batch_size": 256},
+        # as config.json holds them: an explored leaf, a fixed leaf, a plain setting
+        "search": {"target": {"value": None, "low": 0.1, "high": 0.7}, "lr": {"value": 5e-4},
+                   "steps": 100},
+    }  # fmt: skip
     files = root / "files"
     files.mkdir()
     (files / "config.json").write_text(json.dumps(config))
@@ -227,7 +234,9 @@ def test_export_round_trip(sweep, exported):
         "| top-1 | 80.00 % |",
         f"{sweep['ratios']['t0']:.3f}",
         "2.00× over the teacher",
-        "`search/target` | 0.5",
+        "`search/target` | 0.5 |",  # the trial's explored value (its child run's param)
+        "`search/lr` | 0.0005 (fixed) |",  # the sweep's fixed settings, from config.json
+        "`search/steps` | 100 (fixed) |",
         "| data | digits",
         "`abc123`",
         "git checkout abc123",
@@ -235,6 +244,7 @@ def test_export_round_trip(sweep, exported):
         "python -m orchestrator.pick ",
     ):
         assert piece in card, piece
+    assert "`search/target` | " not in card.replace("`search/target` | 0.5 |", "")  # once
 
 
 def test_export_refuses_an_opset_and_an_existing_folder_leaving_nothing(sweep, tmp_path, capsys):

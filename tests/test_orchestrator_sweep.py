@@ -95,6 +95,37 @@ def test_sweep_exits_zero_and_parent_holds_the_artifacts(sweep):
     assert all((d / "progress.csv").stat().st_size > 0 for d in reported)
 
 
+def test_the_runs_table_marks_the_front_with_its_measured_speed(sweep):
+    """issue 30: in MLflow's runs table the front's trials are ``pareto_front = true`` (rank 0)
+    with the latency and speed-up timed at the end; the front is previewable on the parent."""
+    import csv
+
+    state = json.loads((sweep["dir"] / "sweep.json").read_text())
+    client = mlflow_client(sweep["tmp"])
+    parent = state["parent_run_id"]
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert {"pareto.csv", "pareto.html"} <= artifacts
+    front = {r["trial_id"]: r for r in pq.read_table(sweep["dir"] / "pareto.parquet").to_pylist()}
+    with (sweep["dir"] / "pareto.csv").open() as f:
+        assert sorted(r["trial_id"] for r in csv.DictReader(f)) == sorted(front)
+    runs = {r.data.tags["trial_id"]: r for r in children(client, parent)}
+    marked = {t for t, r in runs.items() if r.data.tags.get("pareto_front") == "true"}
+    assert marked == set(front)
+    for tid, run in runs.items():
+        m = run.data.metrics
+        if tid in front:
+            assert m["pareto_rank"] == 0.0
+            assert m["latency_ms"] == pytest.approx(front[tid]["latency_ms"])
+            assert m["speedup_x"] == pytest.approx(front[tid]["speedup"])
+        else:
+            assert run.data.tags["pareto_front"] == "false" and "latency_ms" not in m
+            assert m.get("pareto_rank", 1.0) >= 1.0  # none for a partial or failed trial
+    page = (sweep["dir"] / "pareto.html").read_text()
+    assert all(f"run {front[t]['run_id']}" in page for t in front)
+    failed = [r for r in runs.values() if r.info.status == "FAILED"]
+    assert [r.data.tags["trial_status"] for r in failed] == ["failed"]
+
+
 def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
     import prune_core
     from orchestrator import space
