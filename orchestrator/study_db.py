@@ -29,19 +29,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from orchestrator.mlflow_names import trial_status  # one rule, as the child run's tag says
+
 STUDY_DB = "optuna.db"
 OBJECTIVES = ("top1_pct", "macs_ratio")  # the study's metric names, as the dashboard shows
 DIRECTIONS = ("maximize", "minimize")
-
-
-def trial_status(result: dict[str, Any] | None, error: bool) -> str:
-    """``complete``, ``early_stopped`` or ``failed``, from a trial's last result."""
-    if error or not result or result.get("failed"):
-        return "failed"
-    top1 = result.get("top1")
-    if top1 is None or (isinstance(top1, float) and math.isnan(top1)):
-        return "failed"
-    return "complete" if result.get("fully_trained") else "early_stopped"
 
 
 class StudyDatabase:
