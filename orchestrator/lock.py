@@ -12,8 +12,8 @@ a dot: the bucket mirror (mirror.py) skips them.
 The lock is local to one machine (and to NFS where ``flock`` is supported); two heads sharing
 only a bucket are not protected by it.
 
-:func:`init_sqlite` creates or migrates a SQLite tracking store under a second lock next to the
-database, which several sweeps of one storage path share.
+(A SQLite tracking store's first use has a lock of its own, beside the database, which
+several sweeps of one storage path share: ``orchestrator.tracking.init_sqlite``.)
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from filelock import FileLock, Timeout
 from orchestrator._atomic import atomic_write
 
 LOCK, OWNER = ".driver.lock", ".driver.json"
-SQLITE_INIT_TIMEOUT_S = 300  # another driver migrating the same database: wait for it
 
 
 class SweepBusy(RuntimeError):
@@ -96,21 +95,3 @@ class SweepLock:
                 pass
         self._lock.release()
         self._lock = None
-
-
-def init_sqlite(uri: str) -> None:
-    """Create or migrate a ``sqlite:///`` tracking store once, under a lock beside the file.
-
-    MLflow migrates a SQLite store's schema on first use; two processes doing it at once fail
-    ("table _alembic_tmp_metrics already exists") and leave the file half-migrated. Sweeps of
-    one storage path share the database, so this lock is the database's, not the sweep's.
-    Other URIs: nothing to do (a server migrates its own store).
-    """
-    if not uri.lower().startswith("sqlite:///"):
-        return
-    from orchestrator.tracking import client  # here: MLflow loads in about a second
-
-    path = Path(uri[len("sqlite:///") :])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock", timeout=SQLITE_INIT_TIMEOUT_S):
-        client(uri).search_experiments(max_results=1)  # creates or migrates the tables

@@ -32,7 +32,6 @@ from orchestrator import space as space_mod
 from orchestrator._redact import redact
 from orchestrator.config import ConfigError
 from orchestrator.driver_output import DriverOutput
-from orchestrator.lock import init_sqlite
 from orchestrator.schema import Experiment
 
 DRIVER_LOG = "ray.log"  # Ray's and Tune's output in compact mode (driver_output.py)
@@ -217,6 +216,8 @@ class SweepRun:
         cpus = None if node_cpus is None else reserved_cpus(exp, node_cpus)
         self.job = TeacherJob(exp, cpus)
         preflight.check_model(exp, self.source)  # torch + timm (`--dry-run` ran it before Ray)
+        from orchestrator.tracking import init_sqlite  # (MLflow: ~1 s to import)
+
         init_sqlite(self.uri)  # first use of a shared SQLite store: its migration, once
 
     # ------------------------------------------------------------------ 3. tracking

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from orchestrator._redact import redact
 from orchestrator.mlflow_limits import fit_params, fit_tags, json_tag
 from orchestrator.mlflow_names import STATUS_TAG, is_lost, mlflow_metric, tune_metrics, tune_status
@@ -327,3 +329,22 @@ def row(
     for k, v in params.items():
         out[f"param_{k}"] = _param_value(v)
     return out
+
+
+SQLITE_INIT_TIMEOUT_S = 300  # another driver migrating the same database: wait for it
+
+
+def init_sqlite(uri: str) -> None:
+    """Create or migrate a ``sqlite:///`` tracking store once, under a lock beside the file.
+
+    MLflow migrates a SQLite store's schema on first use; two processes doing it at once fail
+    ("table _alembic_tmp_metrics already exists") and leave the file half-migrated. Sweeps of
+    one storage path share the database, so this lock is the database's, not the sweep's.
+    Other URIs: nothing to do (a server migrates its own store).
+    """
+    if not uri.lower().startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock", timeout=SQLITE_INIT_TIMEOUT_S):
+        client(uri).search_experiments(max_results=1)  # creates or migrates the tables

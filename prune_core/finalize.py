@@ -16,10 +16,9 @@ from collections.abc import Iterable
 from torch import nn
 
 from prune_core.indicator import ChannelGate, GateMode
-from prune_core.macs import MacModel
+from prune_core.macs import MacModel, check_target
 from prune_core.prunable import GROUPS, check_groups, check_widths, prunable_modules
 from prune_core.surgery import Plan, current_plan
-from prune_core.training import check_target
 
 
 def _legal_widths(channels: int, round_to: int, min_keep: int) -> list[int]:

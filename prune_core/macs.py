@@ -25,6 +25,13 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from prune_core.prunable import MacValue, PrunableModule, prunable_modules
 
+
+def check_target(target: float) -> None:
+    """Raises ValueError unless the MAC target is a fraction of the full MACs in (0, 1]."""
+    if not 0.0 < float(target) <= 1.0:
+        raise ValueError(f"MAC target must be in (0, 1], got {target}")
+
+
 Widths = dict[str, dict[str, MacValue]]
 
 

@@ -24,7 +24,7 @@ from prune_core.calibration import INIT_MODES, initialize, update_similarity
 from prune_core.finalize import finalize
 from prune_core.indicator import ChannelGate, GateMode
 from prune_core.mac_pressure import PENALTIES, MacPressure
-from prune_core.macs import MacModel
+from prune_core.macs import MacModel, check_target
 from prune_core.optim import weight_decay_groups
 from prune_core.prunable import GROUPS, check_groups, check_widths, prunable_modules
 from prune_core.reweight import reweights
@@ -32,7 +32,6 @@ from prune_core.surgery import Plan
 from prune_core.training import (
     autocast,
     batches_forever,
-    check_target,
     default_device,
     logits_of,
     progress_bar,

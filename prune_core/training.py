@@ -48,12 +48,6 @@ class TrainConfig:
     seed: int = 0
 
 
-def check_target(target: float) -> None:
-    """Raises ValueError unless the MAC target is a fraction of the full MACs in (0, 1]."""
-    if not 0.0 < float(target) <= 1.0:
-        raise ValueError(f"MAC target must be in (0, 1], got {target}")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

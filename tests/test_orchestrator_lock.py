@@ -102,7 +102,7 @@ def test_concurrent_first_use_of_one_sqlite_store(tmp_path):
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from orchestrator.lock import init_sqlite\n"
+        "from orchestrator.tracking import init_sqlite\n"
         "from mlflow import MlflowClient\n"
         "barrier = Path(sys.argv[2])\n"
         "(barrier / f'ready-{sys.argv[3]}').touch()\n"
