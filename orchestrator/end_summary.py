@@ -66,8 +66,30 @@ def experiment_id(sweep_dir: Path) -> str | None:
 
 
 def mlflow_lines(uri: str, sweep_dir: Path, parent_id: str) -> list[str]:
-    """The parent run and how to open the runs table (mlflow_ui.open_lines)."""
-    return mlflow_ui.open_lines(uri, experiment_id(sweep_dir), parent_id)
+    """The parent run and how to open the runs table (mlflow_ui.open_lines), on the sweep's
+    own view of it when that could be stored (:func:`share_view`)."""
+    exp_id = experiment_id(sweep_dir)
+    view = share_view(uri, exp_id, parent_id, sweep_dir) if exp_id else None
+    return mlflow_ui.open_lines(uri, exp_id, parent_id, view=view)
+
+
+def share_view(uri: str, exp_id: str, parent_id: str, sweep_dir: Path) -> str | None:
+    """Store the sweep's runs-table view (``mlflow_ui.runs_view``, its explored settings read
+    from ``trials.parquet``'s ``param_*`` columns) as an experiment tag keyed by the parent
+    run id; the key, or None when MLflow did not take it (the plain link is printed then)."""
+    import pyarrow.parquet as pq
+
+    from orchestrator.tracking import client
+
+    table = Path(sweep_dir) / "trials.parquet"
+    names = pq.read_schema(table).names if table.is_file() else []
+    params = [n.removeprefix("param_") for n in names if n.startswith("param_")]
+    try:
+        view = mlflow_ui.runs_view(parent_id, params)
+        client(uri).set_experiment_tag(exp_id, mlflow_ui.VIEW_TAG + parent_id, view)
+    except Exception:  # any error: a view is a convenience, the link works without it
+        return None
+    return parent_id
 
 
 def hypervolume_plot(uri: str, parent_id: str, sweep_dir: Path) -> Path | None:

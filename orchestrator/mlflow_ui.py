@@ -8,6 +8,12 @@
   its GenAI overview (traces) unless the URL asks for the model-training view
   (``?workflowType=machine_learning``); the experiment's ``mlflow.experimentKind`` tag does not
   override the UI's global toggle. :func:`open_lines`.
+* What that table shows: a view of the sweep's trial runs (:func:`runs_view`: only this
+  sweep's child runs, sorted by ``pareto_rank``, with the status, front, accuracy, MAC and
+  speed columns and the explored settings), stored as the UI's own shared view (an experiment
+  tag ``mlflow.sharedViewState.<key>``, written by ``end_summary.share_view``) and opened by
+  the URL's ``viewStateShareKey``: a fresh browser sees the front, not a collapsed parent run
+  and no metric column.
 
 Nothing here imports MLflow or talks to a server: plain strings, for the driver's last lines
 (``sweep.py``), ``orchestrator.report`` and the parent run's creation (``tracking.py``).
@@ -15,6 +21,8 @@ Nothing here imports MLflow or talks to a server: plain strings, for the driver'
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,9 @@ from orchestrator._redact import redact
 RUN_NAME, DESCRIPTION = "mlflow.runName", "mlflow.note.content"
 RUNS_VIEW = "workflowType=machine_learning"  # the UI's "Model training" view: the runs table
 UI_PORT = 5000
+VIEW_TAG = "mlflow.sharedViewState."  # + key: a runs-table view the UI opens by its key
+VIEW_METRICS = ("pareto_rank", "top1_pct", "macs_ratio", "latency_ms", "speedup_x")
+VIEW_TAGS = ("trial_status", "pareto_front")
 DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # `mlflow ui --backend-store-uri`
 
 
@@ -94,10 +105,29 @@ def _absolute_sqlite(uri: str) -> str:
     return f"{head}:///{Path(path).resolve()}"
 
 
-def runs_url(uri: str, experiment_id: str | None, port: int = UI_PORT) -> str | None:
+def runs_view(parent_id: str, params: Iterable[str]) -> str:
+    """The runs-table view of one sweep (module doc) as the JSON MLflow's UI reads from a
+    shared-view tag: its trial runs (the parent left out, so they are not folded under it),
+    sorted by ``pareto_rank`` (the front first), columns ``trial_status``, ``pareto_front``,
+    :data:`VIEW_METRICS` and the explored ``params``."""
+    columns = [f"tags.`{t}`" for t in VIEW_TAGS] + [f"metrics.`{m}`" for m in VIEW_METRICS]
+    columns += [f"params.`{p}`" for p in params]
+    view = {
+        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        "orderByKey": "metrics.`pareto_rank`",
+        "orderByAsc": True,
+        "selectedColumns": columns,
+    }
+    return json.dumps(view, separators=(",", ":"))
+
+
+def runs_url(
+    uri: str, experiment_id: str | None, port: int = UI_PORT, view: str | None = None
+) -> str | None:
     """The URL of the experiment's runs table: on the server itself for an http(s) tracking
     URI (without its user and password: the browser asks), else on the ``mlflow ui`` of
-    :func:`open_lines`; None for a store whose UI is elsewhere (databricks)."""
+    :func:`open_lines`; None for a store whose UI is elsewhere (databricks). ``view``: the key
+    of a shared view (:func:`runs_view`) it opens with."""
     scheme = _scheme(uri)
     if scheme in ("http", "https"):
         parts = urlsplit(uri)
@@ -108,17 +138,23 @@ def runs_url(uri: str, experiment_id: str | None, port: int = UI_PORT) -> str | 
     else:
         return None
     where = f"experiments/{experiment_id}/runs" if experiment_id else "experiments"
-    return f"{base}/#/{where}?{RUNS_VIEW}"
+    shared = f"&viewStateShareKey={view}" if view and experiment_id else ""
+    return f"{base}/#/{where}?{RUNS_VIEW}{shared}"
 
 
 def open_lines(
-    uri: str, experiment_id: str | None, parent_id: str | None, port: int = UI_PORT
+    uri: str,
+    experiment_id: str | None,
+    parent_id: str | None,
+    port: int = UI_PORT,
+    view: str | None = None,
 ) -> list[str]:
     """Where to look in MLflow: the parent run, then the command (a database store) and the
-    URL that open the runs table. Credentials in the URI are masked (_redact)."""
+    URL that open the runs table (on the shared view ``view``, when one was stored).
+    Credentials in the URI are masked (_redact)."""
     run = f"parent run {parent_id}" if parent_id else "the sweep's runs"
     experiment = f", experiment {experiment_id}" if experiment_id else ""
-    url = runs_url(uri, experiment_id, port)
+    url = runs_url(uri, experiment_id, port, view)
     scheme = _scheme(uri)
     if scheme in ("http", "https"):
         return [f"MLflow: {run}{experiment}; its runs table: {url}"]

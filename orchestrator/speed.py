@@ -46,8 +46,8 @@ from orchestrator import front_preview, pareto
 from orchestrator._atomic import atomic_write
 from orchestrator._paths import contained
 from orchestrator.mlflow_names import SPEED_METRICS
+from orchestrator.model import create_model, load_teacher
 from orchestrator.schema import Experiment
-from orchestrator.teacher import create_model, load_teacher
 from orchestrator.tracking import client
 
 ROUNDS = 5  # interleaved rounds; the median of them is reported
@@ -274,7 +274,9 @@ def measure_front(
 
 def log_child_speed(c, front: pa.Table) -> int:
     """``latency_ms`` and ``speedup_x`` on each timed front trial's child run (one
-    ``log_batch`` per run, step 0); the number of runs written. MLflow errors propagate."""
+    ``log_batch`` per run, step 0), to 4 significant digits (the runs table shows what a
+    person compares; the rounds' spread is far wider); the number of runs written. MLflow
+    errors propagate."""
     from mlflow.entities import Metric  # here: the timing task never needs MLflow
 
     now, written = int(time.time() * 1000), 0
@@ -283,7 +285,8 @@ def log_child_speed(c, front: pa.Table) -> int:
         if r.get("run_id") and all(
             isinstance(v, float) and math.isfinite(v) for v in values.values()
         ):
-            c.log_batch(r["run_id"], metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+            metrics = [Metric(k, float(f"{v:.4g}"), now, 0) for k, v in values.items()]
+            c.log_batch(r["run_id"], metrics=metrics)
             written += 1
     return written
 

@@ -47,7 +47,7 @@ def test_timed_front_logs_latency_and_speedup_on_its_child_runs(tmp_path):
     ids = [c.create_run(exp).info.run_id for _ in range(3)]
     front = pa.Table.from_pylist(
         [
-            {"trial_id": "a", "run_id": ids[0], "latency_ms": 2.0, "speedup": 1.5},
+            {"trial_id": "a", "run_id": ids[0], "latency_ms": 2.0012345, "speedup": 1.5},
             {"trial_id": "b", "run_id": ids[1], "latency_ms": 1.0, "speedup": 3.0},
             {"trial_id": "c", "run_id": ids[2], "latency_ms": math.nan, "speedup": math.nan},
         ]
@@ -56,4 +56,5 @@ def test_timed_front_logs_latency_and_speedup_on_its_child_runs(tmp_path):
     by_latency = c.search_runs([exp], order_by=["metrics.latency_ms ASC"])
     assert [r.info.run_id for r in by_latency][:2] == [ids[1], ids[0]]
     assert c.get_run(ids[1]).data.metrics == {"latency_ms": 1.0, "speedup_x": 3.0}
+    assert c.get_run(ids[0]).data.metrics["latency_ms"] == 2.001  # 4 significant digits
     assert c.get_run(ids[2]).data.metrics == {}

@@ -61,3 +61,52 @@ def test_a_server_uri_gives_its_own_url_without_the_password() -> None:
     assert mlflow_ui.open_lines("databricks", "1", "abc") == [
         "MLflow: parent run abc, experiment 1 at databricks"
     ]
+
+
+def test_the_printed_link_opens_the_sweeps_own_view_of_its_trials(tmp_path) -> None:
+    """issue 30: a fresh browser on the printed URL sees this sweep's trials sorted by
+    pareto_rank with the front's columns: the view is stored as the UI's shared view (an
+    experiment tag) and its filter and order are valid MLflow search syntax."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from orchestrator import end_summary
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("digits", artifact_location=tmp_path.as_uri())
+    parent = c.create_run(exp, run_name="digits 12-07").info.run_id
+    kids = {}
+    for tid, rank in (("t1", 1.0), ("t0", 0.0), ("t2", None)):
+        run_id = c.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+        if rank is not None:
+            c.log_batch(run_id, metrics=[Metric("pareto_rank", rank, 0, 1)])
+        kids[tid] = run_id
+    other = c.create_run(exp, tags={"mlflow.parentRunId": "another sweep"}).info.run_id
+    c.log_metric(other, "pareto_rank", 0.0)
+    (tmp_path / "sweep.json").write_text(json.dumps({"experiment_id": exp}))
+    pq.write_table(pa.table({"trial_id": ["t0"], "param_search/target": [0.5]}),
+                   tmp_path / "trials.parquet")  # fmt: skip
+
+    lines = end_summary.mlflow_lines(uri, tmp_path, parent)
+    assert lines[-1].endswith(
+        f"/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey={parent}"
+    )
+    view = json.loads(c.get_experiment(exp).tags[f"mlflow.sharedViewState.{parent}"])
+    assert view["selectedColumns"][:4] == [
+        "tags.`trial_status`", "tags.`pareto_front`", "metrics.`pareto_rank`", "metrics.`top1_pct`"
+    ]  # fmt: skip
+    assert "metrics.`latency_ms`" in view["selectedColumns"]
+    assert view["selectedColumns"][-1] == "params.`search/target`"
+    direction = "ASC" if view["orderByAsc"] else "DESC"
+    found = c.search_runs(
+        [exp], view["searchFilter"], order_by=[f"{view['orderByKey']} {direction}"]
+    )
+    assert [r.info.run_id for r in found] == [kids["t0"], kids["t1"], kids["t2"]]
+    # a store that refuses the tag: the plain link, no view
+    lines = end_summary.mlflow_lines("sqlite:////nonexistent/dir/x.db", tmp_path, parent)
+    assert lines[-1].endswith("runs?workflowType=machine_learning")
