@@ -218,7 +218,7 @@ def _cross_checks(config: Experiment, source: str) -> None:
         raise ConfigError(
             source, f"model.kwargs.{unknown[0]}", f"source hf takes only {', '.join(HF_KWARGS)}"
         )
-    for key in ("num_classes", "img_size"):  # teacher.create_model passes these itself
+    for key in ("num_classes", "img_size"):  # model.create_model passes these itself
         if key in kwargs:
             raise ConfigError(
                 source,

@@ -39,8 +39,8 @@ from orchestrator.checkpoint import (
     read_verified,
 )
 from orchestrator.data import build_datasets, loaders
+from orchestrator.model import create_model, load_teacher
 from orchestrator.schema import Experiment
-from orchestrator.teacher import create_model, load_teacher
 
 
 def finetune_data_parallel(

@@ -18,7 +18,7 @@ import numpy as np
 
 
 def build(arch: dict, plan, weights):
-    """A fresh prunable model of ``arch`` (as ``orchestrator.teacher.create_model`` builds it,
+    """A fresh prunable model of ``arch`` (as ``orchestrator.model.create_model`` builds it,
     without a checkpoint), shrunk to ``plan`` and holding ``weights``, in eval mode."""
     import timm
 

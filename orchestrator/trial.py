@@ -46,8 +46,8 @@ from orchestrator.checkpoint import (
     subsample_search_log,
 )
 from orchestrator.data import build_datasets, loaders
+from orchestrator.model import create_model, load_teacher
 from orchestrator.schema import Experiment
-from orchestrator.teacher import create_model, load_teacher
 from orchestrator.trial_settings import finetune_config, search_config
 from prune_core.widths import full_widths, rows_to_csv, width_rows
 

@@ -42,8 +42,8 @@ def dp_config(tmp_path, name: str, max_failures: int):
 def test_data_parallel_finetune_reports_through_tune(tmp_path):
     import prune_core
     from orchestrator.config import load_config
+    from orchestrator.model import create_model
     from orchestrator.sweep import main
-    from orchestrator.teacher import create_model
 
     config = dp_config(tmp_path, "dp", max_failures=0)
     assert main([str(config)]) == 0

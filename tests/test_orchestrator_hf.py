@@ -119,7 +119,7 @@ def test_transforms_take_mean_std_and_size_from_the_image_processor(tmp_path, fo
 
 
 def test_the_teacher_is_the_pretrained_model_made_prunable(tmp_path, folder) -> None:
-    from orchestrator.teacher import create_model
+    from orchestrator.model import create_model
 
     exp = load_config(hf_config(tmp_path, folder))
     model = create_model(exp)

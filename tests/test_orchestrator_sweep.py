@@ -130,7 +130,7 @@ def test_every_trial_is_one_child_run_with_params_metrics_and_weights(sweep):
     import prune_core
     from orchestrator import space
     from orchestrator.config import load_config
-    from orchestrator.teacher import create_model
+    from orchestrator.model import create_model
 
     state = json.loads((sweep["dir"] / "sweep.json").read_text())
     client = mlflow_client(sweep["tmp"])
