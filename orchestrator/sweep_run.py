@@ -111,6 +111,9 @@ def start_ray(exp: Experiment, address: str | None, resume: bool) -> str | None:
         ray.init(address=address, **init)
     except ConnectionError as err:
         return f"orchestrator.sweep: --address {address}: {str(err).splitlines()[0]}"
+    except Exception as err:  # Ray raises a bare Exception when its node does not come up
+        # in time (an overloaded machine): one line, not a traceback; nothing was started
+        return f"orchestrator.sweep: Ray did not start: {str(err).splitlines()[0]}"
     return None
 
 

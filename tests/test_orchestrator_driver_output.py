@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from helpers import write_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,3 +55,25 @@ def test_verbose_mode_leaves_everything_on_the_terminal(tmp_path) -> None:
     proc = run(code, cwd=str(ROOT))
     assert proc.stdout.splitlines() == ["ray line", "our line"]
     assert not (tmp_path / "ray.log").exists()
+
+
+def test_ray_that_does_not_start_is_one_line(monkeypatch, tmp_path):
+    """ray.init raising a bare Exception (its node timed out on an overloaded machine) is one
+    line naming the cause, not a traceback."""
+    import ray
+
+    from orchestrator import sweep_run
+    from orchestrator.config import load_config
+
+    def timed_out(**kwargs):
+        raise Exception(
+            "The current node timed out during startup. This could happen because ...\nmore"
+        )
+
+    monkeypatch.setattr(ray, "init", timed_out)
+    exp = load_config(write_config(tmp_path, "noray"))
+    line = sweep_run.start_ray(exp, None, resume=False)
+    assert line == (
+        "orchestrator.sweep: Ray did not start: The current node timed out during startup. "
+        "This could happen because ..."
+    )
