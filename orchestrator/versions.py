@@ -8,6 +8,10 @@ Pillow has broken the main job before (NSGA-II stopped pickling, posterize refus
 series (major.minor) differs from the lock's: a patch release is within the tested range, a
 new minor or major release is not.
 
+``transformers`` is an extra (``pip install flatten-prune[hf]``, ``model.source: hf``): it is
+shown and judged when installed, and left out of the row when not (no "missing" for a package
+a timm-only install never needed).
+
 Reads package metadata only (``importlib.metadata``), so it imports none of the packages.
 """
 
@@ -17,7 +21,8 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-KEY_PACKAGES = ("torch", "timm", "ray", "optuna", "mlflow", "pyarrow", "pillow")
+KEY_PACKAGES = ("torch", "timm", "ray", "optuna", "mlflow", "pyarrow", "pillow", "transformers")
+OPTIONAL_PACKAGES = ("transformers",)  # extras: in the row only when installed
 LOCK = Path(__file__).resolve().parents[1] / "requirements-lock.txt"
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
@@ -81,7 +86,7 @@ def summary(path: Path | None = None) -> tuple[str, str | None]:
     """(the versions row of ``--dry-run``, a one-line warning or None), against ``path``
     (default: the repository's lock)."""
     path = path or LOCK
-    found = installed()
+    found = {n: v for n, v in installed().items() if v is not None or n not in OPTIONAL_PACKAGES}
     row = ", ".join(f"{n} {v or 'missing'}" for n, v in found.items()) + f"; {cuda()}"
     pins = locked(path)
     if not pins:

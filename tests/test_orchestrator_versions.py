@@ -39,7 +39,7 @@ def test_dry_run_prints_the_versions_and_warns_in_one_line(tmp_path, monkeypatch
 
     assert main([str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    for name in ("torch", "timm", "ray", "optuna", "mlflow", "pyarrow", "pillow"):
+    for name in ("torch", "timm", "ray", "optuna", "mlflow", "pyarrow", "pillow", "transformers"):
         assert f"{name} {metadata.version(name)}" in " ".join(out.split()), name
     assert "untested" not in out
 
@@ -51,3 +51,27 @@ def test_dry_run_prints_the_versions_and_warns_in_one_line(tmp_path, monkeypatch
     assert len(warning) == 1
     assert f"optuna {metadata.version('optuna')} (lock: 4.5.0)" in warning[0]
     assert "pillow" in warning[0] and "torch" not in warning[0]
+
+
+def test_transformers_is_shown_when_installed_and_left_out_when_not(monkeypatch):
+    """An extra (model.source: hf): in the row and judged against the lock when installed; a
+    timm-only install shows no "transformers missing". A key package that is missing still
+    says so."""
+    lock = versions.locked()
+    assert lock["transformers"] == metadata.version("transformers")
+    row, warning = versions.summary()
+    assert f"transformers {metadata.version('transformers')}" in row and warning is None
+
+    real = metadata.version
+
+    def without(*names):
+        def version(name):
+            if name in names:
+                raise metadata.PackageNotFoundError(name)
+            return real(name)
+
+        return version
+
+    monkeypatch.setattr(versions.metadata, "version", without("transformers", "optuna"))
+    row, _ = versions.summary()
+    assert "transformers" not in row and "optuna missing" in row
