@@ -28,7 +28,15 @@ from orchestrator.hf_model import is_local
 from orchestrator.schema import BUNDLED_KINDS, STORAGE_SCHEMES, Experiment, resolve_split
 from orchestrator.space import INIT_MODES, check_point
 
-__all__ = ["INIT_MODES", "ConfigError", "Experiment", "check_inputs", "load_config", "parse_config"]
+__all__ = [
+    "INIT_MODES",
+    "ConfigError",
+    "Experiment",
+    "check_inputs",
+    "load_config",
+    "parse_config",
+    "with_img_size",
+]
 
 
 class ConfigError(Exception):
@@ -199,6 +207,8 @@ def _cross_checks(config: Experiment, source: str) -> None:
             if getattr(config.data, split) is None:
                 raise ConfigError(source, f"data.{split}", f"required for kind {config.data.kind}")
     hf = config.model.source == "hf"
+    if not hf and config.model.img_size is None:
+        raise ConfigError(source, "model.img_size", "required for source timm")
     for field in ("model", "teacher"):
         if hf and getattr(config, field).checkpoint is not None:
             raise ConfigError(
@@ -254,6 +264,24 @@ def _cross_checks(config: Experiment, source: str) -> None:
             raise ConfigError(source, f"sweep.points_to_evaluate[{i}]", str(err)) from None
     if config.resources.gpus_per_trial > 1 and config.resources.gpus_per_trial % 1:
         raise ConfigError(source, "resources.gpus_per_trial", "above 1 it must be a whole number")
+
+
+def with_img_size(config: Experiment, source: str | Path) -> Experiment:
+    """``config`` with the ``model.img_size`` an hf sweep omitted, read from its image
+    processor's config (``hf_model.image_size``: square, at least 8 px), so every copy of the
+    experiment (the trials', Tune's state, ``config.json``, what ``--resume`` compares) holds
+    the size the sweep runs at. Driver-side, like :func:`check_inputs`; any other config is
+    returned as it is. ConfigError (one line naming the field) when the size cannot be read."""
+    m = config.model
+    if m.source != "hf" or m.img_size is not None:
+        return config
+    from orchestrator import hf_model
+
+    try:
+        size = hf_model.image_size(m.name)
+    except ValueError as err:
+        raise ConfigError(source, *hf_model.field_of(err)) from None
+    return config.model_copy(update={"model": m.model_copy(update={"img_size": size})})
 
 
 def check_inputs(config: Experiment, source: str | Path) -> None:

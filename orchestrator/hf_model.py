@@ -114,6 +114,21 @@ def preprocessing(name: str) -> Preprocessing:
     )
 
 
+def image_size(name: str) -> int:
+    """The side of the square images the checkpoint's image processor makes (pixels): what
+    ``model.img_size`` is when an hf sweep omits it. ValueError naming ``model.img_size`` for
+    a size that is not square or below the schema's 8 px."""
+    height, width = preprocessing(name).size
+    if height != width:
+        raise ValueError(
+            f"model.img_size: {name}'s image processor takes {height}x{width}, not square "
+            "images; a sweep needs square ones"
+        )
+    if height < 8:
+        raise ValueError(f"model.img_size: {name}'s image processor takes {height} px, below 8")
+    return height
+
+
 def create(name: str, kwargs: dict, *, pretrained: bool) -> nn.Module:
     """The image classifier of ``name`` in eval mode: pretrained weights (``from_pretrained``),
     or the architecture alone (``from_config``: trials then load the teacher's state)."""

@@ -39,7 +39,9 @@ class ModelConfig(Strict):
     source: Literal["timm", "hf"] = "timm"
     name: str
     num_classes: int = Field(ge=1)
-    img_size: int = Field(ge=8)
+    # required for timm; hf: the image processor's size when omitted (config.with_img_size),
+    # and an explicit value must be that size (hf_model.check)
+    img_size: int | None = Field(None, ge=8)
     checkpoint: Path | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)  # extra timm.create_model arguments
 

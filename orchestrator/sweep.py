@@ -24,7 +24,7 @@ from rich.console import Console
 
 from orchestrator import preflight, sweep_run, sweep_state
 from orchestrator._redact import redact
-from orchestrator.config import ConfigError, check_inputs, load_config
+from orchestrator.config import ConfigError, check_inputs, load_config, with_img_size
 from orchestrator.dry_run import print_plan
 from orchestrator.lock import SweepBusy, SweepLock
 from orchestrator.schema import Experiment
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 update={"sweep": exp.sweep.model_copy(update={"num_samples": args.num_samples})}
             )
         check_inputs(exp, args.config)
+        exp = with_img_size(exp, args.config)  # hf: the image processor's, when omitted
         uri = check_uri(args.tracking_uri or exp.tracking_uri())
         exp = _masked(exp, uri)  # from here on `uri` alone holds the tracking password
         # the model check (torch, timm: seconds) runs beside the teacher in a real run

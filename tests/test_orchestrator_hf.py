@@ -16,7 +16,7 @@ from helpers import write_config
 
 import prune_core as pc
 from orchestrator import hf_model
-from orchestrator.config import load_config
+from orchestrator.config import load_config, with_img_size
 from orchestrator.data import transforms
 from orchestrator.sweep import main
 
@@ -83,6 +83,48 @@ def test_what_does_not_fit_is_one_line_naming_the_field(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"{field}: " in err and words in err
+
+
+def _without_img_size(config):
+    raw = yaml.safe_load(config.read_text())
+    del raw["model"]["img_size"]
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def test_an_omitted_img_size_is_the_image_processors(tmp_path, folder, capsys) -> None:
+    """hf: model.img_size may be left out: the image processor's size (8) is used, and every
+    copy of the experiment holds it; timm still requires it."""
+    config = _without_img_size(hf_config(tmp_path, folder))
+    assert load_config(config).model.img_size is None  # filled in the driver, not the schema
+    exp = with_img_size(load_config(config), config)
+    assert exp.model.img_size == 8 and exp.input_size == (3, 8, 8)
+    assert main([str(config), "--dry-run"]) == 0
+    out = " ".join(w for w in capsys.readouterr().out.split() if w != "│")
+    assert f"{folder}, 10 classes, 8 px" in out and "8x8, mean (0.25, 0.5, 0.75)" in out
+    raw = yaml.safe_load(config.read_text())
+    raw["model"] = {"name": "flatten_vit_micro", "num_classes": 10}
+    config.write_text(yaml.safe_dump(raw))
+    assert main([str(config), "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip().endswith("model.img_size: required for source timm")
+
+
+def test_an_omitted_img_size_the_processor_cannot_give_is_one_line(
+    tmp_path, folder, capsys
+) -> None:
+    other = tmp_path / "oblong"
+    shutil.copytree(folder, other)
+    processor = json.loads((other / "preprocessor_config.json").read_text())
+    processor["size"] = {"height": 8, "width": 16}
+    (other / "preprocessor_config.json").write_text(json.dumps(processor))
+    config = _without_img_size(hf_config(tmp_path, other))
+    assert main([str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.endswith(
+        f"model.img_size: {other}'s image processor takes 8x16, not square images; a sweep "
+        "needs square ones"
+    )
 
 
 def test_a_checkpoint_with_other_classes_is_refused_naming_num_classes(
