@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # parsing a config stays torch-free (orchestrator.config imports is_local)
     from torch import nn
 
+# the checkpoint's transformers config as the sweep's parent run keeps it: what
+# ``orchestrator.pick`` rebuilds a picked model from (from_config: nothing downloaded, and no
+# name read back from MLflow becomes a path)
+CONFIG_ARTIFACT = "hf_config.json"
 # keyword arguments model.kwargs may pass to from_pretrained / from_config (nothing that
 # changes what is loaded, or from where)
 ALLOWED_KWARGS = ("attn_implementation",)
@@ -84,6 +88,14 @@ def model_config(name: str):
         return tf.AutoConfig.from_pretrained(**_where(name))
     except (OSError, ValueError) as err:
         raise ValueError(f"model.name: {name}: {_one_line(err)}") from None
+
+
+def config_dict(name: str) -> dict:
+    """The checkpoint's whole config (every field, ``model_type`` included) as JSON, as
+    ``config.json`` holds it: :data:`CONFIG_ARTIFACT` on the parent run."""
+    import json
+
+    return json.loads(model_config(name).to_json_string(use_diff=False))
 
 
 def preprocessing(name: str) -> Preprocessing:

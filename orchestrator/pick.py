@@ -10,7 +10,9 @@ with one line naming the closest trial and by how much it misses.
 ``--export DIR`` writes the picked model there (``model.onnx``, ``plan.json`` + ``weights.pt``,
 a model card ``README.md``: :mod:`orchestrator.pick_export`); ``--register NAME`` logs it to
 MLflow under the trial's run and registers a version with an alias
-(:mod:`orchestrator.pick_register`).
+(:mod:`orchestrator.pick_register`). Both work for timm and ``model.source: hf`` sweeps (a
+transformers model is rebuilt from the config its sweep's parent run keeps:
+:mod:`orchestrator.pick_hf`).
 
 The source is found as ``orchestrator.report`` finds it (a folder with ``sweep.json``, or a
 parent run id with ``--tracking-uri`` / ``$MLFLOW_TRACKING_URI`` / ``./results/mlflow.db``).

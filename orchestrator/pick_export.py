@@ -3,12 +3,14 @@
 :func:`fetch` reads what the trial left in MLflow (its child run's ``plan.json`` and
 ``weights.pt``, the parent run's ``config.json``), checking it on the way: the run must be a
 child of the sweep's parent run, the architecture a registered timm model with plain
-arguments (none that would make timm read a file), the weights loaded with
-``weights_only=True``, every file downloaded under a fixed name (nothing read from MLflow
-becomes a path). :func:`export` writes ``model.onnx`` (dynamic batch, ``prune_core.export_onnx``),
-``plan.json`` + ``weights.pt`` (``prune_core.save_pruned``) with ``model.json`` (the
-architecture they need) and a model card ``README.md``; the folder is built beside the target
-and renamed into place, so it appears whole or not at all.
+arguments (none that would make timm read a file) or, for ``model.source: hf``, the parent
+run's transformers config (``hf_config.json``, checked by :mod:`orchestrator.pick_hf`), the
+weights loaded with ``weights_only=True``, every file downloaded under a fixed name (nothing
+read from MLflow becomes a path). :func:`export` writes ``model.onnx`` (dynamic batch,
+``prune_core.export_onnx``), ``plan.json`` + ``weights.pt`` (``prune_core.save_pruned``) with
+``model.json`` (the architecture they need; an hf model's transformers config beside it as
+``config.json``) and a model card ``README.md``; the folder is built beside the target and
+renamed into place, so it appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from pathlib import Path
 import torch
 
 import prune_core
+from orchestrator import pick_hf
+from orchestrator.hf_model import CONFIG_ARTIFACT
 from orchestrator.pruned_pyfunc import build
 from orchestrator.report import Refused
 from orchestrator.tracking import PARENT_TAG, client
+from prune_core.training import logits_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # an experiment name (schema.Experiment)
@@ -39,36 +44,45 @@ TOLERANCE = 1e-4  # ONNX vs PyTorch logits, max |Δ|
 @dataclass
 class Picked:
     row: dict  # the front's row (validated by pick.validate)
-    arch: dict  # model.json: name, num_classes, img_size, kwargs
+    arch: dict  # model.json: name, num_classes, img_size, kwargs (hf: source, config too)
     plan: prune_core.Plan
     weights: dict[str, torch.Tensor]
     config: dict  # the sweep's config.json (credentials already masked by the sweep)
     params: dict[str, str] = field(default_factory=dict)  # the trial's MLflow params
     commit: str = "unknown"
     parent: str = ""
+    hf_config: dict | None = None  # model.source hf: the transformers config (pick_hf)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
         a = self.arch
+        if self.hf_config is not None:
+            return (pick_hf.channels(self.hf_config), a["img_size"], a["img_size"])
         return (int(a["kwargs"].get("in_chans", 3)), a["img_size"], a["img_size"])
 
     def model(self) -> torch.nn.Module:
-        return build(self.arch, self.plan, self.weights)
+        return build(self.arch, self.plan, self.weights, hf_config=self.hf_config)
 
 
 def check_arch(model: dict) -> dict:
-    """The ``model`` section of config.json as model.json, or Refused."""
+    """The ``model`` section of config.json as model.json, or Refused (an hf model's
+    transformers config is checked apart: :func:`orchestrator.pick_hf.check_config`)."""
     import timm
 
     if not isinstance(model, dict):
         raise Refused("config.json has no model section")
     name, classes, size = model.get("name"), model.get("num_classes"), model.get("img_size")
     kwargs = model.get("kwargs") or {}
-    if not isinstance(name, str) or not timm.is_model(name):
-        raise Refused(f"config.json: model {str(name)[:60]!r} is not a timm model here")
     for key, value, high in (("num_classes", classes, 1_000_000), ("img_size", size, 8192)):
         if type(value) is not int or not 1 <= value <= high:
             raise Refused(f"config.json: model.{key} {str(value)[:20]!r} is out of range")
+    source = model.get("source", "timm")  # absent: a sweep from before model.source
+    if source == "hf":
+        return pick_hf.arch(name, classes, size, kwargs)
+    if source != "timm":
+        raise Refused(f"config.json: model.source {str(source)[:20]!r} is neither timm nor hf")
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise Refused(f"config.json: model {str(name)[:60]!r} is not a timm model here")
     if not isinstance(kwargs, dict):
         raise Refused("config.json: model.kwargs is not a mapping")
     for key, value in kwargs.items():
@@ -96,31 +110,45 @@ def fetch(uri: str, parent: str, row: dict) -> Picked:
             map_location="cpu",
             weights_only=True,
         )
-    if not isinstance(config, dict):
-        raise Refused("the parent run's config.json is not a mapping")
+        if not isinstance(config, dict):
+            raise Refused("the parent run's config.json is not a mapping")
+        arch = check_arch(config.get("model"))
+        hf_config = None
+        if arch.get("source") == "hf":
+            if CONFIG_ARTIFACT not in {f.path for f in c.list_artifacts(parent)}:
+                raise Refused(
+                    f"the parent run has no {CONFIG_ARTIFACT}: the sweep started before pick "
+                    "could rebuild hf models; run it again to export or register its models"
+                )
+            text = Path(c.download_artifacts(parent, CONFIG_ARTIFACT, tmp)).read_text()
+            hf_config = pick_hf.check_config(json.loads(text), arch["num_classes"])
     return Picked(
         row=row,
-        arch=check_arch(config.get("model")),
+        arch=arch,
         plan=prune_core.Plan.from_json(plan),
         weights=weights,
         config=config,
         params=dict(run.data.params),
         commit=c.get_run(parent).data.tags.get("git_commit", "unknown"),
         parent=parent,
+        hf_config=hf_config,
     )
 
 
 def write_model_files(picked: Picked, model: torch.nn.Module, folder: Path, opset=None) -> float:
-    """model.onnx, plan.json, weights.pt and model.json in ``folder``; returns the largest
-    |Δ| of the ONNX logits from PyTorch's on a seeded batch of 4 (ValueError beyond 1e-4)."""
+    """model.onnx, plan.json, weights.pt and model.json in ``folder`` (an hf model's
+    transformers config beside them: config.json); returns the largest |Δ| of the ONNX
+    logits from PyTorch's on a seeded batch of 4 (ValueError beyond 1e-4)."""
     prune_core.export_onnx(model, folder / "model.onnx", picked.input_size, opset=opset)
     prune_core.save_pruned(model, picked.plan, folder)
     (folder / "model.json").write_text(json.dumps(picked.arch, indent=1) + "\n")
+    if picked.hf_config is not None:
+        (folder / pick_hf.CONFIG_FILE).write_text(json.dumps(picked.hf_config, indent=1) + "\n")
     import onnxruntime as ort
 
     x = torch.randn(4, *picked.input_size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        want = model(x).numpy()
+        want = logits_of(model(x)).numpy()
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {"images": x.numpy()})[0]
     delta = float(abs(got - want).max())
@@ -183,10 +211,31 @@ def fixed_settings(config: dict) -> dict[str, str]:
     return out
 
 
+def rebuild_lines(picked: Picked) -> list[str]:
+    """The model card's lines on rebuilding the PyTorch model from the folder."""
+    if picked.hf_config is None:
+        return [
+            "- `plan.json`, `weights.pt`, `model.json`: the PyTorch model, rebuilt with",
+            "  `orchestrator.pruned_pyfunc.build(json.load(open('model.json')), 'plan.json', "
+            "'weights.pt')`",
+            "  (timm + prune_core: `load_pruned` on the prunable model).",
+        ]
+    return [
+        "- `plan.json`, `weights.pt`, `model.json`, `config.json` (the transformers config: "
+        "`from_config`, nothing downloaded): the PyTorch model, rebuilt with",
+        "  `orchestrator.pruned_pyfunc.build(json.load(open('model.json')), 'plan.json', "
+        "'weights.pt', hf_config=json.load(open('config.json')))`",
+        "  (transformers + prune_core: `AutoModelForImageClassification.from_config`, "
+        "`make_prunable`, `load_pruned`; or `AutoConfig.from_pretrained` of this folder).",
+    ]
+
+
 def model_card(picked: Picked, teacher: dict, delta: float, opset, command: str) -> str:
     r, a, cfg = picked.row, picked.arch, picked.config
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     source = cfg.get("model", {}).get("checkpoint") or (cfg.get("teacher") or {}).get("checkpoint")
+    if picked.hf_config is not None:  # the checkpoint's own weights were the teacher
+        source = f"{a['name']} (transformers {picked.hf_config['model_type']}, from_pretrained)"
     t_top1, t_macs = teacher.get("top1"), teacher.get("macs")
     speed = "not timed"
     if r.get("speedup") is not None:
@@ -234,10 +283,7 @@ def model_card(picked: Picked, teacher: dict, delta: float, opset, command: str)
         "- `model.onnx`: input `images` (batch, "
         + ", ".join(map(str, picked.input_size))
         + "), output `logits` (its weights may be in `model.onnx.data` beside it).",
-        "- `plan.json`, `weights.pt`, `model.json`: the PyTorch model, rebuilt with",
-        "  `orchestrator.pruned_pyfunc.build(json.load(open('model.json')), 'plan.json', "
-        "'weights.pt')`",
-        "  (timm + prune_core: `load_pruned` on the prunable model).",
+        *rebuild_lines(picked),
         "",
         "## Reproduce",
         "",

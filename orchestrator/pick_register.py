@@ -1,7 +1,8 @@
 """A picked front trial in MLflow's model registry (``python -m orchestrator.pick --register``).
 
 Under the trial's own child run: a pyfunc (``orchestrator/pruned_pyfunc.py``, logged as code:
-the PyTorch pruned model rebuilt from its ``plan.json``, ``weights.pt`` and ``model.json``),
+the PyTorch pruned model rebuilt from its ``plan.json``, ``weights.pt`` and ``model.json``, and
+a transformers model's ``config.json``),
 with its signature and an input example, and the same model as ONNX (``mlflow.onnx``: runs
 with onnxruntime alone). The pyfunc is registered as a new version of ``NAME`` with the
 trial's ``macs_ratio`` and ``top1`` (and trial, run and ONNX model) as version tags, and an
@@ -20,8 +21,10 @@ import numpy as np
 import torch
 
 from orchestrator.pick_export import Picked, write_model_files
+from orchestrator.pick_hf import CONFIG_FILE
 from orchestrator.report import Refused
 from orchestrator.tracking import check_uri
+from prune_core.training import logits_of
 
 PYFUNC = Path(__file__).with_name("pruned_pyfunc.py")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -34,13 +37,20 @@ def default_alias(max_macs_ratio: float | None, row: dict) -> str:
     return "pareto-" + ratio.replace(".", "_")
 
 
-def _requirements() -> list[str]:
+def _requirements(hf: bool = False) -> list[str]:
+    """The pyfunc's pins (the last two: the ONNX model's); ``hf`` adds transformers."""
     import onnxruntime
     import timm
 
+    extra = []
+    if hf:
+        import transformers
+
+        extra = [f"transformers=={transformers.__version__}"]
     return [
         f"torch=={torch.__version__.split('+')[0]}",
         f"timm=={timm.__version__}",
+        *extra,
         f"numpy=={np.__version__}",
         f"onnxruntime=={onnxruntime.__version__}",
     ]
@@ -86,7 +96,7 @@ def register(uri: str, picked: Picked, name: str, alias: str, files: Path | None
     model = picked.model()
     x = torch.randn(2, *picked.input_size, generator=torch.Generator().manual_seed(0)).numpy()
     with torch.inference_mode():
-        y = model(torch.from_numpy(x)).numpy()
+        y = logits_of(model(torch.from_numpy(x))).numpy()
     signature = infer_signature(x, y)
     previous = _uris()
     c = client(uri, registry_uri=uri)
@@ -98,18 +108,22 @@ def register(uri: str, picked: Picked, name: str, alias: str, files: Path | None
             if files is None:
                 files = Path(tmp)
                 write_model_files(picked, model, files)
+            artifacts = {
+                "arch": str(files / "model.json"),
+                "plan": str(files / "plan.json"),
+                "weights": str(files / "weights.pt"),
+            }
+            hf = picked.hf_config is not None
+            if hf:
+                artifacts["hf_config"] = str(files / CONFIG_FILE)
             with mlflow.start_run(run_id=row["run_id"]):
                 info = mlflow.pyfunc.log_model(
                     name="pruned_model",
                     python_model=str(PYFUNC),
-                    artifacts={
-                        "arch": str(files / "model.json"),
-                        "plan": str(files / "plan.json"),
-                        "weights": str(files / "weights.pt"),
-                    },
+                    artifacts=artifacts,
                     signature=signature,
                     input_example=x,
-                    pip_requirements=_requirements(),
+                    pip_requirements=_requirements(hf),
                 )
                 onnx_info = mlflow.onnx.log_model(
                     onnx.load(str(files / "model.onnx")),

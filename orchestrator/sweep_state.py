@@ -38,12 +38,18 @@ def parent_run(exp: Experiment, uri: str) -> tuple[str, bool]:
         None if uri.startswith(("http:", "https:")) else (exp.sweep_dir.parent / "mlartifacts")
     )
     exp_id = tracking.experiment_id(uri, exp.tracking.experiment or exp.name, artifact_root)
+    files = {}
+    if exp.model.source == "hf":  # what pick rebuilds the model from (no path read back)
+        from orchestrator import hf_model
+
+        files[hf_model.CONFIG_ARTIFACT] = hf_model.config_dict(exp.model.name)
     parent = tracking.start_parent(
         uri,
         exp_id,
         exp.name,
         exp.model_dump(mode="json"),
         space_mod.describe(exp.tunable_sections),
+        files,
     )
     state = {"parent_run_id": parent, "tracking_uri": redact(uri), "experiment_id": exp_id}
     state["config"] = started_config(exp)  # what --resume compares the file with

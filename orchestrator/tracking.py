@@ -183,12 +183,20 @@ def parent_params(config: dict, space_rows: list[tuple]) -> dict[str, str]:
     return {**fixed, **explored}
 
 
-def start_parent(uri: str, exp_id: str, name: str, config: dict, space_rows: list[tuple]) -> str:
+def start_parent(
+    uri: str,
+    exp_id: str,
+    name: str,
+    config: dict,
+    space_rows: list[tuple],
+    files: dict[str, dict] | None = None,
+) -> str:
     """Create the sweep's parent run: the explored space and identifying settings as params
     (:func:`parent_params`), a distinct name and a description (``mlflow_ui.parent_tags``),
-    space and config as artifacts (the teacher's metrics follow when it is trained:
-    :func:`log_teacher`). Credentials in the config's URIs are masked (every MLflow reader
-    sees the params)."""
+    space and config as artifacts, and ``files`` (artifact name -> JSON content: an hf
+    sweep's transformers config, ``hf_model.CONFIG_ARTIFACT``) beside them (the teacher's
+    metrics follow when it is trained: :func:`log_teacher`). Credentials in the config's URIs
+    are masked (every MLflow reader sees the params)."""
     from mlflow.entities import Param, RunTag  # here: see client()
 
     from orchestrator.mlflow_ui import parent_tags
@@ -217,6 +225,8 @@ def start_parent(uri: str, exp_id: str, name: str, config: dict, space_rows: lis
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(config, indent=1, default=str))
         (Path(tmp) / "search_space.json").write_text(json.dumps(dict(space_rows), indent=1))
+        for file, content in (files or {}).items():
+            (Path(tmp) / file).write_text(json.dumps(content, indent=1))
         c.log_artifacts(run_id, tmp)
     return run_id
 
