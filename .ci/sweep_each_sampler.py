@@ -7,7 +7,6 @@ failure log says which releases broke it.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import typing
@@ -16,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import write_config  # noqa: E402 - the suite's tiny experiment, one home
+from helpers import run_sweep_cli, write_config  # noqa: E402 - the suite's tiny experiment, one home
 
 from orchestrator import versions
 from orchestrator.schema import SweepConfig
@@ -40,13 +39,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for sampler in SAMPLERS:
             path = config(Path(tmp), sampler)
-            proc = subprocess.run(
-                [sys.executable, "-m", "orchestrator.sweep", str(path)],
-                capture_output=True,
-                text=True,
-                timeout=900,
-                check=False,
-            )
+            proc = run_sweep_cli(path, timeout=900)
             table = Path(tmp) / "results" / f"latest-{sampler}" / "trials.parquet"
             rows = pq.read_table(table).num_rows if table.is_file() else 0
             ok = proc.returncode == 0 and rows == 2

@@ -154,6 +154,25 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def sweep_cmd(*args: str | Path) -> list[str]:
+    """``python -m orchestrator.sweep ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "orchestrator.sweep", *map(str, args)]
+
+
+def run_sweep_cli(
+    *args: str | Path,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess:
+    """The driver as a user runs it (a subprocess), its output captured as text; never raises
+    on a non-zero exit (the tests assert on it)."""
+    return subprocess.run(
+        sweep_cmd(*args), capture_output=True, text=True, timeout=timeout, check=False,
+        env=env, cwd=cwd,
+    )  # fmt: skip
+
+
 def wait_until(
     check: Callable[[], Any],
     *,

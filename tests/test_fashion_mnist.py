@@ -12,7 +12,6 @@ import gzip
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 import timm
 import torch
 import yaml
-from helpers import ROOT
+from helpers import ROOT, run_sweep_cli
 
 import prune_core.fashion_mnist as fm
 from orchestrator.config import ConfigError, load_config, parse_config
@@ -226,15 +225,7 @@ def test_shipped_fashion_config_and_cross_checks():
 
 def run_dry(config: Path, cwd: Path, env_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "FASHION_MNIST_DIR": str(env_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", str(config), "--dry-run"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_sweep_cli(config, "--dry-run", cwd=cwd, env=env)
 
 
 def test_dry_run_missing_data_is_one_line_exit_2(tmp_path, arrays):

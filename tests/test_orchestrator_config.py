@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, error_of, minimal
+from helpers import ROOT, error_of, minimal, run_sweep_cli
 
 from orchestrator.config import INIT_MODES, ConfigError, load_config, parse_config
 from orchestrator.space import DefineByRun, describe, explored
@@ -208,14 +208,7 @@ def test_paths_trials_read_from_the_environment_are_resolved_in_the_driver(tmp_p
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_sweep_cli(*args, cwd=cwd)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from helpers import (
     free_port,
     kill_group,
     mlflow_client,
+    sweep_cmd,
     tune_results,
     wait_until,
     write_config,
@@ -39,10 +39,6 @@ from orchestrator import space
 from orchestrator.config import load_config
 
 pytestmark = [pytest.mark.sweep, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
-
-
-def sweep_cmd(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.sweep", str(config), *extra]
 
 
 # ----------------------------------------------------------------------------- trial faults

@@ -4,13 +4,11 @@ and the field, exit status 2, and nothing written."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, error_of, minimal, write_config
+from helpers import ROOT, error_of, minimal, run_sweep_cli, write_config
 from PIL import Image
 
 from orchestrator.config import parse_config
@@ -72,14 +70,7 @@ def test_teacher_asking_for_more_cpus_than_local_ray_has_is_refused(tmp_path):
     """Issue 12: `num_cpus: 1, teacher_cpus: 2` waited forever for a node; here the real CLI
     (a subprocess) refuses it in seconds."""
     config = write_config(tmp_path, "cpus", resources={"num_cpus": 1, "teacher_cpus": 2})
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
+    proc = run_sweep_cli(config, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"{config}: resources.teacher_cpus: the teacher task asks for 2 CPU, but local Ray has "

@@ -19,13 +19,20 @@ import os
 import pickle
 import stat
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import MlflowServer, children, error_of, free_port, minimal, write_config
+from helpers import (
+    MlflowServer,
+    children,
+    error_of,
+    free_port,
+    minimal,
+    sweep_cmd,
+    write_config,
+)
 
 from orchestrator.config import load_config
 from orchestrator.outbox import Outbox
@@ -89,10 +96,6 @@ class AuthProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def sweep_cmd(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator.sweep", str(config), *extra]
 
 
 def files_holding(root: Path, secret: str) -> list[str]:

@@ -3,13 +3,11 @@ it); anything else is refused with one line naming the field and the accepted fo
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, error_of, minimal, write_config
+from helpers import ROOT, error_of, minimal, run_sweep_cli, write_config
 
 from orchestrator.config import parse_config
 
@@ -71,14 +69,7 @@ def test_dry_run_shows_the_cloud_storage(tmp_path):
     raw["storage"] = {"path": "s3://my-bucket/sweeps", "local_dir": str(tmp_path / "state")}
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", str(path), "--dry-run"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-    )
+    proc = run_sweep_cli(path, "--dry-run", cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "s3://my-bucket/sweeps/digits" in proc.stdout
     assert not Path(tmp_path / "state").exists()  # a dry run writes nothing
@@ -138,14 +129,7 @@ def test_sweep_on_s3_compatible_storage(tmp_path):
             },
             sweep={"num_samples": 2, "max_concurrent_trials": 2, "asha": None, "max_failures": 0},
         )
-        proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator.sweep", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-            env=env,
-        )
+        proc = run_sweep_cli(config, timeout=600, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         local = tmp_path / "results" / "ons3"
         trials = pq.read_table(local / "trials.parquet").to_pylist()
@@ -188,14 +172,7 @@ def test_sweep_on_s3_compatible_storage(tmp_path):
         import shutil
 
         shutil.rmtree(local)
-        proc = subprocess.run(
-            [sys.executable, "-m", "orchestrator.sweep", str(config), "--resume"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-            env=env,
-        )
+        proc = run_sweep_cli(config, "--resume", timeout=600, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "driver files from s3://sweeps/results/ons3.driver" in proc.stdout
         assert "teacher epoch" not in proc.stdout + proc.stderr

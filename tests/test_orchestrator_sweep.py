@@ -21,6 +21,7 @@ from helpers import (
     children,
     kill_group,
     mlflow_client,
+    run_sweep_cli,
     tune_results,
     wait_until,
     write_config,
@@ -262,13 +263,7 @@ def test_report_cli_prints_the_front_and_writes_the_plot(sweep, tmp_path):
 
 
 def test_existing_sweep_is_not_overwritten_without_resume(sweep):
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", str(sweep["tmp"] / "e2e.yaml")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    proc = run_sweep_cli(sweep["tmp"] / "e2e.yaml")
     assert proc.returncode == 2
     assert "already holds sweep 'e2e': pass --resume" in proc.stderr.strip().splitlines()[-1]
 

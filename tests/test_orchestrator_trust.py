@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_config
+from helpers import run_sweep_cli, write_config
 
 from orchestrator import sweep_state
 from orchestrator.sweep import main
@@ -58,14 +56,7 @@ def test_a_tuner_that_fails_to_build_leaves_nothing_that_blocks_a_rerun(tmp_path
     rules.write_text(json.dumps([{"point": "tuner", "action": "raise"}]))
     config = write_config(tmp_path, "build", sweep={"num_samples": 1})
     env = {**os.environ, "ORCHESTRATOR_FAULTS": str(rules)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "orchestrator.sweep", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = run_sweep_cli(config, timeout=600, env=env)
     assert proc.returncode != 0
     assert "InjectedFault: injected fault at tuner" in proc.stderr, proc.stderr[-2000:]
     assert (rules.parent / "fired-0.json").is_file()  # it fired where Tune writes tuner.pkl
