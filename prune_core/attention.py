@@ -222,6 +222,14 @@ class SoftmaxAttention(PrunableAttention):
         return bias
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.attend(x, mask)[0]
+
+    def attend(
+        self, x: Tensor, mask: Tensor | None = None, *, weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """The attention's output (B, N, C) and, with ``weights``, its attention probabilities
+        (B, H, N, N), after dropout, as ``transformers``' eager attention returns them (the
+        explicit softmax then runs on CUDA too); None without ``weights``."""
         B, N, _ = x.shape
         H = self.num_heads
         q, k, v = self._split(x)
@@ -236,8 +244,9 @@ class SoftmaxAttention(PrunableAttention):
         v = v * self._v_multiplier()[:, None, :]
         bias = self._attn_bias(B, N, mask)
         self._record(attn_bias=bias)  # the map the layer computes includes it (init)
-        if q.is_cuda:  # fused kernels; on CPU the explicit form is as fast and torch's
-            # FlopCounterMode does not count CPU SDPA, so explicit keeps MAC counts honest
+        attn = None
+        if q.is_cuda and not weights:  # fused kernels; on CPU the explicit form is as fast
+            # and torch's FlopCounterMode does not count CPU SDPA: explicit keeps MACs honest
             drop = self.attn_drop.p if self.training else 0.0
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=drop, scale=self.scale
@@ -249,7 +258,7 @@ class SoftmaxAttention(PrunableAttention):
             attn = self.attn_drop(attn.softmax(dim=-1))
             out = attn @ v
         out = out.transpose(1, 2).reshape(B, N, H * self.v_dim)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(out)), attn if weights else None
 
     def macs(self, widths: dict[str, MacValue], tokens: int, batch: int = 1) -> MacValue:
         H, C, N = self.num_heads, self.dim, tokens

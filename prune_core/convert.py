@@ -39,7 +39,12 @@ from prune_core.converters import (
     WINDOW_ATTENTION,
     is_identity,
 )
-from prune_core.hf_converters import HF_MLP_KINDS, is_transformers_module, survey_kind
+from prune_core.hf_converters import (
+    HF_MLP_KINDS,
+    is_transformers_module,
+    keep_weight_records,
+    survey_kind,
+)
 from prune_core.hf_converters import SUPPORTED as HF_SUPPORTED
 from prune_core.hf_converters import convert as convert_hf
 from prune_core.prunable import PrunableModule
@@ -186,15 +191,19 @@ def make_prunable(model: nn.Module, *, verbose: bool = True) -> nn.Module:
             "prune (supported: timm Attention, Swin and Swin V2 WindowAttention, BEiT "
             f"Attention, EvaAttention, prune_core attention; {HF_SUPPORTED}){detail}"
         )
+    replaced_hf = []  # (path, original class, twin): transformers' weight records follow
     for path, kind in convert.items():
         old = model.get_submodule(path)
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path) if path else None
         new = CONVERTERS[kind](old) if kind in CONVERTERS else convert_hf(kind, old, parent)
+        if kind not in CONVERTERS:
+            replaced_hf.append((path, type(old), new))
         if parent is None:
             model = new
             continue
         setattr(parent, child, new)
+    keep_weight_records(model, replaced_hf)
     if skipped:
         listing = "; ".join(f"{path}: {reason}" for path, reason in skipped.items())
         warnings.warn(

@@ -20,16 +20,30 @@ its output objects and its ``from_pretrained`` configuration stay as they are:
   V2's shift mask to the scores twice (``modeling_swinv2.py``, ``Swinv2SelfAttention.forward``);
   the twin does the same, so outputs match to float rounding.
 
-Attention weights are not returned (``None``, as ``transformers``' SDPA path returns), so
-``output_attentions=True`` is refused in one line. The twin runs PyTorch's SDPA kernel on CUDA
-and the explicit softmax on CPU (``SoftmaxAttention.forward``), whichever implementation
-(``eager``, ``sdpa``) the model was loaded with: the function is the same.
+- ``HFLegacySwinAttention``: Swin's older ``self`` / ``output`` code (Donut-Swin,
+  MaskFormer-Swin): ``attn(hidden_states, attention_mask, output_attentions)`` -> ``(out,)``;
+  the window bias and the shift mask added once, as ``HFAttention`` with ``window_size``.
+- ``HFLegacyBeitAttention``: BEiT's older ``attention`` / ``output`` code (Data2Vec-Vision):
+  ``attn(hidden_states, output_attentions, relative_position_bias, interpolate_pos_encoding,
+  resolution)`` -> ``(out,)``; the layer's own relative position bias is the original module,
+  called as the original calls it (window from ``resolution`` // ``patch_size``), plus the
+  shared bias the model passes.
+
+**Attention weights.** With ``output_attentions=True`` each twin returns the attention
+probabilities (B, H, N, N) (Swin: (B·windows, H, n, n)) after dropout, as ``transformers``'
+eager attention does, beside its output: ``(out, weights)``; the explicit softmax runs then
+(``SoftmaxAttention.attend``). Otherwise ``(out, None)`` / ``(out,)`` and PyTorch's SDPA kernel
+on CUDA, the explicit softmax on CPU, whichever implementation (``eager``, ``sdpa``) the model
+was loaded with: the function is the same. A model that records weights with a hook on the
+attention class the twin replaced gets the same hook on the twin (``hf_converters``); where
+that cannot be done, ``weights_recorded`` is False and ``output_attentions=True`` is refused in
+one line rather than answered with no weights.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from prune_core.attention import SoftmaxAttention
 from prune_core.timm_attention import SwinV2WindowAttention
@@ -46,25 +60,31 @@ def additive_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return mask.to(dtype)
 
 
-def _refuse_attention_weights(output_attentions: bool | None) -> None:
-    if output_attentions:
-        raise ValueError(
-            "output_attentions=True: a prunable attention (make_prunable) does not return "
-            "attention weights; call the model without it"
-        )
+class _Weights:
+    """Whether the twin's attention weights reach the model's output (module doc)."""
+
+    weights_recorded = True
+
+    def _want_weights(self, output_attentions: bool | None) -> bool:
+        if output_attentions and not self.weights_recorded:
+            raise ValueError(
+                f"output_attentions=True: this transformers version records {type(self).__name__}"
+                "'s weights in a way make_prunable cannot follow; call the model without it"
+            )
+        return bool(output_attentions)
 
 
-class HFAttention(SoftmaxAttention):
+class HFAttention(_Weights, SoftmaxAttention):
     """``transformers``' ViT-style (and, with ``window_size``, Swin) attention (module doc)."""
 
     def forward(
         self, hidden_states: Tensor, attention_mask: Tensor | None = None, **kwargs
-    ) -> tuple[Tensor, None]:
-        _refuse_attention_weights(kwargs.get("output_attentions"))
+    ) -> tuple[Tensor, Tensor | None]:
+        weights = self._want_weights(kwargs.get("output_attentions"))
         if kwargs.get("is_causal"):
             raise ValueError("is_causal=True: the prunable HF attention is bidirectional only")
         mask = additive_mask(attention_mask, hidden_states.dtype)
-        return super().forward(hidden_states, mask), None
+        return self.attend(hidden_states, mask, weights=weights)
 
     def _attn_bias(self, batch: int, tokens: int, mask: Tensor | None) -> Tensor | None:
         if self.window_size is None:
@@ -72,7 +92,12 @@ class HFAttention(SoftmaxAttention):
         return super()._attn_bias(batch, tokens, mask)  # Swin: window bias + shift mask
 
 
-class HFSwinV2Attention(SwinV2WindowAttention):
+def _outputs(out: Tensor, weights: Tensor | None) -> tuple[Tensor, ...]:
+    """What the older ``self`` / ``output`` code returns: ``(out,)`` or ``(out, weights)``."""
+    return (out,) if weights is None else (out, weights)
+
+
+class HFSwinV2Attention(_Weights, SwinV2WindowAttention):
     """``transformers``' ``Swinv2Attention`` (module doc)."""
 
     def forward(
@@ -80,12 +105,65 @@ class HFSwinV2Attention(SwinV2WindowAttention):
         hidden_states: Tensor,
         attention_mask: Tensor | None = None,
         output_attentions: bool | None = False,
-    ) -> tuple[Tensor]:
-        _refuse_attention_weights(output_attentions)
+    ) -> tuple[Tensor, ...]:
+        weights = self._want_weights(output_attentions)
         mask = additive_mask(attention_mask, hidden_states.dtype)
         if mask is not None:
             mask = mask + mask  # transformers adds the shift mask twice (module doc)
-        return (super().forward(hidden_states, mask),)
+        return _outputs(*self.attend(hidden_states, mask, weights=weights))
 
 
-__all__ = ["HFAttention", "HFSwinV2Attention", "additive_mask"]
+class HFLegacySwinAttention(HFAttention):
+    """Swin's older ``self`` / ``output`` attention (Donut-Swin, MaskFormer-Swin; module doc)."""
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        output_attentions: bool | None = False,
+    ) -> tuple[Tensor, ...]:
+        weights = self._want_weights(output_attentions)
+        mask = additive_mask(attention_mask, hidden_states.dtype)
+        return _outputs(*self.attend(hidden_states, mask, weights=weights))
+
+
+class HFLegacyBeitAttention(HFAttention):
+    """BEiT's older ``attention`` / ``output`` code (Data2Vec-Vision; module doc).
+
+    ``relative_position_bias``: the layer's own ``*RelativePositionBias`` module (None when the
+    model uses only the shared one), called with the window ``resolution`` // ``patch_size``
+    (pixels -> patches) and returning (1, H, N, N).
+    """
+
+    def __init__(self, *args, patch_size: int, relative_position_bias: nn.Module | None, **kw):
+        super().__init__(*args, **kw)
+        self.patch_size = patch_size
+        self.relative_position_bias = relative_position_bias
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        output_attentions: bool = False,
+        relative_position_bias: Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        resolution: tuple[int, int] | None = None,
+    ) -> tuple[Tensor, ...]:
+        weights = self._want_weights(output_attentions)
+        bias = None
+        if self.relative_position_bias is not None:
+            window = (resolution[0] // self.patch_size, resolution[1] // self.patch_size)
+            bias = self.relative_position_bias(
+                window, interpolate_pos_encoding, dim_size=hidden_states.shape[1]
+            )
+        if relative_position_bias is not None:  # the model's shared bias, added after
+            bias = relative_position_bias if bias is None else bias + relative_position_bias
+        return _outputs(*self.attend(hidden_states, bias, weights=weights))
+
+
+__all__ = [
+    "HFAttention",
+    "HFLegacyBeitAttention",
+    "HFLegacySwinAttention",
+    "HFSwinV2Attention",
+    "additive_mask",
+]

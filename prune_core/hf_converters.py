@@ -4,12 +4,12 @@
 **Which modules.** ``transformers`` builds most vision models from copies of a few classes
 (its "modular" files generate ``DeiTAttention``, ``Dinov2Attention``, ``BeitAttention``,
 ``ViTMAEAttention``, ... from ``ViTAttention``). A module is converted when its class's
-``forward`` is the *same code* as one of these references (compared as syntax trees, names of
-the class, docstrings and type annotations aside), because then it computes the same function
-of the attributes the twin reads (the Linear layers, ``num_attention_heads``, ``head_dim``,
-``scaling``, ...). For attention, the module's ``eager_attention_forward`` must also be one of
-the two known forms (ViT's, and DINOv2's without the float32 softmax upcast: the same in
-float32), and ``is_causal`` must be False.
+``forward`` is the *same code* as one of these references (``prune_core.hf_code``: compared
+as syntax trees, names of the class, docstrings and type annotations aside), because then it
+computes the same function of the attributes the twin reads (the Linear layers,
+``num_attention_heads``, ``head_dim``, ``scaling``, ...). For attention, the module's
+``eager_attention_forward`` must also be one of the two known forms (ViT's, and DINOv2's
+without the float32 softmax upcast: the same in float32), and ``is_causal`` must be False.
 
 - ``hf_attention``: ``vit.ViTAttention`` (ViT, DeiT, DINOv2 and DINOv2 with registers, BEiT,
   and their copies) -> ``HFAttention``;
@@ -19,7 +19,14 @@ float32), and ``is_causal`` must be False.
 - ``hf_mlp``: ``vit.ViTMLP`` (``fc1``, ``activation_fn``, ``fc2``) -> ``PrunableMlp``;
 - ``hf_glu_mlp``: ``dinov2.Dinov2SwiGLUFFN`` -> ``PrunableGluMlp``;
 - ``hf_split_mlp``: ``swinv2.Swinv2Intermediate`` and its sibling ``Swinv2Output`` ->
-  ``PrunableMlp`` in ``intermediate``, the ``output`` slot becoming ``nn.Identity``.
+  ``PrunableMlp`` in ``intermediate``, the ``output`` slot becoming ``nn.Identity``;
+- ``hf_swin_legacy``, ``hf_beit_legacy``: the older ``self`` / ``output`` attention code of
+  Donut-Swin, MaskFormer-Swin and Data2Vec-Vision (``prune_core.hf_legacy``).
+
+**Attention weights** (``output_attentions=True``): a model that records them with a hook on
+its attention class (``_can_record_outputs``: ViT and its copies) gets the same hook on the
+twin (:func:`keep_weight_records`); Swin's stages and the older code take them from the
+twin's return value.
 
 The q/k/v projections become one new ``qkv`` Linear (``converters.fuse_linears``); the output
 projection, position tables, logit scale and activations are the original objects. Like
@@ -33,19 +40,17 @@ works without it installed (``pip install flatten-prune[hf]`` adds it).
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib
-import inspect
 import sys
-import textwrap
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from prune_core.converters import adopt, fuse_linears
 from prune_core.hf_attention import HFAttention, HFSwinV2Attention
+from prune_core.hf_code import fingerprint, same_forward
+from prune_core.hf_legacy import HF_BEIT_LEGACY, HF_SWIN_LEGACY, convert_legacy, survey_legacy
 from prune_core.mlp import PrunableGluMlp, PrunableMlp
 from prune_core.prunable import PrunableModule
 
@@ -54,7 +59,8 @@ HF_MLP, HF_GLU_MLP, HF_SPLIT_MLP = "hf_mlp", "hf_glu_mlp", "hf_split_mlp"
 HF_MLP_KINDS = (HF_MLP, HF_GLU_MLP, HF_SPLIT_MLP)
 SUPPORTED = (
     "Hugging Face transformers ViT, DeiT, DINOv2 (and with registers), BEiT, Swin and Swin V2 "
-    "attention and MLPs, and every transformers class whose forward is theirs"
+    "attention and MLPs, the older attention code of Data2Vec-Vision, Donut-Swin and "
+    "MaskFormer-Swin, and every transformers class whose forward is theirs"
 )
 
 # (module under transformers.models, class) of each reference
@@ -78,42 +84,15 @@ def is_transformers_module(module: nn.Module) -> bool:
 
 
 @functools.cache
-def _fingerprint(fn: Callable) -> str | None:
-    """The syntax tree of ``fn`` without its name, docstring and annotations (None: no source)."""
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
-    except (OSError, TypeError, SyntaxError, IndexError):
-        return None
-    if not isinstance(tree, ast.FunctionDef):
-        return None
-    tree.name, tree.returns, tree.decorator_list = "_", None, []
-    body = tree.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        tree.body = body[1:] or [ast.Pass()]
-    for arg in ast.walk(tree.args):
-        if isinstance(arg, ast.arg):
-            arg.annotation = None
-    return ast.dump(tree)
-
-
-@functools.cache
-def _reference(key: str) -> str | None:
-    module, cls = _REFERENCES[key]
-    return _fingerprint(
-        getattr(importlib.import_module(f"transformers.models.{module}"), cls).forward
-    )
-
-
-@functools.cache
 def _eager_references() -> frozenset[str | None]:
     return frozenset(
-        _fingerprint(importlib.import_module(f"transformers.models.{m}").eager_attention_forward)
+        fingerprint(importlib.import_module(f"transformers.models.{m}").eager_attention_forward)
         for m in _EAGER_REFERENCES
     )
 
 
 def _same_forward(module: nn.Module | None, key: str) -> bool:
-    return module is not None and _fingerprint(type(module).forward) == _reference(key)
+    return same_forward(module, *_REFERENCES[key])
 
 
 def _linears(m: nn.Module, names: tuple[str, ...]) -> bool:
@@ -125,7 +104,7 @@ def _attention_issue(m: nn.Module) -> str | None:
     if not _linears(m, ("q_proj", "k_proj", "v_proj", "o_proj")):
         return "q_proj / k_proj / v_proj / o_proj are not all Linear"
     eager = getattr(sys.modules.get(type(m).__module__), "eager_attention_forward", None)
-    if eager is None or _fingerprint(eager) not in _eager_references():
+    if eager is None or fingerprint(eager) not in _eager_references():
         return "its eager_attention_forward differs from ViT's"
     if getattr(m, "is_causal", False):
         return "causal attention (is_causal=True)"
@@ -165,7 +144,12 @@ def survey_kind(m: nn.Module, parent: nn.Module | None) -> tuple[str | None, str
             issue = "no relative_position_bias"
         return HF_SWIN, issue
     if _same_forward(m, HF_SWIN_V2):
-        return HF_SWIN_V2, _swin_v2_issue(m)
+        issue = _swin_v2_issue(m)
+        if issue is None:
+            return HF_SWIN_V2, None
+        # Swin's older code has the same outer forward: its parts tell them apart
+        kind, legacy_issue = survey_legacy(m)
+        return (kind, None) if kind is not None and legacy_issue is None else (HF_SWIN_V2, issue)
     if _same_forward(m, HF_MLP):
         ok = _linears(m, ("fc1", "fc2")) and isinstance(m.activation_fn, nn.Module)
         return HF_MLP, None if ok else "fc1 / fc2 not Linear, or a function as activation"
@@ -174,6 +158,9 @@ def survey_kind(m: nn.Module, parent: nn.Module | None) -> tuple[str | None, str
         return HF_GLU_MLP, None if ok else "gate / up / down projections not all Linear"
     if _same_forward(m, HF_SPLIT_MLP):
         return HF_SPLIT_MLP, _split_mlp_issue(m, parent)
+    kind, issue = survey_legacy(m)
+    if kind is not None:
+        return kind, issue
     name = type(m).__name__
     qualified = f"{type(m).__module__}.{type(m).__qualname__}"
     if "Attention" in name:
@@ -280,7 +267,54 @@ def convert(kind: str, m: nn.Module, parent: nn.Module | None) -> PrunableModule
         new = _mlp(m.dense, m.intermediate_act_fn, out.dense, m, drop2=out.dropout)
         parent.output = nn.Identity()
         return new
+    if kind in (HF_SWIN_LEGACY, HF_BEIT_LEGACY):
+        return convert_legacy(kind, m)
     raise ValueError(f"unknown transformers conversion kind {kind!r}")
 
 
-__all__ = ["HF_MLP_KINDS", "SUPPORTED", "convert", "is_transformers_module", "survey_kind"]
+def _owner(model: nn.Module, path: str) -> nn.Module | None:
+    """The innermost ``transformers`` PreTrainedModel holding the module at ``path``: whose
+    ``_can_record_outputs`` applies to it (transformers' ``recursively_install_hooks``)."""
+    parts = path.split(".")
+    for end in range(len(parts) - 1, -1, -1):
+        holder = model.get_submodule(".".join(parts[:end]))
+        if hasattr(holder, "_can_record_outputs"):
+            return holder
+    return None
+
+
+def keep_weight_records(model: nn.Module, replaced: list[tuple[str, type, nn.Module]]) -> None:
+    """For each (path, the original's class, its twin): when the model records attention
+    weights with a hook on that class (``"attentions"`` in ``_can_record_outputs``), the same
+    hook on the twin, which is no instance of it; when the hook cannot be had, the twin's
+    ``weights_recorded`` is False (it refuses ``output_attentions=True`` in one line)."""
+    for path, old_class, new in replaced:
+        if not hasattr(new, "weights_recorded"):
+            continue  # an MLP
+        owner = _owner(model, path)
+        specs = (getattr(owner, "_can_record_outputs", None) or {}).get("attentions") or []
+        for spec in specs if isinstance(specs, list) else [specs]:
+            target = spec if isinstance(spec, type) else getattr(spec, "target_class", None)
+            named = getattr(spec, "class_name", None)
+            if not (
+                (target is not None and issubclass(old_class, target))
+                or (named and path.endswith(named))
+            ):
+                continue  # recorded elsewhere (Swin's stages): the twin's return suffices
+            try:  # transformers' own hook (its spelling), so the weights land where it reads
+                from transformers.utils.output_capturing import install_output_capuring_hook
+            except ImportError:
+                new.weights_recorded = False
+                continue
+            index = 1 if isinstance(spec, type) else spec.index
+            install_output_capuring_hook(new, "attentions", index)
+
+
+__all__ = [
+    "HF_MLP_KINDS",
+    "SUPPORTED",
+    "convert",
+    "is_transformers_module",
+    "keep_weight_records",
+    "survey_kind",
+]

@@ -1,6 +1,8 @@
 """Hugging Face ``transformers`` vision models under the timm families' contract: ViT, DeiT,
 Swin, Swin V2, DINOv2 (MLP and SwiGLU, with registers), BEiT (own and shared relative
-position bias, layer scale), each as ``*Model`` and ``*ForImageClassification``, eager and SDPA.
+position bias, layer scale), each as ``*Model`` and ``*ForImageClassification``, eager and SDPA;
+and the older ``self`` / ``output`` attention code: Data2Vec-Vision (BEiT's: own and shared
+bias), Donut-Swin and MaskFormer-Swin (Swin's).
 
 Contract: converted outputs equal the original (<= 1e-5) and are the model's own output
 object; masks bite; masked == pruned (<= 1e-4); count_macs equals torch's counter (original
@@ -57,7 +59,30 @@ CASES = {
         {"hf_attention": 2, "hf_mlp": 2},
         0,
     ),
+    # the older self / output attention code, the same computation as BEiT's and Swin's
+    "data2vec": (
+        tf.Data2VecVisionConfig,
+        BEIT,
+        "Data2VecVision",
+        {"hf_beit_legacy": 2, "hf_split_mlp": 2},
+        0,
+    ),
+    "data2vec_shared_bias": (
+        tf.Data2VecVisionConfig,
+        {**BEIT, "use_relative_position_bias": False, "use_shared_relative_position_bias": True},
+        "Data2VecVision",
+        {"hf_beit_legacy": 2, "hf_split_mlp": 2},
+        0,
+    ),
+    "donut_swin": (
+        tf.DonutSwinConfig,
+        SWIN,
+        "DonutSwin",
+        {"hf_swin_legacy": 4, "hf_split_mlp": 4},
+        0,
+    ),
 }
+EAGER_ONLY = ("swinv2", "donut_swin")  # transformers has only their eager attention
 HEADS = ("Model", "ForImageClassification")
 
 
@@ -131,8 +156,8 @@ def test_family_keeps_the_contract(case: str, head: str) -> None:
 def test_eager_and_sdpa_models_convert_to_the_same_function(case: str) -> None:
     x = torch.randn(2, 3, 32, 32)
     for attn in ("eager", "sdpa"):
-        if case.startswith("swinv2") and attn == "sdpa":
-            continue  # transformers' Swin V2 has only its eager attention
+        if case in EAGER_ONLY and attn == "sdpa":
+            continue
         model = build(case, attn=attn)
         assert model.config._attn_implementation == attn
         with torch.no_grad():
@@ -212,24 +237,73 @@ def test_models_reusing_the_attention_code_convert_exactly(name: str, config) ->
     assert len(pc.prunable_modules(model)) == 4
 
 
+def test_maskformer_swin_converts_exactly_and_keeps_the_contract() -> None:
+    """MaskFormer-Swin (a backbone only: no *ForImageClassification) keeps Swin's older code."""
+    torch.manual_seed(0)
+    model = tf.MaskFormerSwinModel(tf.MaskFormerSwinConfig(**SWIN)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x, size = torch.randn(2, 3, 32, 32), (3, 32, 32)
+    with torch.no_grad():
+        original = first(model(x))
+    full_macs = torch_macs(model, size)
+    assert list(supported_modules(model).values()).count("hf_swin_legacy") == 4
+    model = pc.make_prunable(model, verbose=False)
+    assert pc.count_macs(model, size) == full_macs
+    with torch.no_grad():
+        assert (first(model(x)) - original).abs().max().item() <= 1e-5
+        pc.apply_plan(model, pc.random_plan(model, 0.5))
+        masked = first(model(x))
+        pc.prune(model)
+        assert (first(model(x)) - masked).abs().max().item() <= 1e-4
+    assert pc.count_macs(model, size) == torch_macs(model, size) < 0.8 * full_macs
+
+
 def test_an_unsupported_transformers_model_is_refused_in_one_line_naming_the_class() -> None:
-    """Data2Vec-Vision keeps BEiT's older attention code (not converted: one line says so)."""
-    config = tf.Data2VecVisionConfig(**{k: v for k, v in VIT.items() if k != "num_labels"})
-    model = tf.Data2VecVisionForImageClassification(config)
+    """PVT v2's spatial-reduction attention is no supported family's: one line says so."""
+    config = tf.PvtV2Config(
+        hidden_sizes=[16, 32, 32, 32], depths=[1] * 4, num_attention_heads=[1, 2, 2, 2]
+    )
+    model = tf.PvtV2ForImageClassification(config)
     with pytest.raises(ValueError) as err:
         pc.make_prunable(model)
     message = str(err.value)
     assert "\n" not in message
-    assert "Data2VecVisionAttention" in message
+    assert "PvtV2SelfAttention" in message
     assert "ViT, DeiT, DINOv2 (and with registers), BEiT, Swin and Swin V2" in message
+    assert "Data2Vec-Vision, Donut-Swin and MaskFormer-Swin" in message
 
 
-def test_attention_weights_are_refused_in_one_line() -> None:
-    model = pc.make_prunable(build("vit", attn="eager"), verbose=False)
-    x = torch.randn(1, 3, 32, 32)
-    assert len(model(x, output_hidden_states=True).hidden_states) == 3  # still recorded
-    with pytest.raises(ValueError, match="output_attentions=True"):
-        model(x, output_attentions=True)
+@pytest.mark.parametrize(
+    "case", ["vit", "deit", "swin", "swinv2", "dinov2_registers", "beit", "data2vec", "donut_swin"]
+)
+def test_attention_weights_are_the_original_models(case: str) -> None:
+    """output_attentions=True: the probabilities (B, heads, N, N) of every layer, as the
+    original eager model returns them (Swin: the last block of each stage, per window), and
+    still probabilities (rows summing to 1) after pruning."""
+    model = build(case, attn="eager")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x, output_attentions=True).attentions
+        model = pc.make_prunable(model, verbose=False)
+        got = model(x, output_attentions=True).attentions
+    assert len(got) == len(want) == 2
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and (g - w).abs().max().item() <= 1e-5
+    windows = case in ("swin", "swinv2", "donut_swin")
+    heads = [2, 4] if windows else [4, 4]
+    # a 4x4 window; 16 patches + the class token (+ DeiT's distillation token, + 4 registers)
+    tokens = 16 if windows else {"deit": 18, "dinov2_registers": 21}.get(case, 17)
+    for w, h in zip(want, heads, strict=True):
+        assert w.shape[1:] == (h, tokens, tokens)
+    pc.prune(pc.apply_plan(model, pc.magnitude_plan(model, 0.5)))
+    with torch.no_grad():
+        out = model(x, output_attentions=True)
+    for g, w in zip(out.attentions, want, strict=True):
+        assert g.shape == w.shape
+        assert (g.sum(-1) - 1).abs().max().item() <= 1e-5
+    assert len(model(x, output_hidden_states=True).hidden_states) >= 3  # still recorded
 
 
 @pytest.mark.parametrize("case", ["vit", "deit", "swin", "swinv2", "dinov2_registers", "beit"])
