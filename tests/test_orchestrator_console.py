@@ -178,5 +178,5 @@ def test_the_compact_console_stays_compact_in_a_terminal(tmp_path: Path) -> None
         "open its runs table run",
         f"  mlflow ui --backend-store-uri sqlite:///{db} --port 5000",
         f"  then open http://127.0.0.1:5000/#/experiments/{state['experiment_id']}/runs"
-        "?workflowType=machine_learning",
-    ]
+        f"?workflowType=machine_learning&viewStateShareKey={state['parent_run_id']}",
+    ]  # the sweep's own view of its runs table (end_summary.share_view)

@@ -320,7 +320,7 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
         runs = children(client, state["parent_run_id"])
         trials = pq.read_table(sweep_dir / "trials.parquet").to_pylist()
         assert len(runs) == len(trials) == 3
-        exp = load_config(config)  # every setting is a param, under its one name
+        exp = load_config(config)  # every explored setting is a param, under its one name
         assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(
             p.name.removeprefix("trial_") for p in sweep_dir.glob("trial_*")
         )
@@ -329,7 +329,7 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "top1_pct")]
             assert steps == [1, 2, 3]
             assert run.data.metrics["fully_trained"] == 1.0
-            assert set(run.data.params) == set(space.leaves(exp.tunable_sections))
+            assert set(run.data.params) == set(space.explored(exp.tunable_sections))
             names = {a.path for a in client.list_artifacts(run.info.run_id)}
             assert {"plan.json", "weights.pt", "search.json"} <= names
         artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
