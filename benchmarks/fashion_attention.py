@@ -29,7 +29,8 @@ images, at the learning rate the tuning stage chose for the method on *validatio
 reported row uses; ``--finetune-lr`` fixes one rate instead). Rows are read on validation
 (``val_top1``) and test (``test_top1``). Methods: ``benchmarks.fashion_attention_rows``.
 
-After the teachers and the tuning runs, the grid runs in this order, so the goal's cells come
+After the teachers, the grid runs in this order (each method's tuning runs just before its
+first row), so the goal's cells come
 first: short budget, targets 0.5 and
 0.3, ``method``/``l1_uniform``/``tp_global``/``tp_isomorphic_taylor`` over 5 seeds; the other
 peers (5 seeds); ablations and controls (3 seeds); then the long budget in the same order,
@@ -68,6 +69,7 @@ from benchmarks.fashion_attention_setup import (
     teacher,
 )
 from benchmarks.fashion_attention_tune import (
+    INHERIT,
     TUNE_SEED,
     TUNE_TARGET,
     chosen_lr,
@@ -228,10 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     tuning = tuning_path(args.out)
     work: list[tuple] = []
-    if args.finetune_lr is None:  # the tuning stage first (fashion_attention_tune)
+    mine: set[tuple] = set()  # this shard's tuning runs, each run just before a row needs it
+    if args.finetune_lr is None:  # (fashion_attention_tune), so the goal's cells come first
         tunes = tune_cells(args.models, args.methods)[args.shard_index :: args.shard_count]
-        work += [("tune", *t) for t in tunes if t not in done_tuning(tuning)]
-    work += [("grid", *c) for c in todo]
+        mine = {t for t in tunes if t not in done_tuning(tuning)}
+    for cell in todo:
+        _, model, _, method, _ = cell
+        source = INHERIT.get(method, method)
+        needed = [t for t in tune_cells([model], [source]) if t[1] == source and t in mine]
+        work += [("tune", *t) for t in needed]
+        mine -= set(needed)
+        work.append(("grid", *cell))
+    work = [("tune", *t) for t in sorted(mine)] + work  # tuning no grid row of this shard uses
     if args.dry_run:
         for item in work:
             print(*item)
