@@ -304,9 +304,8 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
             out = pick_export.export(
                 picked, front.teacher, args.export, opset=args.opset, command=command
             )
-            console.print(
-                f"exported: {out} (model.onnx, plan.json, weights.pt, README.md)", markup=False
-            )
+            files = ", ".join(sorted(f.name for f in out.iterdir()))
+            console.print(f"exported: {out} ({files})", markup=False)
         if args.register is not None:
             from orchestrator import pick_register
 

@@ -9,12 +9,14 @@ weights loaded with ``weights_only=True``, every file downloaded under a fixed n
 read from MLflow becomes a path). :func:`export` writes ``model.onnx`` (dynamic batch,
 ``prune_core.export_onnx``), ``plan.json`` + ``weights.pt`` (``prune_core.save_pruned``) with
 ``model.json`` (the architecture they need; an hf model's transformers config beside it as
-``config.json``) and a model card ``README.md``; the folder is built beside the target and
+``config.json``), ``sweep.yaml`` (the sweep's config as it ran, checked by the schema) and a
+model card ``README.md``; the folder is built beside the target and
 renamed into place, so it appears whole or not at all.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -39,6 +41,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # an experiment name (schema
 UNSAFE_KWARGS = {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path",
                  "cache_dir", "pretrained_strict"}  # fmt: skip
 TOLERANCE = 1e-4  # ONNX vs PyTorch logits, max |Δ|
+SWEEP_FILE = "sweep.yaml"  # the sweep's config as it ran, in the export folder
 
 
 @dataclass
@@ -135,13 +138,41 @@ def fetch(uri: str, parent: str, row: dict) -> Picked:
     )
 
 
+def sweep_yaml(config: dict) -> str | None:
+    """The sweep's config.json as the YAML ``orchestrator.sweep`` takes, or None when it does
+    not pass the schema (a sweep from an older release): the card then names experiments/.
+
+    Checked by the schema alone, not :func:`orchestrator.config.parse_config`: that expands
+    ``$VAR`` in path fields, and a value read from MLflow must not pull this machine's
+    environment into a file; every string is passed through the credential mask again.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from orchestrator._redact import redact
+    from orchestrator.schema import Experiment
+
+    try:
+        checked = Experiment.model_validate(copy.deepcopy(config)).model_dump(mode="json")
+    except (ValidationError, ValueError, TypeError):
+        return None
+    header = (
+        "# The sweep this model came from, as it ran (orchestrator.pick --export).\n"
+        "# Set storage.path and tracking.uri for your machine before running it again.\n"
+    )
+    return header + yaml.safe_dump(redact(checked), sort_keys=False)
+
+
 def write_model_files(picked: Picked, model: torch.nn.Module, folder: Path, opset=None) -> float:
-    """model.onnx, plan.json, weights.pt and model.json in ``folder`` (an hf model's
-    transformers config beside them: config.json); returns the largest |Δ| of the ONNX
+    """model.onnx, plan.json, weights.pt, model.json and sweep.yaml in ``folder`` (an hf
+    model's transformers config beside them: config.json); returns the largest |Δ| of the ONNX
     logits from PyTorch's on a seeded batch of 4 (ValueError beyond 1e-4)."""
     prune_core.export_onnx(model, folder / "model.onnx", picked.input_size, opset=opset)
     prune_core.save_pruned(model, picked.plan, folder)
     (folder / "model.json").write_text(json.dumps(picked.arch, indent=1) + "\n")
+    config = sweep_yaml(picked.config)
+    if config is not None:
+        (folder / SWEEP_FILE).write_text(config)
     if picked.hf_config is not None:
         (folder / pick_hf.CONFIG_FILE).write_text(json.dumps(picked.hf_config, indent=1) + "\n")
     import onnxruntime as ort
@@ -167,7 +198,9 @@ def export(picked: Picked, teacher: dict, directory: Path, *, opset=None, comman
     try:
         model = picked.model()
         delta = write_model_files(picked, model, staging, opset)
-        card = model_card(picked, teacher, delta, opset, command)
+        written = prune_core.onnx_opset(staging / "model.onnx")
+        has_sweep_file = (staging / SWEEP_FILE).is_file()
+        card = model_card(picked, teacher, delta, written, command, has_sweep_file)
         (staging / "README.md").write_text(card)
         umask = os.umask(0)
         os.umask(umask)
@@ -184,11 +217,15 @@ def _text(value) -> str:
     return re.sub(r"[\r\n|`]", " ", str(value))[:200]
 
 
-def reproduce(picked: Picked, command: str) -> list[str]:
-    name = picked.config.get("name")
-    yaml_file = f"experiments/{name}.yaml" if isinstance(name, str) and NAME.match(name) else None
-    if yaml_file is None or not (ROOT / yaml_file).is_file():
-        yaml_file = "<the experiment YAML: config.json on the parent run>"
+def reproduce(picked: Picked, command: str, has_sweep_file: bool) -> list[str]:
+    """The commands that rerun the sweep (its config as it ran: ``sweep.yaml`` in this folder)
+    and this pick."""
+    yaml_file = SWEEP_FILE
+    if not has_sweep_file:
+        name = picked.config.get("name")
+        yaml_file = f"experiments/{name}.yaml" if isinstance(name, str) and NAME.match(name) else ""
+        if not yaml_file or not (ROOT / yaml_file).is_file():
+            yaml_file = "<the experiment YAML: config.json on the parent run>"
     return [
         f"git checkout {_text(picked.commit).removesuffix('+dirty')}",
         f"python -m orchestrator.sweep {yaml_file}   # the sweep (its trials are not "
@@ -230,7 +267,9 @@ def rebuild_lines(picked: Picked) -> list[str]:
     ]
 
 
-def model_card(picked: Picked, teacher: dict, delta: float, opset, command: str) -> str:
+def model_card(
+    picked: Picked, teacher: dict, delta: float, opset: int, command: str, has_sweep_file: bool
+) -> str:
     r, a, cfg = picked.row, picked.arch, picked.config
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     source = cfg.get("model", {}).get("checkpoint") or (cfg.get("teacher") or {}).get("checkpoint")
@@ -264,8 +303,7 @@ def model_card(picked: Picked, teacher: dict, delta: float, opset, command: str)
         + (f", {_text(data['root'])}" if data.get("root") else "")
         + " |",
         f"| commit | `{_text(picked.commit)}` |",
-        f"| ONNX | opset {opset or 'default'}, dynamic batch; "
-        f"max abs diff to PyTorch {delta:.1e} |",
+        f"| ONNX | opset {opset}, dynamic batch; max abs diff to PyTorch {delta:.1e} |",
         "",
         "## Method settings (the trial's explored params, then the sweep's fixed settings)",
         "",
@@ -282,13 +320,21 @@ def model_card(picked: Picked, teacher: dict, delta: float, opset, command: str)
         "",
         "- `model.onnx`: input `images` (batch, "
         + ", ".join(map(str, picked.input_size))
-        + "), output `logits` (its weights may be in `model.onnx.data` beside it).",
+        + "), output `logits`; weights inside (in `model.onnx.data` beside it above 1 GiB).",
         *rebuild_lines(picked),
+        *(
+            [
+                f"- `{SWEEP_FILE}`: the sweep's configuration as it ran (set `storage.path` and "
+                "`tracking.uri` for your machine)."
+            ]
+            if has_sweep_file
+            else []
+        ),
         "",
         "## Reproduce",
         "",
         "```bash",
-        *reproduce(picked, command),
+        *reproduce(picked, command, has_sweep_file),
         "```",
         "",
     ]

@@ -65,7 +65,9 @@ class PrunedModel(mlflow.pyfunc.PythonModel):
         )
         self.model = build(arch, files["plan"], files["weights"], hf_config=hf_config)
 
-    def predict(self, context, model_input, params=None):
+    # np.ndarray: a hint MLflow takes without inferring a schema from it (the signature comes
+    # from the logged input example), which also silences its "add type hints" warning
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:
         import torch
 
         from prune_core.training import logits_of

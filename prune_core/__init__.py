@@ -13,7 +13,7 @@ from prune_core import (
 from prune_core.attention import SoftmaxAttention
 from prune_core.calibration import INIT_MODES, initialize, update_similarity
 from prune_core.convert import make_prunable
-from prune_core.deploy import export_onnx
+from prune_core.deploy import export_onnx, onnx_opset
 from prune_core.digits import digits_datasets
 from prune_core.fashion_mnist import fashion_mnist_datasets
 from prune_core.finalize import finalize
@@ -60,6 +60,7 @@ __all__ = [
     "digits_datasets",
     "evaluate",
     "export_onnx",
+    "onnx_opset",
     "fashion_mnist_datasets",
     "finalize",
     "prunable_modules",

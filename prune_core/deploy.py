@@ -25,6 +25,13 @@ from torch import nn
 from prune_core.macs import default_input_size
 
 MIN_OPSET = 18  # torch.onnx's dynamo exporter: older opsets come out as 18
+# weights this large go to an external ``<name>.data`` file: one protobuf holds at most 2 GiB
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def onnx_opset(path: str | Path) -> int:
+    """The default-domain opset an ONNX file declares (its weights are not loaded)."""
+    return _opset_of(Path(path))
 
 
 def _opset_of(path: Path) -> int:
@@ -32,6 +39,10 @@ def _opset_of(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _parameter_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 def _output_names(output: object) -> list[str]:
@@ -68,7 +79,9 @@ def export_onnx(
     Input ``images`` (batch, C, H, W) with a dynamic batch; output ``logits`` (batch, classes),
     or, for a model that returns a Hugging Face output object, one output per tensor field,
     named as the field (``logits``; ``last_hidden_state``, ``pooler_output`` of a base model).
-    The file appears whole or not at all (exported beside it, then renamed).
+    The file appears whole or not at all (exported beside it, then renamed). One file, weights
+    inside, up to 1 GiB of parameters; above that (protobuf's 2 GiB limit) the weights go to
+    ``<name>.data`` beside it, which the graph names.
     Raises:
         ImportError: onnx or onnxscript is not installed (``pip install flatten-prune[deploy]``).
         ValueError: an opset outside [18, the installed onnx's newest], one the exporter did
@@ -111,6 +124,7 @@ def export_onnx(
             output_names=names,
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=opset,
+            external_data=_parameter_bytes(model) > EXTERNAL_DATA_BYTES,
             verbose=False,
         )
         written = _opset_of(partial)

@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,9 @@ from rich.console import Console
 
 import prune_core as pc
 from orchestrator import pareto, pick
+from orchestrator.config import load_config, parse_config
 from orchestrator.pruned_pyfunc import build
+from prune_core.deploy import onnx_opset
 
 ARCH = {
     "name": "flatten_vit_micro",
@@ -37,6 +40,7 @@ KEEPS = {
     "t2": (0.25, 60.0, 0.8),
 }  # keep, top-1, ms
 SIZE = (3, 8, 8)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _teacher() -> torch.nn.Module:
@@ -61,14 +65,10 @@ def sweep(tmp_path_factory):
     teacher = _teacher()
     teacher_macs = pc.count_macs(teacher, SIZE)
     parent = c.create_run(exp, run_name="digits", tags={"git_commit": "abc123"}).info.run_id
-    config = {
-        "name": "digits",
-        "model": ARCH,
-        "data": {"kind": "digits", "eval_batch_size": 256},
-        # as config.json holds them: an explored leaf, a fixed leaf, a plain setting
-        "search": {"target": {"value": None, "low": 0.1, "high": 0.7}, "lr": {"value": 5e-4},
-                   "steps": 100},
-    }  # fmt: skip
+    # config.json as a sweep logs it: the digits demo's, on this test's small model (its
+    # search.target explored, search.lr a fixed leaf, search.steps a plain setting)
+    config = load_config(ROOT / "experiments" / "digits.yaml").model_dump(mode="json")
+    config["model"].update(ARCH)
     files = root / "files"
     files.mkdir()
     (files / "config.json").write_text(json.dumps(config))
@@ -120,7 +120,14 @@ def sweep(tmp_path_factory):
     state = {"parent_run_id": parent, "tracking_uri": uri, "experiment_id": exp}
     (sweep_dir / "sweep.json").write_text(json.dumps(state))
     ratios = {r["trial_id"]: r["macs_ratio"] for r in rows}
-    return {"dir": sweep_dir, "uri": uri, "parent": parent, "models": models, "ratios": ratios}
+    return {
+        "dir": sweep_dir,
+        "uri": uri,
+        "parent": parent,
+        "models": models,
+        "ratios": ratios,
+        "config": config,
+    }
 
 
 def _run(*argv) -> tuple[int, str]:
@@ -209,14 +216,17 @@ def test_export_round_trip(sweep, exported):
 
     out, text = exported
     assert f"exported: {out}" in text
-    names = {p.name for p in out.iterdir()} - {"model.onnx.data"}  # the exporter's weights
-    assert sorted(names) == [
+    assert sorted(p.name for p in out.iterdir()) == [  # one ONNX file: weights inside
         "README.md",
         "model.json",
         "model.onnx",
         "plan.json",
+        "sweep.yaml",
         "weights.pt",
     ]
+    # the sweep's config as it ran, as a YAML the sweep takes back
+    want = parse_config(copy.deepcopy(sweep["config"])).model_dump(mode="json")
+    assert load_config(out / "sweep.yaml").model_dump(mode="json") == want
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging left
     want = sweep["models"]["t0"](_x()).detach().numpy()
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -240,7 +250,8 @@ def test_export_round_trip(sweep, exported):
         "| data | digits",
         "`abc123`",
         "git checkout abc123",
-        "python -m orchestrator.sweep experiments/digits.yaml",
+        "python -m orchestrator.sweep sweep.yaml",
+        f"| ONNX | opset {onnx_opset(out / 'model.onnx')}, dynamic batch",
         "python -m orchestrator.pick ",
     ):
         assert piece in card, piece
@@ -288,3 +299,15 @@ def test_registered_version_with_tags_alias_and_pyfunc_prediction(sweep, exporte
     assert np.abs(got - want).max() < 1e-4 and np.abs(got - onnx_file).max() < 1e-4
     onnx_got = next(iter(onnx_got.values())) if isinstance(onnx_got, dict) else onnx_got
     assert np.abs(np.asarray(onnx_got) - want).max() < 1e-4
+
+
+def test_the_exported_sweep_yaml_takes_nothing_from_this_machine_and_masks_credentials(sweep):
+    from orchestrator.pick_export import sweep_yaml
+
+    config = copy.deepcopy(sweep["config"])
+    config["data"]["root"] = "$HOME/fashion"  # read from MLflow: never expanded here
+    config["tracking"]["uri"] = "http://alice:s3cret@mlflow.internal:5000"
+    text = sweep_yaml(config)
+    assert "$HOME/fashion" in text and str(Path.home()) not in text
+    assert "s3cret" not in text and "mlflow.internal:5000" in text
+    assert sweep_yaml({"name": "digits", "model": ARCH}) is None  # not a whole config

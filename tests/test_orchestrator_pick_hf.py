@@ -139,13 +139,13 @@ def test_export_rebuilds_the_hf_model_from_its_config_beside_it(sweep, exported)
     import onnxruntime as ort
 
     out, text = exported
-    names = {p.name for p in out.iterdir()} - {"model.onnx.data"}
-    assert sorted(names) == [
+    assert sorted(p.name for p in out.iterdir()) == [  # one ONNX file: weights inside
         "README.md",
         "config.json",
         "model.json",
         "model.onnx",
         "plan.json",
+        "sweep.yaml",
         "weights.pt",
     ]
     arch = json.loads((out / "model.json").read_text())
