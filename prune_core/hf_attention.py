@@ -97,34 +97,34 @@ def _outputs(out: Tensor, weights: Tensor | None) -> tuple[Tensor, ...]:
     return (out,) if weights is None else (out, weights)
 
 
-class HFSwinV2Attention(_Weights, SwinV2WindowAttention):
+class _SelfOutputCall(_Weights):
+    """The ``self`` / ``output`` call Swin V2 and legacy Swin share: ``attn(hidden_states,
+    attention_mask, output_attentions)`` -> ``(out,)`` / ``(out, weights)``."""
+
+    # transformers adds Swin V2's shift mask to the scores twice, legacy Swin's once (module doc)
+    shift_mask_twice = False
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        output_attentions: bool | None = False,
+    ) -> tuple[Tensor, ...]:
+        weights = self._want_weights(output_attentions)
+        mask = additive_mask(attention_mask, hidden_states.dtype)
+        if mask is not None and self.shift_mask_twice:
+            mask = mask + mask
+        return _outputs(*self.attend(hidden_states, mask, weights=weights))
+
+
+class HFSwinV2Attention(_SelfOutputCall, SwinV2WindowAttention):
     """``transformers``' ``Swinv2Attention`` (module doc)."""
 
-    def forward(
-        self,
-        hidden_states: Tensor,
-        attention_mask: Tensor | None = None,
-        output_attentions: bool | None = False,
-    ) -> tuple[Tensor, ...]:
-        weights = self._want_weights(output_attentions)
-        mask = additive_mask(attention_mask, hidden_states.dtype)
-        if mask is not None:
-            mask = mask + mask  # transformers adds the shift mask twice (module doc)
-        return _outputs(*self.attend(hidden_states, mask, weights=weights))
+    shift_mask_twice = True
 
 
-class HFLegacySwinAttention(HFAttention):
+class HFLegacySwinAttention(_SelfOutputCall, HFAttention):
     """Swin's older ``self`` / ``output`` attention (Donut-Swin, MaskFormer-Swin; module doc)."""
-
-    def forward(
-        self,
-        hidden_states: Tensor,
-        attention_mask: Tensor | None = None,
-        output_attentions: bool | None = False,
-    ) -> tuple[Tensor, ...]:
-        weights = self._want_weights(output_attentions)
-        mask = additive_mask(attention_mask, hidden_states.dtype)
-        return _outputs(*self.attend(hidden_states, mask, weights=weights))
 
 
 class HFLegacyBeitAttention(HFAttention):

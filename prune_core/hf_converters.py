@@ -50,7 +50,13 @@ from torch import nn
 from prune_core.converters import adopt, fuse_linears
 from prune_core.hf_attention import HFAttention, HFSwinV2Attention
 from prune_core.hf_code import fingerprint, same_forward
-from prune_core.hf_legacy import HF_BEIT_LEGACY, HF_SWIN_LEGACY, convert_legacy, survey_legacy
+from prune_core.hf_legacy import (
+    HF_BEIT_LEGACY,
+    HF_SWIN_LEGACY,
+    convert_legacy,
+    self_output_twin,
+    survey_legacy,
+)
 from prune_core.mlp import PrunableGluMlp, PrunableMlp
 from prune_core.prunable import PrunableModule
 
@@ -199,30 +205,17 @@ def _convert_swin(m: nn.Module) -> PrunableModule:
 
 
 def _convert_swin_v2(m: nn.Module) -> PrunableModule:
-    s, o = m.self, m.output
-    parts = (s.query, s.key, s.value)
-    new = HFSwinV2Attention(
-        s.query.in_features,
-        s.num_attention_heads,
-        qk_dim=s.attention_head_size,
-        v_dim=s.attention_head_size,
-        qkv_bias=any(p.bias is not None for p in parts),
-        proj_bias=o.dense.bias is not None,
+    s = m.self
+    new, reuse = self_output_twin(
+        HFSwinV2Attention,
+        s,
+        m.output,
         window_size=tuple(s.window_size),
         cpb_mlp=s.continuous_position_bias_mlp,
         relative_coords_table=s.relative_coords_table,
         relative_position_index=s.relative_position_index,
-        attn_drop=s.dropout.p,
-        proj_drop=o.dropout.p,
     )
-    reuse = {
-        "qkv": fuse_linears(parts),
-        "proj": o.dense,
-        "attn_drop": s.dropout,
-        "proj_drop": o.dropout,
-        "logit_scale": s.logit_scale,
-        "cpb_mlp": s.continuous_position_bias_mlp,
-    }
+    reuse.update(logit_scale=s.logit_scale, cpb_mlp=s.continuous_position_bias_mlp)
     return adopt(new, m, reuse)
 
 

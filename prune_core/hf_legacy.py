@@ -73,44 +73,62 @@ def survey_legacy(m: nn.Module) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _twin(cls: type, s: nn.Module, o: nn.Module, **extra) -> PrunableModule:
+def self_output_twin(
+    cls: type, s: nn.Module, o: nn.Module, **extra
+) -> tuple[PrunableModule, dict[str, nn.Module]]:
+    """A ``cls`` twin sized from a ``self`` / ``output`` pair (``s`` with query/key/value,
+    ``o`` with the output ``dense``), and the original parts it reuses; ``extra`` goes to
+    ``cls``. Also Swin V2's code, which keeps this pair (``hf_converters``)."""
     parts = (s.query, s.key, s.value)
-    return cls(
+    new = cls(
         s.query.in_features,
         s.num_attention_heads,
         qk_dim=s.attention_head_size,
         v_dim=s.attention_head_size,
         qkv_bias=any(p.bias is not None for p in parts),
         proj_bias=o.dense.bias is not None,
-        scale=s.attention_head_size**-0.5,
         attn_drop=s.dropout.p,
         proj_drop=o.dropout.p,
         **extra,
     )
+    reuse = {
+        "qkv": fuse_linears(parts),
+        "proj": o.dense,
+        "attn_drop": s.dropout,
+        "proj_drop": o.dropout,
+    }
+    return new, reuse
 
 
 def convert_legacy(kind: str, m: nn.Module) -> PrunableModule:
     """The prunable twin of the older-code attention ``m`` of ``kind``."""
     part = _REFERENCES[kind][2]
     s, o = getattr(m, part), m.output
-    reuse = {
-        "qkv": fuse_linears((s.query, s.key, s.value)),
-        "proj": o.dense,
-        "attn_drop": s.dropout,
-        "proj_drop": o.dropout,
-    }
+    scale = s.attention_head_size**-0.5
     if kind == HF_SWIN_LEGACY:
-        new = _twin(HFLegacySwinAttention, s, o, window_size=tuple(s.window_size))
+        window = tuple(s.window_size)
+        new, reuse = self_output_twin(HFLegacySwinAttention, s, o, scale=scale, window_size=window)
         # our index is recomputed, not copied: it must be transformers', or the table is misread
         if not torch.equal(new.relative_position_index, s.relative_position_index.cpu()):
             raise RuntimeError("relative_position_index differs from transformers'; aborted")
         reuse["relative_position_bias_table"] = s.relative_position_bias_table
         return adopt(new, m, reuse)
     own = s.relative_position_bias if s.has_relative_position_bias else None
-    new = _twin(
-        HFLegacyBeitAttention, s, o, patch_size=s.config.patch_size, relative_position_bias=None
+    new, reuse = self_output_twin(
+        HFLegacyBeitAttention,
+        s,
+        o,
+        scale=scale,
+        patch_size=s.config.patch_size,
+        relative_position_bias=None,
     )
     return adopt(new, m, {**reuse, "relative_position_bias": own})
 
 
-__all__ = ["HF_BEIT_LEGACY", "HF_SWIN_LEGACY", "convert_legacy", "survey_legacy"]
+__all__ = [
+    "HF_BEIT_LEGACY",
+    "HF_SWIN_LEGACY",
+    "convert_legacy",
+    "self_output_twin",
+    "survey_legacy",
+]
