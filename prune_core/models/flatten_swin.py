@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from prune_core.attention import SoftmaxAttention
 from prune_core.focused_linear_attention import FocusedLinearAttention
 from prune_core.mlp import PrunableMlp
+from prune_core.models._timm_entry import drop_create_kwargs, init_linear
 from prune_core.models.flatten_checkpoint import load_flatten_checkpoint
 
 
@@ -250,7 +251,7 @@ class FlattenSwinTransformer(nn.Module):
             self.layers.append(FlattenSwinStage(blocks, merge))
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        self.apply(self._init_weights)
+        self.apply(init_linear)
         self.pretrained_cfg = self.default_cfg = {
             "architecture": "flatten_swin",
             "num_classes": num_classes,
@@ -262,13 +263,6 @@ class FlattenSwinTransformer(nn.Module):
             "first_conv": "patch_embed.proj",
             "classifier": "head",
         }
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
     def no_weight_decay(self) -> set[str]:
         """The official recipe exempts relative position bias tables from weight decay."""
@@ -310,9 +304,7 @@ def _create(name: str, pretrained: bool, defaults: dict, kwargs: dict) -> Flatte
             "call prune_core.models.load_flatten_checkpoint(model, path) with the "
             "official checkpoint file"
         )
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return FlattenSwinTransformer(**{**defaults, **kwargs})
+    return FlattenSwinTransformer(**{**defaults, **drop_create_kwargs(kwargs)})
 
 
 @register_model

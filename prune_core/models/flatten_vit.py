@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from prune_core.attention import SoftmaxAttention
 from prune_core.focused_linear_attention import FocusedLinearAttention
 from prune_core.mlp import PrunableMlp
+from prune_core.models._timm_entry import drop_create_kwargs, init_linear
 
 
 class Block(nn.Module):
@@ -87,14 +88,7 @@ class FlattenViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.apply(init_linear)
 
     def no_weight_decay(self) -> set[str]:
         """timm's convention: positional embeddings are not decayed."""
@@ -121,7 +115,4 @@ def flatten_vit_micro(pretrained: bool = False, **kwargs) -> FlattenViT:
     """embed 64, depth 4, 4 heads, blocks L-L-S-S; 16x16 input in 2x2 patches (64 tokens)."""
     if pretrained:
         raise ValueError("flatten_vit_micro has no pretrained weights: train it (prune_core.train)")
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
-    kwargs.pop("cache_dir", None)
-    return FlattenViT(**kwargs)
+    return FlattenViT(**drop_create_kwargs(kwargs))
