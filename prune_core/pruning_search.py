@@ -30,15 +30,12 @@ from prune_core.prunable import GROUPS, check_groups, check_widths, prunable_mod
 from prune_core.reweight import reweights
 from prune_core.surgery import Plan
 from prune_core.training import (
-    autocast,
     batches_forever,
     default_device,
-    logits_of,
     progress_bar,
     require_batches,
     seed_everything,
-    task_loss,
-    teacher_forward,
+    student_loss,
 )
 
 LOGIT_OPTIMIZERS = ("adamw", "sgd")
@@ -269,15 +266,7 @@ def search(
             images, labels = (t.to(device) for t in next(batches))
             target_now = running_target(step, config)
             hard_ratio = macs.ratio()
-            with autocast(device):
-                out = logits_of(model(images)).float()
-                loss_task = task_loss(
-                    out,
-                    labels,
-                    teacher_forward(teacher, images),
-                    config.distill_alpha,
-                    config.distill_temperature,
-                )
+            loss_task = student_loss(model, teacher, images, labels, config, device)
             ratio, loss_mac = pressure.loss(target_now, config.mac_loss_weight, config.penalty)
             if not torch.isfinite(loss_task + loss_mac):
                 raise FloatingPointError(

@@ -177,6 +177,30 @@ def teacher_forward(teacher: nn.Module | None, images: Tensor) -> Tensor | None:
         return logits_of(teacher(images)).float()
 
 
+def student_loss(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    images: Tensor,
+    labels: Tensor,
+    config: object,
+    device: torch.device,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``task_loss`` of one batch under ``autocast``: ``model``'s float32 logits, distilled
+    from ``teacher``'s (when given) by ``config.distill_alpha`` and ``distill_temperature``
+    (a ``TrainConfig`` or a ``SearchConfig``: fine-tuning and search train the same way)."""
+    with autocast(device):
+        out = logits_of(model(images)).float()
+        return task_loss(
+            out,
+            labels,
+            teacher_forward(teacher, images),
+            config.distill_alpha,
+            config.distill_temperature,
+            label_smoothing,
+        )
+
+
 def fold_reweights(model: nn.Module) -> None:
     """Fold every reweight into its weights (outputs unchanged; reweights become 1)."""
     for module in prunable_modules(model).values():
@@ -253,16 +277,9 @@ def train(
             total, count = 0.0, 0
             for images, labels in loader:
                 images, labels = images.to(device), labels.to(device)
-                with autocast(device):
-                    out = logits_of(model(images)).float()
-                    loss = task_loss(
-                        out,
-                        labels,
-                        teacher_forward(teacher, images),
-                        config.distill_alpha,
-                        config.distill_temperature,
-                        config.label_smoothing,
-                    )
+                loss = student_loss(
+                    model, teacher, images, labels, config, device, config.label_smoothing
+                )
                 if not all_finite(loss):
                     where = "" if not torch.isfinite(loss) else " on another data-parallel rank"
                     raise FloatingPointError(
