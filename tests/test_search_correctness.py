@@ -36,6 +36,11 @@ from prune_core.reweight import reweights
 from prune_core.scoring import attention_difference
 
 
+def _search(model: torch.nn.Module, loader, config: SearchConfig, **kw) -> list[dict]:
+    """``search`` on digits8's (3, 8, 8) images, without a progress bar."""
+    return search(model, loader, (3, 8, 8), config, progress=False, **kw)
+
+
 def _search_mode_with_one_dropped_column(module: torch.nn.Module) -> None:
     torch.manual_seed(0)
     for gate in module.gates.values():
@@ -142,9 +147,7 @@ def test_finalize_weighs_importance_against_the_macs_it_saves() -> None:
 def test_search_starts_at_the_full_model(digits8) -> None:
     model = tiny_vit()
     initialize(model, next(iter(digits8[0]))[0], mode="attn_leave_out", theta0=3.0)
-    history = search(
-        model, digits8[0], (3, 8, 8), SearchConfig(target=0.5, steps=1), progress=False
-    )
+    history = _search(model, digits8[0], SearchConfig(target=0.5, steps=1))
     assert history[0]["macs_ratio"] == 1.0
     assert history[0]["soft_ratio"] == pytest.approx(1.0, abs=1e-6)
     assert history[0]["target_now"] == 1.0
@@ -218,13 +221,8 @@ def test_use_reweight_false_survives_prune_and_finetune(digits8) -> None:
     teacher = copy.deepcopy(model)
     calib = next(iter(digits8[0]))[0]
     initialize(model, calib)
-    search(
-        model,
-        digits8[0],
-        (3, 8, 8),
-        SearchConfig(target=0.6, steps=3, use_reweight=False),
-        teacher=teacher,
-        progress=False,
+    _search(
+        model, digits8[0], SearchConfig(target=0.6, steps=3, use_reweight=False), teacher=teacher
     )
     finalize(model, (3, 8, 8), 0.6, tolerance=0.1)
     prune(model)
@@ -249,12 +247,10 @@ def test_flatten_qk_reweight_always_folds() -> None:
 def test_sqrt_ratio_reweight_compensates_the_width_and_folds(digits8) -> None:
     model = tiny_vit()
     initialize(model, next(iter(digits8[0]))[0])
-    search(
+    _search(
         model,
         digits8[0],
-        (3, 8, 8),
         SearchConfig(target=0.5, steps=20, sim_every=0, qk_reweight_init="sqrt_ratio"),
-        progress=False,
     )
     finalize(model, (3, 8, 8), 0.5, tolerance=0.05)
     attn = model.blocks[1].attn  # softmax
@@ -315,14 +311,7 @@ def test_similarity_refresh_uses_the_calibration_batch(digits8, monkeypatch) -> 
     )
     model = tiny_vit()
     calib = torch.randn(16, 3, 8, 8)
-    search(
-        model,
-        digits8[0],
-        (3, 8, 8),
-        SearchConfig(target=0.7, steps=5, sim_every=2),
-        calib=calib,
-        progress=False,
-    )
+    _search(model, digits8[0], SearchConfig(target=0.7, steps=5, sim_every=2), calib=calib)
     assert len(seen) == 2 and all(torch.equal(s, calib) for s in seen)
 
 
@@ -332,14 +321,7 @@ def test_same_seed_same_plan(digits8) -> None:
         model = tiny_vit()
         calib = digits8[0].dataset.images[:32]
         initialize(model, calib)
-        search(
-            model,
-            digits8[0],
-            (3, 8, 8),
-            SearchConfig(target=0.5, steps=15, sim_every=5),
-            calib=calib,
-            progress=False,
-        )
+        _search(model, digits8[0], SearchConfig(target=0.5, steps=15, sim_every=5), calib=calib)
         plans.append(
             (
                 finalize(model, (3, 8, 8), 0.5).to_json(),
@@ -359,7 +341,7 @@ def test_groups_and_min_width_are_respected(digits8) -> None:
     calib = next(iter(digits8[0]))[0]
     initialize(model, calib)
     config = SearchConfig(target=0.6, steps=10, groups=("qk", "v"), min_width={"qk": 3})
-    search(model, digits8[0], (3, 8, 8), config, calib=calib, progress=False)
+    _search(model, digits8[0], config, calib=calib)
     plan = finalize(
         model, (3, 8, 8), 0.6, tolerance=0.1, groups=config.groups, min_width=config.min_width
     )
@@ -395,13 +377,8 @@ def test_sgd_logits_meet_the_target(digits8) -> None:
     model = tiny_vit()
     calib = next(iter(digits8[0]))[0]
     initialize(model, calib)
-    history = search(
-        model,
-        digits8[0],
-        (3, 8, 8),
-        SearchConfig(target=0.5, steps=60, logit_optimizer="sgd"),
-        calib=calib,
-        progress=False,
+    history = _search(
+        model, digits8[0], SearchConfig(target=0.5, steps=60, logit_optimizer="sgd"), calib=calib
     )
     assert abs(history[-1]["soft_ratio"] - 0.5) <= 0.05
     plan = finalize(model, (3, 8, 8), 0.5)
