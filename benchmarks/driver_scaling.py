@@ -42,9 +42,10 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks._fake_trial import FakeTrial
 
 COLUMNS = (
     "trials",
@@ -58,17 +59,6 @@ COLUMNS = (
 )
 DEAD_URI = "http://127.0.0.1:9"  # the discard port: connection refused at once
 INIT_MODES = ("uniform", "magnitude", "attn_single", "attn_leave_out")
-
-
-@dataclass
-class FakeTrial:
-    """What the logger reads of a Tune trial."""
-
-    trial_id: str
-    config: dict[str, Any]
-    last_result: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Any = None
-    status: str = "RUNNING"
 
 
 def _config(rng: random.Random) -> dict[str, Any]:

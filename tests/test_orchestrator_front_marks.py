@@ -7,27 +7,17 @@ read back under Tune's keys; params are the explored settings, to 4 significant 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 from helpers import brute_force
 from mlflow import MlflowClient
 
+from benchmarks._fake_trial import FakeTrial
 from orchestrator import mlflow_names, trial_artifacts, trial_table
 from orchestrator.tracking import children, experiment_id, start_parent, trial_rows
 from orchestrator.trial_logger import TrialLogger
 
 PARAMS = ["search/target", "search/init_mode"]
-
-
-@dataclass
-class Trial:
-    trial_id: str
-    config: dict[str, Any]
-    last_result: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Any = None
-    error_file: Any = None  # read by on_trial_error (trial_artifacts.error_reason)
 
 
 @pytest.fixture
@@ -51,7 +41,7 @@ def _logger(store) -> TrialLogger:
 def _ended(logger: TrialLogger, tid: str, finals: dict, *, target: float = 0.5) -> None:
     """A trial of two reports (the pruned model, then ``finals``), ended as Tune ends it: an
     ASHA-stopped one has ``fully_trained`` 0 in its last result."""
-    trial = Trial(tid, {"search": {"target": target, "init_mode": "magnitude"}})
+    trial = FakeTrial(tid, {"search": {"target": target, "init_mode": "magnitude"}})
     logger.on_trial_start(iteration=0, trials=[], trial=trial)
     first = {"top1": 10.0, "pruned_top1": 10.0, "fully_trained": 0.0, "training_iteration": 1}
     for result in (first, {**finals, "training_iteration": 2}):
@@ -97,8 +87,8 @@ def test_runs_show_how_each_trial_ended_and_the_front_as_it_changes(store):
     _ended(logger, "a", _done(70.0, 0.5), target=0.413108993050043)
     assert _marks(uri, parent)["a"] == ("complete", "true", 0.0)
     _ended(logger, "b", {"top1": 95.0, "fully_trained": 0.0})  # ASHA: partial, never front
-    logger.on_trial_start(iteration=0, trials=[], trial=Trial("c", {}))
-    logger.on_trial_error(iteration=0, trials=[], trial=Trial("c", {}))
+    logger.on_trial_start(iteration=0, trials=[], trial=FakeTrial("c", {}))
+    logger.on_trial_error(iteration=0, trials=[], trial=FakeTrial("c", {}))
     logger.wait()
     writes = table.marks.writes
     _ended(logger, "d", _done(80.0, 0.4))  # dominates a: a leaves the front, one rank down

@@ -8,25 +8,16 @@ from __future__ import annotations
 import os
 import pickle
 import stat
-from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
+from benchmarks._fake_trial import FakeTrial
 from orchestrator import outbox, tracking
 from orchestrator.trial_logger import TrialLogger
 
 PARAMS = ["search/target", "search/init_mode"]
-
-
-@dataclass
-class Trial:
-    trial_id: str
-    config: dict[str, Any]
-    last_result: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Any = None
 
 
 def _result(i: int, it: int, epochs: int = 2) -> dict:
@@ -42,11 +33,11 @@ def _result(i: int, it: int, epochs: int = 2) -> dict:
     }
 
 
-def _trial(i: int) -> Trial:
-    return Trial(f"{i:04d}", {"search": {"target": 0.1 + i / 100, "init_mode": "magnitude"}})
+def _trial(i: int) -> FakeTrial:
+    return FakeTrial(f"{i:04d}", {"search": {"target": 0.1 + i / 100, "init_mode": "magnitude"}})
 
 
-def _run(logger: TrialLogger, trial: Trial, i: int, epochs: int = 2) -> None:
+def _run(logger: TrialLogger, trial: FakeTrial, i: int, epochs: int = 2) -> None:
     logger.on_trial_start(iteration=0, trials=[], trial=trial)
     for it in range(1, epochs + 2):
         trial.last_result = _result(i, it, epochs)
