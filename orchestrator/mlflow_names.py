@@ -107,3 +107,12 @@ def tune_status(tag: str | None) -> str | None:
 def is_lost(tag: str | None) -> bool:
     """Whether a ``trial_status`` tag marks a run Tune lost (``lost``, or the old ``LOST``)."""
     return tune_status(tag) == "LOST"
+
+
+def param_text(value) -> str:
+    """A sampled value as an MLflow param: a float to 4 significant digits (``0.0004131``,
+    not ``0.000413108993050043``: the runs table and parallel coordinates show the number a
+    person compares), anything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

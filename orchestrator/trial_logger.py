@@ -4,7 +4,8 @@ Three parts, one job each: :mod:`~orchestrator.tracking_writer` applies the oper
 MLflow on its own thread (with the outbox for outages), :mod:`~orchestrator.trial_table` keeps
 the trials table and the front in memory and writes them at most every
 ``sweep.refresh_every_s`` seconds, and :mod:`~orchestrator.trial_artifacts` logs a finished
-trial's files. This callback turns Tune's events into operations and ends the sweep.
+trial's files. This callback turns Tune's events into operations and ends the sweep (the
+importances and the closing front: :mod:`~orchestrator.sweep_end`).
 
 ``Tuner.restore`` reuses the *pickled* callbacks: a logger pickles its settings only. Its live
 parts (thread, table, run ids) belong to the process, one per sweep (:data:`_LIVE`): the
@@ -17,18 +18,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from ray.tune import Callback
 
-from orchestrator import importance, pareto
+from orchestrator import sweep_end
 from orchestrator._redact import redact
 from orchestrator.outbox import plain_dict
 from orchestrator.space import flatten_point
 from orchestrator.teacher_job import stored_metrics
-from orchestrator.tracking import METRICS, client, first_line
+from orchestrator.tracking import METRICS, first_line
 from orchestrator.tracking_writer import TrackingWriter
 from orchestrator.trial_artifacts import checkpoint_uri, error_reason
 from orchestrator.trial_table import TrialTable
@@ -198,11 +197,7 @@ class TrialLogger(Callback):
         self.wait()
         if self._summary is not None and not self.writer.buffered:
             return self._summary
-        path = Path(self.sweep_dir) / "trials.parquet"
-        if not path.is_file():
-            return {"hypervolume": float("nan"), "finished": 0, "front": None}
-        front = pareto.front_table(pq.read_table(path))
-        return {"hypervolume": pareto.front_hypervolume(front), "front": front}
+        return sweep_end.local_summary(self.sweep_dir)
 
     def end_sweep(self, status: str, say: Callable[[str], None] = print) -> bool:
         """Replay what is buffered, log the parameter importances (lines to ``say``), then
@@ -211,7 +206,7 @@ class TrialLogger(Callback):
         self.submit({"op": "rebuild"})  # the tables hold every trial before the importances
         self.wait()
         try:  # insight, not bookkeeping: a failure here never costs the sweep's results
-            for line in self.log_importance():
+            for line in sweep_end.log_importance(self.uri, self.parent_id, self.sweep_dir):
                 say(line)
         except Exception as err:  # any error, on purpose
             say(f"param importance: not computed ({first_line(err)})")
@@ -223,16 +218,3 @@ class TrialLogger(Callback):
         """After :meth:`end_sweep`: (operations MLflow did not take, of them those that are in
         no outbox either: lost when the driver exits, as on a full disk)."""
         return self.writer.buffered, self.writer.persist_held()
-
-    def log_importance(self) -> list[str]:
-        """``param_importance.json`` / ``.png`` (orchestrator.importance) from the sweep's
-        ``trials.parquet``, in the sweep folder and on the parent run; the console lines."""
-        path = Path(self.sweep_dir) / "trials.parquet"
-        if not path.is_file():
-            return []
-        result = importance.param_importance(pq.read_table(path).to_pylist())
-        files = importance.write(result, Path(self.sweep_dir))
-        c = client(self.uri)
-        for file in files.values():
-            c.log_artifact(self.parent_id, str(file))
-        return importance.summary(result)
