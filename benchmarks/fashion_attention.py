@@ -20,8 +20,8 @@ the same number of weight updates after the teacher (search steps count):
 - ``short`` = half an epoch of the 55,000 (215 steps at batch 128), the selection-sensitive
   regime; searched rows spend 43 of them (20 %) searching;
 - ``long`` = 5 epochs (2,148 steps), an eighth of the teacher's 40 epochs (25 and a 15-epoch
-  warm restart): a standard recovery fine-tune, long enough that a weaker selection can be trained back; the search is
-  the same 43 steps.
+  warm restart): a standard recovery fine-tune, long enough that a weaker selection can be
+  trained back; the search is the same 43 steps.
 
 Fine-tunes distil from the teacher (α 0.5, T 2, cosine, no warm-up) on the augmented training
 images, at the learning rate the tuning stage chose for the method on *validation*
