@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from benchmarks.plot_fashion import fashion_report
-from benchmarks.report_style import pm, save
+from benchmarks.report_style import label_panel, method_curve, pm, save, teacher_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = {
@@ -122,25 +122,16 @@ def accuracy_report(csv: Path, md: Path, png: Path) -> str:
             ax = axes[row][col]
             for m in ["method", *[m for m in methods if m in group]]:
                 s = stats[stats.method == m].sort_values("ratio")
-                style = {"lw": 2.5, "color": "black"} if m == "method" else {"lw": 1.2}
-                ax.errorbar(
-                    s.ratio,
-                    s[column],
-                    yerr=s[column + "_std"].fillna(0),
-                    marker="o",
-                    capsize=3,
-                    ls="--" if m == "unaligned" else "-",
-                    label=LABELS[m],
-                    **style,
-                )
-            ax.axhline(teacher.mean(), color="grey", ls=":", label="teacher (unpruned)")
-            ax.set_title(f"{name}: top-1 {when}", fontsize=10)
-            ax.grid(alpha=0.3)
+                method_curve(ax, s, column, m, LABELS[m], dashed=m == "unaligned")
+            teacher_line(ax, teacher.mean())
             ax.legend(fontsize=7, loc="lower right")
-            if row == 1:
-                ax.set_xlabel("MACs / MACs of the unpruned model")
-            if col == 0:
-                ax.set_ylabel("top-1 on digits test split (%)")
+            label_panel(
+                ax,
+                f"{name}: top-1 {when}",
+                "top-1 on digits test split (%)",
+                bottom=row == 1,
+                left=col == 0,
+            )
     fig.suptitle(
         "flatten_vit_micro on digits, mean ± std over seeds "
         "(* masked only, not realisable as a dense model)",

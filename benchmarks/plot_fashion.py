@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from benchmarks.report_style import pm, save
+from benchmarks.report_style import label_panel, method_curve, pm, save, teacher_line
 
 FASHION_LABELS = {
     "method": "method (ours)",
@@ -110,25 +110,17 @@ def fashion_report(csv: Path, md: Path, png: Path) -> str:
                 s = stats[(stats.method == m) & (stats.budget == budget)].sort_values("ratio")
                 if s.empty:
                     continue
-                style = {"lw": 2.5, "color": "black"} if m == "method" else {"lw": 1.2}
-                ax.errorbar(
-                    s.ratio,
-                    s[column],
-                    yerr=s[column + "_std"].fillna(0),
-                    marker="o",
-                    capsize=3,
-                    ls="--" if m.startswith(("no_", "unal", "uniform")) else "-",
-                    label=FASHION_LABELS.get(m, m),
-                    **style,
-                )
+                dashed = m.startswith(("no_", "unal", "uniform"))
+                method_curve(ax, s, column, m, FASHION_LABELS.get(m, m), dashed=dashed)
             if "teacher_top1" in df:
-                ax.axhline(df.teacher_top1.mean(), color="grey", ls=":", label="teacher (unpruned)")
-            ax.set_title(f"budget {budget}: top-1 {when}", fontsize=10)
-            ax.grid(alpha=0.3)
-            if row == 1:
-                ax.set_xlabel("MACs / MACs of the unpruned model")
-            if col == 0:
-                ax.set_ylabel("top-1 on Fashion-MNIST t10k (%)")
+                teacher_line(ax, df.teacher_top1.mean())
+            label_panel(
+                ax,
+                f"budget {budget}: top-1 {when}",
+                "top-1 on Fashion-MNIST t10k (%)",
+                bottom=row == 1,
+                left=col == 0,
+            )
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(
         "flatten_vit_micro on Fashion-MNIST at equal MACs and equal steps\n"
