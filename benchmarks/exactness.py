@@ -31,6 +31,7 @@ import torch
 from timm.layers import SwiGLUPacked
 
 import prune_core as pc
+from benchmarks._markdown import table, write_report
 from benchmarks.digits_setup import machine
 from prune_core.attention import attention_modules
 from prune_core.convert import qk_kept_whole, supported_modules
@@ -120,22 +121,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{family}: {rows[-1]}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(args.out, index=False)
-    lines = [
-        f"{machine()}",
-        "",
-        "| family | timm model | converted | attention layers (q/k whole) | converted vs "
-        "original | pruned vs masked | MAC model vs torch | ONNX vs torch |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['family']} | `{r['timm_model']}` | {r['converted']} | "
-            f"{r['attention_layers']} ({r['qk_whole']}) | {r['converted_vs_original']:.1e} | "
-            f"{r['pruned_vs_masked']:.1e} | {100 * r['mac_model_vs_torch']:.2f} % | "
-            f"{r['onnx_vs_torch']:.1e} |"
-        )
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    headers = (
+        "family",
+        "timm model",
+        "converted",
+        "attention layers (q/k whole)",
+        "converted vs original",
+        "pruned vs masked",
+        "MAC model vs torch",
+        "ONNX vs torch",
+    )
+    cells = (
+        [
+            r["family"],
+            f"`{r['timm_model']}`",
+            r["converted"],
+            f"{r['attention_layers']} ({r['qk_whole']})",
+            f"{r['converted_vs_original']:.1e}",
+            f"{r['pruned_vs_masked']:.1e}",
+            f"{100 * r['mac_model_vs_torch']:.2f} %",
+            f"{r['onnx_vs_torch']:.1e}",
+        ]
+        for r in rows
+    )
+    write_report(args.out, [machine(), "", *table(headers, "lllrrrrr", cells)])
     return 0
 
 

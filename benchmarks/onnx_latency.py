@@ -25,6 +25,7 @@ import timm
 import torch
 
 import prune_core as pc
+from benchmarks._markdown import table, write_report
 from benchmarks.digits_setup import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -94,20 +95,37 @@ def main(argv: list[str] | None = None) -> int:
     df = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
-    lines = [
-        f"onnxruntime {ort.__version__}, CPU; {machine()}",
-        "",
-        "| model | batch | MAC ratio | full ms | pruned ms | speed-up | limit | % of limit |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['batch']} | {r['macs_ratio']:.3f} | {r['full_ms']:.2f} | "
-            f"{r['pruned_ms']:.2f} | {r['speedup']:.2f}× | {1 / r['macs_ratio']:.2f}× | "
-            f"{100 * r['fraction_of_limit']:.0f} % |"
-        )
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    headers = (
+        "model",
+        "batch",
+        "MAC ratio",
+        "full ms",
+        "pruned ms",
+        "speed-up",
+        "limit",
+        "% of limit",
+    )
+    cells = (
+        [
+            r["model"],
+            r["batch"],
+            f"{r['macs_ratio']:.3f}",
+            f"{r['full_ms']:.2f}",
+            f"{r['pruned_ms']:.2f}",
+            f"{r['speedup']:.2f}×",
+            f"{1 / r['macs_ratio']:.2f}×",
+            f"{100 * r['fraction_of_limit']:.0f} %",
+        ]
+        for r in rows
+    )
+    write_report(
+        args.out,
+        [
+            f"onnxruntime {ort.__version__}, CPU; {machine()}",
+            "",
+            *table(headers, "lrrrrrrr", cells),
+        ],
+    )
     return 0
 
 
