@@ -41,6 +41,7 @@ from torch import nn
 
 import prune_core as pc
 from benchmarks import ablations, digits_setup, results_csv
+from benchmarks._cli import mac_target
 from benchmarks.digits_setup import CACHE, Digits
 from benchmarks.results_csv import done_keys
 
@@ -77,7 +78,7 @@ PLANS = Path(__file__).resolve().parent / "results" / "plans"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.3])
+    p.add_argument("--targets", type=mac_target, nargs="+", default=[0.7, 0.5, 0.3])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.csv"))
@@ -96,9 +97,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seeds whose realisable plans go to benchmarks/results/plans",
     )
     args = p.parse_args(argv)
-    bad = [t for t in args.targets if not 0.0 < t <= 1.0]
-    if bad:
-        p.error(f"--targets must be in (0, 1], got {bad[0]}")
     if args.threads < 1 or args.search_steps < 1 or args.finetune_epochs < 0:
         p.error("--threads and --search-steps must be >= 1, --finetune-epochs >= 0")
     if args.teacher_epochs < 1:

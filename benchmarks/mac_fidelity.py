@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 
 import prune_core as pc
+from benchmarks._cli import mac_target
 from benchmarks.digits_setup import machine
 from prune_core.macs import flop_counter
 
@@ -56,13 +57,10 @@ def build(name: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.3])
+    p.add_argument("--targets", type=mac_target, nargs="+", default=[0.7, 0.5, 0.3])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/mac_fidelity.csv"))
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    bad = [t for t in args.targets if not 0.0 < t <= 1.0]
-    if bad:
-        p.error(f"--targets must be in (0, 1], got {bad[0]}")
     if args.threads < 1:
         p.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)

@@ -28,6 +28,7 @@ from torch import nn
 
 import prune_core as pc
 from benchmarks import digits_setup
+from benchmarks._cli import mac_target
 
 METHODS = ("method", "l1_uniform", "random")
 FIELDS = (
@@ -45,7 +46,7 @@ FIELDS = (
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", type=float, nargs="+", default=[0.5])
+    p.add_argument("--targets", type=mac_target, nargs="+", default=[0.5])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/selection.csv"))
@@ -56,9 +57,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--label", default=None, help="commit label (default: git HEAD)")
     args = p.parse_args(argv)
-    bad = [t for t in args.targets if not 0.0 < t <= 1.0]
-    if bad:
-        p.error(f"--targets must be in (0, 1], got {bad[0]}")
     if args.threads < 1 or args.search_steps < 1 or args.teacher_epochs < 1:
         p.error("--threads, --search-steps and --teacher-epochs must be >= 1")
     return args

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils import benchmark
 
 import prune_core as pc
+from benchmarks._cli import mac_target
 from benchmarks.accuracy import PLANS
 from benchmarks.digits_setup import machine
 
@@ -131,7 +132,7 @@ def variants(targets: list[float], which: list[str]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.3])
+    p.add_argument("--targets", type=mac_target, nargs="+", default=[0.7, 0.5, 0.3])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--models", nargs="+", default=["micro", "small"], choices=["micro", "small"])
     p.add_argument("--threads", type=int, default=1)
@@ -139,9 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-run-time", type=float, default=0.3)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/speedup.csv"))
     args = p.parse_args(argv)
-    bad = [t for t in args.targets if not 0.0 < t <= 1.0]
-    if bad:
-        p.error(f"--targets must be in (0, 1], got {bad[0]}")
     if min(args.batches) < 1 or args.threads < 1 or args.rounds < 1 or args.min_run_time <= 0:
         p.error("--batches, --threads, --rounds must be >= 1 and --min-run-time > 0")
     torch.set_num_threads(args.threads)
