@@ -123,6 +123,31 @@ def write_config(tmp: Path, name: str, **sections) -> Path:
     return path
 
 
+# one explored setting over a range: every trial of a sweep prunes to a different target
+TARGET_RANGE = {"target": {"low": 0.4, "high": 0.8}}
+
+
+def random_sweep(num_samples: int, *, concurrent: int, max_failures: int) -> dict:
+    """A ``sweep`` section sampling at random without ASHA: every trial runs all its epochs, so
+    a test knows which epochs (and fault points) each trial reaches."""
+    return {
+        "num_samples": num_samples,
+        "max_concurrent_trials": concurrent,
+        "sampler": "random",
+        "asha": None,
+        "max_failures": max_failures,
+    }
+
+
+def fault_rules(tmp: Path, *rules: dict) -> Path:
+    """``rules`` written to ``tmp/faults/rules.json``, the file ``ORCHESTRATOR_FAULTS`` names
+    (``orchestrator.faults``; a rule's firings are recorded beside it)."""
+    path = tmp / "faults" / "rules.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(list(rules)))
+    return path
+
+
 def mlflow_client(tmp: Path):
     from mlflow import MlflowClient
 

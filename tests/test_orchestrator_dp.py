@@ -11,7 +11,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import children, mlflow_client, tune_results, write_config
+from helpers import children, fault_rules, mlflow_client, tune_results, write_config
 
 pytestmark = pytest.mark.sweep
 
@@ -76,9 +76,7 @@ def test_data_parallel_nan_fails_the_trial_once_with_its_reason(tmp_path, monkey
     """
     from orchestrator.sweep import main
 
-    rules = tmp_path / "faults" / "rules.json"
-    rules.parent.mkdir()
-    rules.write_text(json.dumps([{"point": "before_finetune", "action": "nan"}]))
+    rules = fault_rules(tmp_path, {"point": "before_finetune", "action": "nan"})
     monkeypatch.setenv("ORCHESTRATOR_FAULTS", str(rules))  # inherited by the Ray workers
     config = dp_config(tmp_path, "dpnan", max_failures=1)
     assert main([str(config)]) == 1  # every trial failed

@@ -24,11 +24,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from helpers import (
+    TARGET_RANGE,
     MlflowServer,
     children,
+    fault_rules,
     free_port,
     kill_group,
     mlflow_client,
+    random_sweep,
     sweep_cmd,
     tune_results,
     wait_until,
@@ -47,30 +50,19 @@ def faulty(tmp_path_factory):
     """3 trials, 3 faults: the first to start fine-tuning goes NaN, the first to finish fine-tune
     epoch 1 raises, the next to finish epoch 1 stalls until this fixture SIGKILLs its worker."""
     tmp = tmp_path_factory.mktemp("faults")
-    rules = tmp / "faults" / "rules.json"
-    rules.parent.mkdir()
-    rules.write_text(
-        json.dumps(
-            [
-                {"point": "before_finetune", "action": "nan"},
-                {"point": "epoch_end", "epoch": 1, "action": "raise"},
-                {"point": "epoch_end", "epoch": 1, "action": "stall", "seconds": 300},
-            ]
-        )
+    rules = fault_rules(
+        tmp,
+        {"point": "before_finetune", "action": "nan"},
+        {"point": "epoch_end", "epoch": 1, "action": "raise"},
+        {"point": "epoch_end", "epoch": 1, "action": "stall", "seconds": 300},
     )
     config = write_config(
         tmp,
         "faulty",
         seed=1,
         finetune={"epochs": 3},
-        search={"target": {"low": 0.4, "high": 0.8}},
-        sweep={
-            "num_samples": 3,
-            "max_concurrent_trials": 2,
-            "sampler": "random",
-            "asha": None,
-            "max_failures": 1,
-        },
+        search=TARGET_RANGE,
+        sweep=random_sweep(3, concurrent=2, max_failures=1),
     )
     log = (tmp / "driver.log").open("w")
     driver = subprocess.Popen(
@@ -182,19 +174,11 @@ def test_a_failed_teacher_ends_the_sweep_at_once_with_one_line(tmp_path):
     """Trials start while the teacher trains and wait for it (teacher_job.py): a teacher task
     that fails must still end the whole sweep at once (not retry trials that can never run),
     exit 1 with one line naming the cause, leave the parent run FAILED and store no teacher."""
-    rules = tmp_path / "faults" / "rules.json"
-    rules.parent.mkdir()
-    rules.write_text(json.dumps([{"point": "teacher", "action": "raise", "until": "release"}]))
+    rules = fault_rules(tmp_path, {"point": "teacher", "action": "raise", "until": "release"})
     config = write_config(
         tmp_path,
         "noteacher",
-        sweep={
-            "num_samples": 6,
-            "max_concurrent_trials": 2,
-            "sampler": "random",
-            "asha": None,
-            "max_failures": 2,
-        },
+        sweep=random_sweep(6, concurrent=2, max_failures=2),
     )
     sweep_dir, log = tmp_path / "results" / "noteacher", tmp_path / "driver.log"
     with log.open("w") as out:
@@ -259,22 +243,14 @@ def test_tracking_outage_mid_sweep_is_buffered_and_replayed(tmp_path):
 
     server = MlflowServer(tmp_path)
     server.start()
-    rules = tmp_path / "faults" / "rules.json"
-    rules.parent.mkdir()
     hold = {"action": "stall", "until": "release", "seconds": 300}
-    rules.write_text(json.dumps([{"point": "epoch_end", "epoch": 1, **hold}]))
+    rules = fault_rules(tmp_path, {"point": "epoch_end", "epoch": 1, **hold})
     config = write_config(
         tmp_path,
         "outage",
         finetune={"epochs": 2},
-        search={"target": {"low": 0.4, "high": 0.8}},
-        sweep={
-            "num_samples": 3,
-            "max_concurrent_trials": 2,
-            "sampler": "random",
-            "asha": None,
-            "max_failures": 0,
-        },
+        search=TARGET_RANGE,
+        sweep=random_sweep(3, concurrent=2, max_failures=0),
     )
     sweep_dir = tmp_path / "results" / "outage"
     outbox = sweep_dir / "tracking-outbox.jsonl"

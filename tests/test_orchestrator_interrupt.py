@@ -19,7 +19,15 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import children, kill_group, mlflow_client, wait_until, write_config
+from helpers import (
+    TARGET_RANGE,
+    children,
+    kill_group,
+    mlflow_client,
+    random_sweep,
+    wait_until,
+    write_config,
+)
 
 pytestmark = [pytest.mark.sweep, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -38,14 +46,8 @@ def stopped(tmp_path_factory):
     config = write_config(
         tmp,
         "stop",
-        search={"target": {"low": 0.4, "high": 0.8}},
-        sweep={
-            "num_samples": 2,
-            "max_concurrent_trials": 1,
-            "sampler": "random",
-            "asha": None,
-            "max_failures": 0,
-        },
+        search=TARGET_RANGE,
+        sweep=random_sweep(2, concurrent=1, max_failures=0),
     )
     sweep_dir = tmp / "results" / "stop"
     cmd = [sys.executable, "-m", "orchestrator.sweep", str(config)]

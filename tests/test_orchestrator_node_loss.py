@@ -28,7 +28,17 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import children, kill_group, mlflow_client, tune_results, wait_until, write_config
+from helpers import (
+    TARGET_RANGE,
+    children,
+    fault_rules,
+    kill_group,
+    mlflow_client,
+    random_sweep,
+    tune_results,
+    wait_until,
+    write_config,
+)
 
 from orchestrator import faults
 
@@ -91,24 +101,14 @@ def node_loss(tmp_path_factory):
     from ray.cluster_utils import Cluster
 
     tmp = tmp_path_factory.mktemp("node_loss")
-    rules = tmp / "faults" / "rules.json"
-    rules.parent.mkdir()
-    rules.write_text(
-        json.dumps([{"point": "epoch_end", "epoch": 1, "action": "stall", "seconds": 300}])
-    )
+    rules = fault_rules(tmp, {"point": "epoch_end", "epoch": 1, "action": "stall", "seconds": 300})
     config = write_config(
         tmp,
         "nodeloss",
         seed=1,
         finetune={"epochs": 3},
-        search={"target": {"low": 0.4, "high": 0.8}},
-        sweep={
-            "num_samples": NUM_SAMPLES,
-            "max_concurrent_trials": 2,
-            "sampler": "random",
-            "asha": None,
-            "max_failures": 2,
-        },
+        search=TARGET_RANGE,
+        sweep=random_sweep(NUM_SAMPLES, concurrent=2, max_failures=2),
         # num_cpus only sizes a Ray started locally; the joined cluster has 1 CPU per worker
         resources={"num_cpus": None, "cpus_per_trial": 1, "teacher_cpus": 1, "torch_threads": 1},
     )

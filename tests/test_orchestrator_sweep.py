@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from helpers import (
+    TARGET_RANGE,
     brute_force,
     children,
     kill_group,
@@ -287,7 +288,7 @@ def test_resume_after_killing_the_driver_runs_every_trial_once(tmp_path):
     config = write_config(
         tmp_path,
         "resume",
-        search={"target": {"low": 0.4, "high": 0.8}},
+        search=TARGET_RANGE,
         sweep={
             "num_samples": 6,  # enough that the kill lands mid-sweep
             "max_concurrent_trials": 2,

@@ -9,7 +9,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from helpers import run_sweep_cli, write_config
+from helpers import fault_rules, run_sweep_cli, write_config
 
 from orchestrator import sweep_state
 from orchestrator.sweep import main
@@ -51,9 +51,7 @@ def test_a_tuner_that_fails_to_build_leaves_nothing_that_blocks_a_rerun(tmp_path
     """Issue 26: Tune creates tuner.pkl, then pickles the Tuner into it; a failure in between
     (injected there: faults.py's ``tuner`` point) left 0 bytes, the next start said "pass
     --resume" and --resume died with EOFError. Now the file is removed with the failure."""
-    rules = tmp_path / "faults" / "rules.json"
-    rules.parent.mkdir()
-    rules.write_text(json.dumps([{"point": "tuner", "action": "raise"}]))
+    rules = fault_rules(tmp_path, {"point": "tuner", "action": "raise"})
     config = write_config(tmp_path, "build", sweep={"num_samples": 1})
     env = {**os.environ, "ORCHESTRATOR_FAULTS": str(rules)}
     proc = run_sweep_cli(config, timeout=600, env=env)
