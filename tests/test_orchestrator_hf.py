@@ -12,7 +12,8 @@ import pytest
 import torch
 import transformers as tf
 import yaml
-from helpers import write_config
+from _fake_sweep import save_tiny_hf_vit
+from helpers import TARGET_RANGE, write_config
 
 import prune_core as pc
 from orchestrator import hf_model
@@ -28,21 +29,16 @@ def folder(tmp_path_factory):
     """A tiny random-init ViT for 8x8 digits and its image processor, as save_pretrained
     writes them (no download)."""
     path = tmp_path_factory.mktemp("hf") / "tiny-vit"
-    config = tf.ViTConfig(
-        image_size=8,
-        patch_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=10,
-    )
-    torch.manual_seed(0)
-    tf.ViTForImageClassification(config).save_pretrained(path)
-    tf.ViTImageProcessor(
-        size={"height": 8, "width": 8}, image_mean=MEAN, image_std=STD
-    ).save_pretrained(path)
-    return path
+    return save_tiny_hf_vit(path, image_mean=MEAN, image_std=STD)
+
+
+def _edited_copy(folder, dest, name: str, **changes):
+    """A copy of the saved model ``folder`` at ``dest`` with ``changes`` set in its JSON file
+    ``name`` (``config.json``, ``preprocessor_config.json``)."""
+    shutil.copytree(folder, dest)
+    data = json.loads((dest / name).read_text())
+    (dest / name).write_text(json.dumps({**data, **changes}))
+    return dest
 
 
 def hf_config(tmp, folder, experiment="hf", **model):
@@ -53,7 +49,7 @@ def hf_config(tmp, folder, experiment="hf", **model):
         model={"kwargs": {}, **model},
         teacher={"epochs": 0},
         sweep={"num_samples": 2, "sampler": "random", "asha": None},
-        search={"target": {"low": 0.4, "high": 0.8}},
+        search=TARGET_RANGE,
         finetune={"epochs": 1},
     )
 
@@ -112,11 +108,8 @@ def test_an_omitted_img_size_is_the_image_processors(tmp_path, folder, capsys) -
 def test_an_omitted_img_size_the_processor_cannot_give_is_one_line(
     tmp_path, folder, capsys
 ) -> None:
-    other = tmp_path / "oblong"
-    shutil.copytree(folder, other)
-    processor = json.loads((other / "preprocessor_config.json").read_text())
-    processor["size"] = {"height": 8, "width": 16}
-    (other / "preprocessor_config.json").write_text(json.dumps(processor))
+    size = {"height": 8, "width": 16}
+    other = _edited_copy(folder, tmp_path / "oblong", "preprocessor_config.json", size=size)
     config = _without_img_size(hf_config(tmp_path, other))
     assert main([str(config), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
@@ -130,12 +123,13 @@ def test_an_omitted_img_size_the_processor_cannot_give_is_one_line(
 def test_a_checkpoint_with_other_classes_is_refused_naming_num_classes(
     tmp_path, folder, capsys
 ) -> None:
-    other = tmp_path / "five-labels"
-    shutil.copytree(folder, other)
-    config = json.loads((other / "config.json").read_text())
-    config["id2label"] = {str(i): f"c{i}" for i in range(5)}
-    config["label2id"] = {f"c{i}": i for i in range(5)}
-    (other / "config.json").write_text(json.dumps(config))
+    other = _edited_copy(
+        folder,
+        tmp_path / "five-labels",
+        "config.json",
+        id2label={str(i): f"c{i}" for i in range(5)},
+        label2id={f"c{i}": i for i in range(5)},
+    )
     assert main([str(hf_config(tmp_path, other)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"model.num_classes: 10, but {other} has 5 labels")

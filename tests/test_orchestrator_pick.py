@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import timm
 import torch
+from _fake_sweep import log_pruned_trial
 from rich.console import Console
 
 import prune_core as pc
@@ -77,35 +78,11 @@ def sweep(tmp_path_factory):
     c.log_metric(parent, "teacher_macs", float(teacher_macs))
     rows, models = [], {}
     for trial, (keep, top1, _) in KEEPS.items():
-        model = copy.deepcopy(teacher)
-        plan = pc.magnitude_plan(model, keep)
-        pc.apply_plan(model, plan)
-        pc.prune(model)
-        model.eval()
-        folder = files / trial
-        pc.save_pruned(model, plan, folder)
-        run = c.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": trial})
-        run_id = run.info.run_id
-        c.log_param(run_id, "search/target", keep)
-        c.log_param(run_id, "finetune/lr", 0.001)
-        for name in ("plan.json", "weights.pt"):
-            c.log_artifact(run_id, str(folder / name))
-        c.set_terminated(run_id)
-        macs = pc.count_macs(model, SIZE)
-        rows.append(
-            {
-                "trial_id": trial,
-                "status": "COMPLETE",
-                "fully_trained": True,
-                "top1": top1,
-                "macs": macs,
-                "macs_ratio": macs / teacher_macs,
-                "params": pc.count_params(model),
-                "iterations": 9,
-                "run_id": run_id,
-                "param_search/target": keep,
-            }
+        params = {"search/target": keep, "finetune/lr": 0.001}
+        model, row = log_pruned_trial(
+            c, exp, parent, trial, teacher, keep, top1, files / trial, SIZE, 9, params
         )
+        rows.append({**row, "param_search/target": keep})
         models[trial] = model
     front = pareto.front_table(pareto.trials_table(rows))
     ms = {t: KEEPS[t][2] for t in KEEPS}

@@ -12,7 +12,6 @@ pareto.parquet.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import math
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers as tf
+from _fake_sweep import log_pruned_trial, save_tiny_hf_vit
 from helpers import write_config
 from rich.console import Console
 
@@ -42,18 +42,7 @@ SIZE = (3, 8, 8)
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pick-hf")
     folder = tmp / "tiny-vit"
-    config = tf.ViTConfig(
-        image_size=8,
-        patch_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=10,
-    )
-    torch.manual_seed(0)
-    tf.ViTForImageClassification(config).save_pretrained(folder)
-    tf.ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(folder)
+    save_tiny_hf_vit(folder)
     model = {"source": "hf", "name": str(folder), "kwargs": {"attn_implementation": "eager"}}
     path = write_config(tmp, "hf-pick", model=model, teacher={"epochs": 0})
     exp = with_img_size(load_config(path), path)
@@ -63,33 +52,14 @@ def sweep(tmp_path_factory):
     teacher = create_model(exp)
     c = client(uri)
     exp_id = c.get_run(parent).info.experiment_id
-    teacher_macs = pc.count_macs(teacher, SIZE)
     c.log_metric(parent, "teacher_top1", 95.0)
     rows, models = [], {}
     for trial, (keep, top1, _) in KEEPS.items():
-        model = copy.deepcopy(teacher)
-        plan = pc.magnitude_plan(model, keep)
-        pc.prune(pc.apply_plan(model, plan))
-        pc.save_pruned(model.eval(), plan, tmp / trial)
-        run_id = c.create_run(exp_id, tags={PARENT_TAG: parent, "trial_id": trial}).info.run_id
-        c.log_param(run_id, "search/target", keep)
-        for name in ("plan.json", "weights.pt"):
-            c.log_artifact(run_id, str(tmp / trial / name))
-        c.set_terminated(run_id)
-        macs = pc.count_macs(model, SIZE)
-        rows.append(
-            {
-                "trial_id": trial,
-                "status": "COMPLETE",
-                "fully_trained": True,
-                "top1": top1,
-                "macs": macs,
-                "macs_ratio": macs / teacher_macs,
-                "params": pc.count_params(model),
-                "iterations": 2,
-                "run_id": run_id,
-            }
+        params = {"search/target": keep}
+        model, row = log_pruned_trial(
+            c, exp_id, parent, trial, teacher, keep, top1, tmp / trial, SIZE, 2, params
         )
+        rows.append(row)
         models[trial] = model
     front = pareto.front_table(pareto.trials_table(rows))
     ms = [KEEPS[t][2] for t in front.column("trial_id").to_pylist()]
