@@ -20,28 +20,35 @@ def shards(tmp_path_factory):
     return out
 
 
-def config(shards, **data):
+def experiment(data: dict, num_classes: int = 10):
+    """An experiment on flatten_vit_micro (16 px) reading ``data``."""
     return parse_config(
         {
             "name": "t",
-            "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 16},
-            "data": {
-                "kind": "parquet",
-                "train": str(shards / "train"),
-                "val": str(shards / "val"),
-                # off: these tests compare decoded pixels and sample order exactly; the default
-                # augmentation is exercised in test_orchestrator_augment.py
-                "hflip": 0.0,
-                "auto_augment": None,
-                "re_prob": 0.0,
-                "calib_images": 32,
-                **data,
-            },
+            "model": {"name": "flatten_vit_micro", "num_classes": num_classes, "img_size": 16},
+            "data": data,
             "teacher": {"epochs": 1},
             "search": {"target": 0.5},
             "finetune": {"epochs": 1},
         },
         "x.yaml",
+    )
+
+
+def config(shards, **data):
+    return experiment(
+        {
+            "kind": "parquet",
+            "train": str(shards / "train"),
+            "val": str(shards / "val"),
+            # off: these tests compare decoded pixels and sample order exactly; the default
+            # augmentation is exercised in test_orchestrator_augment.py
+            "hflip": 0.0,
+            "auto_augment": None,
+            "re_prob": 0.0,
+            "calib_images": 32,
+            **data,
+        }
     )
 
 
@@ -110,22 +117,14 @@ def test_imagefolder_reads_class_folders(shards, tmp_path):
             folder = tmp_path / split / f"class_{row['label']}"
             folder.mkdir(parents=True, exist_ok=True)
             decode(row["image"]).save(folder / row["image"]["path"])
-    exp = parse_config(
+    exp = experiment(
         {
-            "name": "t",
-            "model": {"name": "flatten_vit_micro", "num_classes": 10, "img_size": 16},
-            "data": {
-                "kind": "imagefolder",
-                "train": str(tmp_path / "train"),
-                "val": str(tmp_path / "val"),
-                "calib_images": 16,
-                "auto_augment": None,  # off: only labels and counts are read here (see above)
-            },
-            "teacher": {"epochs": 1},
-            "search": {"target": 0.5},
-            "finetune": {"epochs": 1},
-        },
-        "x.yaml",
+            "kind": "imagefolder",
+            "train": str(tmp_path / "train"),
+            "val": str(tmp_path / "val"),
+            "calib_images": 16,
+            "auto_augment": None,  # off: only labels and counts are read here (see above)
+        }
     )
     datasets = build_datasets(exp)
     assert len(datasets.train) == 1347 and len(datasets.val) == 450
@@ -242,22 +241,15 @@ def test_imagefolder_reads_every_mode_as_decode_does(tmp_path):
             folder.mkdir(parents=True)
             for i in range(2):
                 glyph("RGBA", (0, 0, 0, 255), (0, 0, 0, 0)).save(folder / f"{i}.png")
-    exp = parse_config(
+    exp = experiment(
         {
-            "name": "t",
-            "model": {"name": "flatten_vit_micro", "num_classes": 2, "img_size": 16},
-            "data": {
-                "kind": "imagefolder",
-                "train": str(tmp_path / "train"),
-                "val": str(tmp_path / "val"),
-                "calib_images": 2,
-                "alpha_background": [255, 255, 255],
-            },
-            "teacher": {"epochs": 1},
-            "search": {"target": 0.5},
-            "finetune": {"epochs": 1},
+            "kind": "imagefolder",
+            "train": str(tmp_path / "train"),
+            "val": str(tmp_path / "val"),
+            "calib_images": 2,
+            "alpha_background": [255, 255, 255],
         },
-        "x.yaml",
+        num_classes=2,
     )
     datasets = build_datasets(exp)
     for dataset in (datasets.train, datasets.val):
