@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import yaml
 
 import prune_core
 from orchestrator.config import ConfigError, parse_config
+from prune_core.convert import qk_kept_whole, supported_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +43,49 @@ def tiny_vit(seed: int = 0, **kwargs) -> torch.nn.Module:
     }
     cfg.update(kwargs)
     return timm.create_model("flatten_vit_micro", **cfg)
+
+
+def off_init(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every parameter moved off its init by N(0, 0.1²) noise (torch's global
+    generator): zero-initialised tables, layer scales and biases would otherwise make a wrong
+    conversion look exact."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def make_prunable_checked(model: torch.nn.Module, kinds: dict[str, int], whole: int):
+    """``prune_core.make_prunable(model)``, checking the family's contract on the way: it
+    converts ``kinds`` (kind -> modules), warns about nothing, leaves nothing convertible and
+    keeps q/k whole in ``whole`` attention layers."""
+    converted = list(supported_modules(model).values())
+    assert {k: converted.count(k) for k in set(converted)} == kinds
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a supported model converts without a warning
+        model = prune_core.make_prunable(model, verbose=False)
+    assert supported_modules(model) == {}
+    assert len(qk_kept_whole(model)) == whole
+    return model
+
+
+def search_and_prune(model: torch.nn.Module, teacher: torch.nn.Module, size: tuple[int, ...]):
+    """The whole method on a family: ``search_plan`` (4 steps to 0.6 of the MACs, ``teacher``
+    distilling) on 64 random images of 5 classes, then ``prune``; checks the losses are finite
+    and the pruned MACs land in [0.55, 0.6] of the teacher's. Returns the plan and the loader."""
+    images = torch.randn(64, *size)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, torch.randint(0, 5, (64,))), batch_size=16
+    )
+    config = prune_core.SearchConfig(target=0.6, steps=4, sim_every=2, tolerance=0.05)
+    plan, history = prune_core.search_plan(
+        model, loader, size, config, calib=images[:16], teacher=teacher, progress=False
+    )
+    assert len(history) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+    prune_core.prune(model)
+    ratio = prune_core.count_macs(model, size) / prune_core.count_macs(teacher, size)
+    assert 0.55 <= ratio <= 0.6
+    return plan, loader
 
 
 def random_masks(model: torch.nn.Module, keep: float = 0.5, seed: int = 0) -> None:

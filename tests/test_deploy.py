@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 import timm
 import torch
+from helpers import off_init
 
 import prune_core as pc
 
@@ -43,9 +44,7 @@ def pruned(family: str) -> torch.nn.Module:
     name, kwargs = FAMILIES[family]
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    off_init(model)
     model = pc.make_prunable(model, verbose=False)
     pc.apply_plan(model, pc.magnitude_plan(model, 0.5))
     return pc.prune(model)

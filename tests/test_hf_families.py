@@ -12,15 +12,14 @@ from the same config gives the pruned outputs back. Small random-init configs: n
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import transformers as tf
+from helpers import make_prunable_checked, off_init, search_and_prune
 from torch import nn
 
 import prune_core as pc
-from prune_core.convert import qk_kept_whole, supported_modules
+from prune_core.convert import supported_modules
 from prune_core.macs import counting
 
 VIT = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2}
@@ -30,57 +29,37 @@ SWIN = {**SWIN, "num_heads": [2, 4], "window_size": 4, "num_labels": 5}
 DINO = {k: v for k, v in VIT.items() if k != "intermediate_size"}
 DINO = {**DINO, "mlp_ratio": 2, "layerscale_value": 0.5}
 BEIT = {**VIT, "use_relative_position_bias": True, "layer_scale_init_value": 0.1}
-# name: (config class, config, model classes, kinds make_prunable converts, q/k kept whole)
+# the one bias table the model shares across layers instead of each layer's own
+BEIT_SHARED_BIAS = {
+    **BEIT,
+    "use_relative_position_bias": False,
+    "use_shared_relative_position_bias": True,
+}
+# kinds make_prunable converts, per kind the modules of the 2-layer models
+ATTN_MLP = {"hf_attention": 2, "hf_mlp": 2}
+ATTN_GLU = {"hf_attention": 2, "hf_glu_mlp": 2}
+LEGACY_BEIT = {"hf_beit_legacy": 2, "hf_split_mlp": 2}
+# name: (config class, its kwargs, kinds converted, attention layers keeping q/k whole); the
+# model classes are the config's name without "Config": tf.BeitConfig -> tf.BeitModel, ...
 CASES = {
-    "vit": (tf.ViTConfig, VIT, "ViT", {"hf_attention": 2, "hf_mlp": 2}, 0),
-    "deit": (tf.DeiTConfig, VIT, "DeiT", {"hf_attention": 2, "hf_mlp": 2}, 0),
-    "swin": (tf.SwinConfig, SWIN, "Swin", {"hf_swin": 4, "hf_mlp": 4}, 0),
-    "swinv2": (tf.Swinv2Config, SWIN, "Swinv2", {"hf_swin_v2": 4, "hf_split_mlp": 4}, 4),
-    "dinov2": (tf.Dinov2Config, DINO, "Dinov2", {"hf_attention": 2, "hf_mlp": 2}, 0),
-    "dinov2_swiglu": (
-        tf.Dinov2Config,
-        {**DINO, "use_swiglu_ffn": True},
-        "Dinov2",
-        {"hf_attention": 2, "hf_glu_mlp": 2},
-        0,
-    ),
+    "vit": (tf.ViTConfig, VIT, ATTN_MLP, 0),
+    "deit": (tf.DeiTConfig, VIT, ATTN_MLP, 0),
+    "swin": (tf.SwinConfig, SWIN, {"hf_swin": 4, "hf_mlp": 4}, 0),
+    "swinv2": (tf.Swinv2Config, SWIN, {"hf_swin_v2": 4, "hf_split_mlp": 4}, 4),
+    "dinov2": (tf.Dinov2Config, DINO, ATTN_MLP, 0),
+    "dinov2_swiglu": (tf.Dinov2Config, {**DINO, "use_swiglu_ffn": True}, ATTN_GLU, 0),
     "dinov2_registers": (
         tf.Dinov2WithRegistersConfig,
         {**DINO, "num_register_tokens": 4},
-        "Dinov2WithRegisters",
-        {"hf_attention": 2, "hf_mlp": 2},
+        ATTN_MLP,
         0,
     ),
-    "beit": (tf.BeitConfig, BEIT, "Beit", {"hf_attention": 2, "hf_mlp": 2}, 0),
-    "beit_shared_bias": (
-        tf.BeitConfig,
-        {**BEIT, "use_relative_position_bias": False, "use_shared_relative_position_bias": True},
-        "Beit",
-        {"hf_attention": 2, "hf_mlp": 2},
-        0,
-    ),
+    "beit": (tf.BeitConfig, BEIT, ATTN_MLP, 0),
+    "beit_shared_bias": (tf.BeitConfig, BEIT_SHARED_BIAS, ATTN_MLP, 0),
     # the older self / output attention code, the same computation as BEiT's and Swin's
-    "data2vec": (
-        tf.Data2VecVisionConfig,
-        BEIT,
-        "Data2VecVision",
-        {"hf_beit_legacy": 2, "hf_split_mlp": 2},
-        0,
-    ),
-    "data2vec_shared_bias": (
-        tf.Data2VecVisionConfig,
-        {**BEIT, "use_relative_position_bias": False, "use_shared_relative_position_bias": True},
-        "Data2VecVision",
-        {"hf_beit_legacy": 2, "hf_split_mlp": 2},
-        0,
-    ),
-    "donut_swin": (
-        tf.DonutSwinConfig,
-        SWIN,
-        "DonutSwin",
-        {"hf_swin_legacy": 4, "hf_split_mlp": 4},
-        0,
-    ),
+    "data2vec": (tf.Data2VecVisionConfig, BEIT, LEGACY_BEIT, 0),
+    "data2vec_shared_bias": (tf.Data2VecVisionConfig, BEIT_SHARED_BIAS, LEGACY_BEIT, 0),
+    "donut_swin": (tf.DonutSwinConfig, SWIN, {"hf_swin_legacy": 4, "hf_split_mlp": 4}, 0),
 }
 EAGER_ONLY = ("swinv2", "donut_swin")  # transformers has only their eager attention
 HEADS = ("Model", "ForImageClassification")
@@ -89,14 +68,12 @@ HEADS = ("Model", "ForImageClassification")
 def build(case: str, head: str = "ForImageClassification", attn: str | None = None) -> nn.Module:
     """A small model with every parameter moved off its init: zero-initialised tables, layer
     scales and biases would otherwise make a wrong conversion look exact."""
-    config_class, kwargs, prefix, _, _ = CASES[case]
+    config_class, kwargs, _, _ = CASES[case]
+    prefix = config_class.__name__.removesuffix("Config")
     config = config_class(**kwargs, **({"attn_implementation": attn} if attn else {}))
     torch.manual_seed(0)
     model = getattr(tf, f"{prefix}{head}")(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return off_init(model)
 
 
 def first(output) -> torch.Tensor:
@@ -113,7 +90,7 @@ def torch_macs(model: nn.Module, size: tuple[int, int, int]) -> int:
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_family_keeps_the_contract(case: str, head: str) -> None:
-    _, _, _, kinds, whole = CASES[case]
+    _, _, kinds, whole = CASES[case]
     model = build(case, head)
     size = pc.default_input_size(model)
     assert size == (3, 32, 32)
@@ -121,13 +98,7 @@ def test_family_keeps_the_contract(case: str, head: str) -> None:
     with torch.no_grad():
         original = model(x)
     full_macs = torch_macs(model, size)
-    converted = list(supported_modules(model).values())
-    assert {k: converted.count(k) for k in set(converted)} == kinds
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a supported model converts without a warning
-        model = pc.make_prunable(model, verbose=False)
-    assert supported_modules(model) == {}
-    assert len(qk_kept_whole(model)) == whole
+    model = make_prunable_checked(model, kinds, whole)
     assert pc.count_macs(model, size) == full_macs
     with torch.no_grad():
         out = model(x)
@@ -190,20 +161,8 @@ def test_load_pruned_restores_widths_on_a_model_built_from_the_same_config(tmp_p
 def test_search_plan_meets_the_target_with_the_pretrained_model_as_teacher(case: str) -> None:
     """The whole method on an HF model: logits from its output object, teacher included."""
     teacher = build(case)
-    images = torch.randn(64, 3, 32, 32)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(images, torch.randint(0, 5, (64,))), batch_size=16
-    )
     model = pc.make_prunable(build(case), verbose=False)
-    config = pc.SearchConfig(target=0.6, steps=4, sim_every=2, tolerance=0.05)
-    size = (3, 32, 32)
-    _, history = pc.search_plan(
-        model, loader, size, config, calib=images[:16], teacher=teacher, progress=False
-    )
-    assert len(history) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
-    pc.prune(model)
-    ratio = pc.count_macs(model, size) / pc.count_macs(teacher, size)
-    assert 0.55 <= ratio <= 0.6
+    _, loader = search_and_prune(model, teacher, (3, 32, 32))
     assert 0.0 <= pc.accuracy(model, loader) <= 100.0
 
 
@@ -241,9 +200,7 @@ def test_maskformer_swin_converts_exactly_and_keeps_the_contract() -> None:
     """MaskFormer-Swin (a backbone only: no *ForImageClassification) keeps Swin's older code."""
     torch.manual_seed(0)
     model = tf.MaskFormerSwinModel(tf.MaskFormerSwinConfig(**SWIN)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    off_init(model)
     x, size = torch.randn(2, 3, 32, 32), (3, 32, 32)
     with torch.no_grad():
         original = first(model(x))
@@ -306,7 +263,9 @@ def test_attention_weights_are_the_original_models(case: str) -> None:
     assert len(model(x, output_hidden_states=True).hidden_states) >= 3  # still recorded
 
 
-@pytest.mark.parametrize("case", ["vit", "deit", "swin", "swinv2", "dinov2_registers", "beit"])
+@pytest.mark.parametrize(
+    "case", ["vit", "deit", "swin", "swinv2", "dinov2_registers", "beit", "data2vec", "donut_swin"]
+)
 def test_onnx_export_of_a_pruned_model_matches_pytorch(case: str, tmp_path) -> None:
     import onnxruntime as ort
 
@@ -321,3 +280,28 @@ def test_onnx_export_of_a_pruned_model_matches_pytorch(case: str, tmp_path) -> N
     with torch.no_grad():
         want = model(x).logits.numpy()
     assert abs(got - want).max() <= 1e-4
+
+
+@pytest.mark.parametrize("backbone", ["donut_swin", "maskformer_swin"])
+def test_onnx_export_of_a_pruned_backbone_has_one_output_per_tensor_field(
+    backbone: str, tmp_path
+) -> None:
+    """A base model's output object as ONNX outputs named by field; MaskFormer-Swin's also
+    carries plain ints (its stages' sizes), which the graph leaves out (torch.export cannot
+    return them)."""
+    import onnxruntime as ort
+
+    if backbone == "maskformer_swin":
+        model = off_init(tf.MaskFormerSwinModel(tf.MaskFormerSwinConfig(**SWIN)).eval())
+    else:
+        model = build(backbone, head="Model")
+    model = pc.make_prunable(model, verbose=False)
+    pc.prune(pc.apply_plan(model, pc.magnitude_plan(model, 0.5)))
+    session = ort.InferenceSession(str(pc.export_onnx(model, tmp_path / "model.onnx")))
+    names = [o.name for o in session.get_outputs()]
+    assert names == ["last_hidden_state", "pooler_output"]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+    for name, got in zip(names, session.run(None, {"images": x.numpy()}), strict=True):
+        assert abs(got - want[name].numpy()).max() <= 1e-4

@@ -8,16 +8,14 @@ every head keeps the same width; layers that transform q/k over the head keep q/
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import timm
 import torch
+from helpers import make_prunable_checked, off_init, search_and_prune
 from timm.layers import GluMlp, SwiGLUPacked
 from torch import nn
 
 import prune_core as pc
-from prune_core.convert import qk_kept_whole, supported_modules
 from prune_core.timm_attention import EvaAttention
 
 SMALL_VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "num_classes": 5}
@@ -85,10 +83,7 @@ def build(name: str, kwargs: dict) -> nn.Module:
     bias tables (BEiT, Swin V2) would otherwise make a wrong conversion look exact."""
     torch.manual_seed(0)
     model = timm.create_model(name, **kwargs).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return off_init(model)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -99,13 +94,7 @@ def test_family_keeps_the_contract(case: str) -> None:
     x = torch.randn(2, *size)
     with torch.no_grad():
         original = model(x)
-    converted = list(supported_modules(model).values())
-    assert {k: converted.count(k) for k in set(converted)} == kinds
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a supported model converts without a warning
-        model = pc.make_prunable(model, verbose=False)
-    assert supported_modules(model) == {}
-    assert len(qk_kept_whole(model)) == whole
+    model = make_prunable_checked(model, kinds, whole)
     with torch.no_grad():
         assert (model(x) - original).abs().max().item() <= 1e-5
 
@@ -131,20 +120,8 @@ def test_search_plan_meets_the_target_on_the_family(case: str) -> None:
     """The whole method runs on the family: calibration taps, init scores, search, finalize."""
     name, kwargs, _, _ = CASES[case]
     teacher = build(name, kwargs)
-    size = pc.default_input_size(teacher)
-    images = torch.randn(64, *size)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(images, torch.randint(0, 5, (64,))), batch_size=16
-    )
     model = pc.make_prunable(build(name, kwargs), verbose=False)
-    config = pc.SearchConfig(target=0.6, steps=4, sim_every=2, tolerance=0.05)
-    plan, history = pc.search_plan(
-        model, loader, size, config, calib=images[:16], teacher=teacher, progress=False
-    )
-    assert len(history) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
-    pc.prune(model)
-    ratio = pc.count_macs(model, size) / pc.count_macs(teacher, size)
-    assert 0.55 <= ratio <= 0.6
+    plan, _ = search_and_prune(model, teacher, pc.default_input_size(teacher))
     for path, module in pc.prunable_modules(model).items():
         assert set(plan.layers[path]) == set(module.gates)  # no qk entry where q/k stay whole
 
