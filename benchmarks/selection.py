@@ -75,14 +75,22 @@ def head_commit() -> str:
         return "unknown"
 
 
-def method_plan(
+def plan_for(
+    method: str,
     teacher: nn.Module,
     data: digits_setup.Digits,
     target: float,
     seed: int,
     args: argparse.Namespace,
 ) -> pc.Plan:
-    """The method's plan: initialise, search (weights adapt too), finalize; weights dropped."""
+    """``method``'s plan at ``target``: the baselines keep the largest uniform ratio within it
+    (the largest weights, or random channels); the method initialises, searches (weights adapt
+    too) and finalizes, its adapted weights dropped."""
+    if method != "method":
+        keep = pc.uniform_keep(teacher, data.input_size, target)
+        if method == "l1_uniform":
+            return pc.magnitude_plan(teacher, keep)
+        return pc.random_plan(teacher, keep, seed=seed)
     student = copy.deepcopy(teacher).train()
     pc.initialize(student, data.calib, mode="attn_leave_out", sim_temperature=args.sim_temperature)
     config = pc.SearchConfig(
@@ -100,22 +108,6 @@ def method_plan(
         **extra,
     )
     return pc.finalize(student, data.input_size, target)
-
-
-def plan_for(
-    method: str,
-    teacher: nn.Module,
-    data: digits_setup.Digits,
-    target: float,
-    seed: int,
-    args: argparse.Namespace,
-) -> pc.Plan:
-    if method == "method":
-        return method_plan(teacher, data, target, seed, args)
-    keep = pc.uniform_keep(teacher, data.input_size, target)
-    if method == "l1_uniform":
-        return pc.magnitude_plan(teacher, keep)
-    return pc.random_plan(teacher, keep, seed=seed)
 
 
 def on_teacher_weights(
