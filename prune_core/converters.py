@@ -132,35 +132,34 @@ def _fused_qkv(m: nn.Module) -> nn.Linear:
     return qkv
 
 
-def _convert_beit(m: beit.Attention) -> PrunableModule:
+def _fused_twin(cls: type, m: nn.Module, **extra) -> tuple[PrunableModule, dict[str, nn.Module]]:
+    """A ``cls`` twin of BEiT's or Swin V2's attention (q and v biases kept apart from ``qkv``,
+    k without one), sized from ``m.qkv``, and the parts it reuses with the biases fused in."""
     head_dim = m.qkv.out_features // (3 * m.num_heads)
     qkv = _fused_qkv(m)
-    new = BeitAttention(
-        m.qkv.in_features,
-        m.num_heads,
-        scale=m.scale,
-        relative_position_index=m.relative_position_index,
-        **_sizes(m, qkv, head_dim),
+    new = cls(m.qkv.in_features, m.num_heads, **extra, **_sizes(m, qkv, head_dim))
+    return new, _parts(m, qkv)
+
+
+def _convert_beit(m: beit.Attention) -> PrunableModule:
+    new, reuse = _fused_twin(
+        BeitAttention, m, scale=m.scale, relative_position_index=m.relative_position_index
     )
-    reuse = _parts(m, qkv)
     if m.relative_position_bias_table is not None:
         reuse["relative_position_bias_table"] = m.relative_position_bias_table
     return adopt(new, m, reuse)
 
 
 def _convert_swin_v2(m: swin_transformer_v2.WindowAttention) -> PrunableModule:
-    head_dim = m.qkv.out_features // (3 * m.num_heads)
-    qkv = _fused_qkv(m)
-    new = SwinV2WindowAttention(
-        m.qkv.in_features,
-        m.num_heads,
+    new, reuse = _fused_twin(
+        SwinV2WindowAttention,
+        m,
         window_size=tuple(m.window_size),
         cpb_mlp=m.cpb_mlp,
         relative_coords_table=m.relative_coords_table,
         relative_position_index=m.relative_position_index,
-        **_sizes(m, qkv, head_dim),
     )
-    reuse = {**_parts(m, qkv), "logit_scale": m.logit_scale, "cpb_mlp": m.cpb_mlp}
+    reuse.update(logit_scale=m.logit_scale, cpb_mlp=m.cpb_mlp)
     return adopt(new, m, reuse)
 
 
@@ -200,20 +199,26 @@ def _convert_window(m: WindowAttention) -> PrunableModule:
     return adopt(new, m, {**_parts(m, m.qkv), "relative_position_bias_table": table})
 
 
-def _convert_mlp(m: Mlp) -> PrunableModule:
-    # act_layer=Identity, then the original act instance: its arguments (e.g. GELU's
-    # approximate='tanh') cannot be recovered from its class alone.
+def mlp_twin(
+    fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, old: nn.Module, drop: float = 0.0, **extra
+) -> PrunableMlp:
+    """The ``PrunableMlp`` twin of an MLP ``old`` made of ``fc1``, ``act`` and ``fc2`` (timm's
+    ``Mlp``, ``transformers``' intermediate / output pair), holding those very parts and
+    ``extra`` ones (its dropouts). ``act_layer=Identity``, then the original ``act`` instance:
+    its arguments (e.g. GELU's approximate='tanh') cannot be recovered from its class alone."""
     new = PrunableMlp(
-        m.fc1.in_features,
-        m.fc1.out_features,
-        m.fc2.out_features,
+        fc1.in_features,
+        fc1.out_features,
+        fc2.out_features,
         act_layer=nn.Identity,
-        bias=m.fc1.bias is not None,
-        drop=m.drop1.p,
+        bias=fc1.bias is not None,
+        drop=drop,
     )
-    return adopt(
-        new, m, {"fc1": m.fc1, "act": m.act, "drop1": m.drop1, "fc2": m.fc2, "drop2": m.drop2}
-    )
+    return adopt(new, old, {"fc1": fc1, "act": act, "fc2": fc2, **extra})
+
+
+def _convert_mlp(m: Mlp) -> PrunableModule:
+    return mlp_twin(m.fc1, m.act, m.fc2, m, m.drop1.p, drop1=m.drop1, drop2=m.drop2)
 
 
 def _convert_glu(m: SwiGLU | GluMlp) -> PrunableModule:

@@ -47,7 +47,7 @@ import sys
 import torch
 from torch import nn
 
-from prune_core.converters import adopt, fuse_linears
+from prune_core.converters import adopt, fuse_linears, mlp_twin
 from prune_core.hf_attention import HFAttention, HFSwinV2Attention
 from prune_core.hf_code import fingerprint, same_forward
 from prune_core.hf_legacy import (
@@ -57,7 +57,7 @@ from prune_core.hf_legacy import (
     self_output_twin,
     survey_legacy,
 )
-from prune_core.mlp import PrunableGluMlp, PrunableMlp
+from prune_core.mlp import PrunableGluMlp
 from prune_core.prunable import PrunableModule
 
 HF_ATTENTION, HF_SWIN, HF_SWIN_V2 = "hf_attention", "hf_swin", "hf_swin_v2"
@@ -219,17 +219,6 @@ def _convert_swin_v2(m: nn.Module) -> PrunableModule:
     return adopt(new, m, reuse)
 
 
-def _mlp(fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, old: nn.Module, **extra) -> PrunableMlp:
-    new = PrunableMlp(
-        fc1.in_features,
-        fc1.out_features,
-        fc2.out_features,
-        act_layer=nn.Identity,
-        bias=fc1.bias is not None,
-    )
-    return adopt(new, old, {"fc1": fc1, "act": act, "fc2": fc2, **extra})
-
-
 def _convert_glu(m: nn.Module) -> PrunableModule:
     new = PrunableGluMlp(
         m.gate_proj.in_features,
@@ -252,12 +241,12 @@ def convert(kind: str, m: nn.Module, parent: nn.Module | None) -> PrunableModule
     if kind == HF_SWIN_V2:
         return _convert_swin_v2(m)
     if kind == HF_MLP:
-        return _mlp(m.fc1, m.activation_fn, m.fc2, m)
+        return mlp_twin(m.fc1, m.activation_fn, m.fc2, m)
     if kind == HF_GLU_MLP:
         return _convert_glu(m)
     if kind == HF_SPLIT_MLP:
         out = parent.output
-        new = _mlp(m.dense, m.intermediate_act_fn, out.dense, m, drop2=out.dropout)
+        new = mlp_twin(m.dense, m.intermediate_act_fn, out.dense, m, drop2=out.dropout)
         parent.output = nn.Identity()
         return new
     if kind in (HF_SWIN_LEGACY, HF_BEIT_LEGACY):
