@@ -48,14 +48,8 @@ class FreeGate(ChannelGate):
             return float(self.hard_mask.sum().item()) / self.num_heads
         return float(round(self.soft_total().item())) / self.num_heads
 
-    def forward(self) -> Tensor | None:
-        if self.mode is GateMode.OFF:
-            return None
-        if self.mode is GateMode.HARD:
-            return self.hard_mask
-        s = self.keep_scores()
-        m = self._free_mask(round(float(s.sum().detach())), self.ranking().detach())
-        return m + (s - s.detach())  # exactly m in the forward pass
+    def search_mask(self, scores: Tensor) -> Tensor:  # the layer-wide top-K, K = round(Σ scores)
+        return self._free_mask(round(float(scores.sum().detach())), self.ranking().detach())
 
 
 def make_unaligned(model: nn.Module) -> nn.Module:

@@ -154,8 +154,13 @@ class ChannelGate(nn.Module):
         if self.mode is GateMode.HARD:
             return self.hard_mask
         s = self.keep_scores()
-        m = self.topk_mask(self.count_from_scores())
+        m = self.search_mask(s)
         return m + (s - s.detach())  # exactly m in the forward pass
+
+    def search_mask(self, scores: Tensor) -> Tensor:
+        """The 0/1 mask the SEARCH-mode forward applies (gradients flow through ``scores``, the
+        keep scores): the k best-ranked units of every head, k from the scores."""
+        return self.topk_mask(self.count_from_scores())
 
     def extra_repr(self) -> str:
         return (
