@@ -58,7 +58,26 @@ def _interval(lo: float | None, lo_open: bool, hi: float | None, hi_open: bool) 
     )
 
 
-class FloatSpace(Strict):
+class _Space(Strict):
+    """A setting's leaf: its ``choices``, when given, are not empty and each passes the
+    subclass's ``_check`` (the one a fixed value passes too)."""
+
+    @classmethod
+    def _check(cls, x: Any) -> Any:
+        raise NotImplementedError
+
+    @field_validator("choices", check_fields=False)
+    @classmethod
+    def _each_choice(cls, xs: list | None) -> list | None:
+        if xs is not None:
+            if not xs:
+                raise ValueError("must not be empty")
+            for x in xs:
+                cls._check(x)
+        return xs
+
+
+class FloatSpace(_Space):
     """One float setting: a fixed ``value``, a ``low``/``high`` range, or ``choices``.
 
     Subclasses set ``BOUNDS`` (low, low open, high, high open): every value a leaf can take
@@ -103,16 +122,6 @@ class FloatSpace(Strict):
     @classmethod
     def _in_bounds(cls, x: float | None) -> float | None:
         return None if x is None else cls._check(x)
-
-    @field_validator("choices")
-    @classmethod
-    def _choices_in_bounds(cls, xs: list[float] | None) -> list[float] | None:
-        if xs is not None:
-            if not xs:
-                raise ValueError("must not be empty")
-            for x in xs:
-                cls._check(x)
-        return xs
 
     @model_validator(mode="after")
     def _one_form(self) -> FloatSpace:
@@ -177,7 +186,7 @@ class NonNegative(FloatSpace):
     BOUNDS = (0.0, False, None, False)
 
 
-class ChoiceSpace(Strict):
+class ChoiceSpace(_Space):
     """One categorical setting: a fixed ``value`` or a list of ``choices``, all in ``ALLOWED``."""
 
     ALLOWED: ClassVar[tuple[str, ...]] = ()
@@ -205,16 +214,6 @@ class ChoiceSpace(Strict):
     @classmethod
     def _known(cls, value: str | None) -> str | None:
         return None if value is None else cls._check(value)
-
-    @field_validator("choices")
-    @classmethod
-    def _known_all(cls, values: list[str] | None) -> list[str] | None:
-        if values is not None:
-            if not values:
-                raise ValueError("must not be empty")
-            for value in values:
-                cls._check(value)
-        return values
 
     @model_validator(mode="after")
     def _one_form(self) -> ChoiceSpace:
