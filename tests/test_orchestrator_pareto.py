@@ -11,22 +11,26 @@ from helpers import brute_force, hidden_by_legend
 from orchestrator import pareto
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_non_dominated_equals_brute_force_with_ties(seed):
+def _tied_points(seed: int) -> tuple[list[float], list[float]]:
+    """1 to 40 random (top-1, MACs) points on a coarse grid, which forces ties in either
+    objective and exact duplicates."""
     rng = random.Random(seed)
     n = rng.randint(1, 40)
-    # coarse grids force ties in either objective and exact duplicates
     top1 = [float(rng.randint(0, 10)) for _ in range(n)]
     macs = [float(rng.randint(0, 10)) for _ in range(n)]
+    return top1, macs
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_non_dominated_equals_brute_force_with_ties(seed):
+    top1, macs = _tied_points(seed)
     assert pareto.non_dominated(top1, macs) == brute_force(top1, macs)
 
 
 @pytest.mark.parametrize("seed", range(30))
 def test_pareto_ranks_equal_peeling_fronts_off_one_by_one(seed):
-    rng = random.Random(seed)
-    n = rng.randint(1, 40)
-    top1 = [float(rng.randint(0, 10)) for _ in range(n)]
-    macs = [float(rng.randint(0, 10)) for _ in range(n)]
+    top1, macs = _tied_points(seed)
+    n = len(top1)
     expected, left, depth = [None] * n, list(range(n)), 0
     while left:  # the definition: the front of what is left, again and again
         mask = brute_force([top1[i] for i in left], [macs[i] for i in left])
