@@ -10,26 +10,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
+
+from prune_core._in_memory import InMemoryImages
 
 MEAN, STD = 0.30, 0.40  # of pixels / 16 over the whole set, rounded
 
 
-class DigitsDataset(Dataset):
-    def __init__(self, images: Tensor, labels: Tensor, augment: bool) -> None:
-        self.images = images
-        self.labels = labels
-        self.augment = augment
+class DigitsDataset(InMemoryImages):
+    """Digits in memory; ``augment``: a random shift of ±1 pixel (module doc)."""
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        img = self.images[i]
-        if self.augment:
-            dy, dx = torch.randint(-1, 2, (2,)).tolist()
-            img = torch.roll(img, shifts=(dy, dx), dims=(1, 2))
-        return img, int(self.labels[i])
+    def _augmented(self, img: Tensor) -> Tensor:
+        dy, dx = torch.randint(-1, 2, (2,)).tolist()
+        return torch.roll(img, shifts=(dy, dx), dims=(1, 2))
 
 
 def digits_datasets(

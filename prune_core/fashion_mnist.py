@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
+
+from prune_core._in_memory import InMemoryImages
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package puts it
 ENV_VAR = "FASHION_MNIST_DIR"
@@ -153,7 +154,7 @@ def _to_tensor(images: np.ndarray, img_size: int, in_chans: int) -> Tensor:
     return x.expand(-1, in_chans, -1, -1)
 
 
-class FashionMnistDataset(Dataset):
+class FashionMnistDataset(InMemoryImages):
     """Images ``(n, C, H, W)`` float32 and labels ``(n,)`` int64, all in memory.
 
     With ``augment``: a horizontal flip half the time and a shift of up to ``shift`` pixels
@@ -164,26 +165,19 @@ class FashionMnistDataset(Dataset):
     def __init__(
         self, images: Tensor, labels: Tensor, augment: bool, shift: int = MAX_SHIFT
     ) -> None:
-        self.images = images
-        self.labels = labels
-        self.augment = augment
+        super().__init__(images, labels, augment)
         self.shift = shift
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        img = self.images[i]
-        if self.augment:
-            if torch.rand(()) < 0.5:  # garments are near left-right symmetric: flip is standard
-                img = img.flip(-1)
-            s = self.shift
-            if s:
-                dy, dx = torch.randint(-s, s + 1, (2,)).tolist()
-                h, w = img.shape[-2:]
-                padded = F.pad(img, (s, s, s, s), value=-MEAN / STD)  # a 0 pixel, standardised
-                img = padded[:, s + dy : s + dy + h, s + dx : s + dx + w]
-        return img, int(self.labels[i])
+    def _augmented(self, img: Tensor) -> Tensor:
+        if torch.rand(()) < 0.5:  # garments are near left-right symmetric: flip is standard
+            img = img.flip(-1)
+        s = self.shift
+        if s:
+            dy, dx = torch.randint(-s, s + 1, (2,)).tolist()
+            h, w = img.shape[-2:]
+            padded = F.pad(img, (s, s, s, s), value=-MEAN / STD)  # a 0 pixel, standardised
+            img = padded[:, s + dy : s + dy + h, s + dx : s + dx + w]
+        return img
 
 
 def fashion_mnist_datasets(
