@@ -53,6 +53,20 @@ def _output_names(output: object) -> list[str]:
     return ["logits"]
 
 
+class _TensorFields(nn.Module):
+    """``model`` returning only its output object's tensor fields, as a tuple in field order:
+    torch.export cannot return the plain ints some outputs also carry (MaskFormer-Swin's
+    ``hidden_states_spatial_dimensions``), and the ONNX graph names its outputs by field."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        output = self.model(images)
+        return tuple(output[name] for name in self.names)
+
+
 def _check_opset(opset: int | None) -> None:
     import onnx
 
@@ -116,7 +130,7 @@ def export_onnx(
                 f"export_onnx: the model does not take input_size {size}: {reason}"
             ) from None
         torch.onnx.export(
-            model,
+            _TensorFields(model, names) if names != ["logits"] else model,
             (example,),
             str(partial),
             dynamo=True,
