@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from orchestrator.config import parse_config
-from orchestrator.data import ParquetImages, build_datasets, loaders, main
+from orchestrator.data import build_datasets, loaders, main
+from orchestrator.parquet_images import ParquetImages
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_equal_split_gives_every_rank_the_same_count(shards, monkeypatch):
 
 def test_imagefolder_reads_class_folders(shards, tmp_path):
     """The same images as a class-per-folder tree (ImageFolder's layout, labels by folder)."""
-    from orchestrator.data import decode
+    from orchestrator.image_decode import decode
 
     for split in ("train", "val"):
         for row in pq.read_table(shards / split).to_pylist():
@@ -160,7 +161,7 @@ def test_sixteen_bit_grey_is_scaled_not_clipped():
     import numpy as np
     from PIL import Image
 
-    from orchestrator.data import decode
+    from orchestrator.image_decode import decode
 
     values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
     raw = png(Image.fromarray(values))
@@ -181,7 +182,7 @@ def test_sixteen_bit_grey_is_scaled_not_clipped():
 def test_content_in_alpha_is_composited_on_the_background(mode, ink, clear):
     import numpy as np
 
-    from orchestrator.data import DEFAULT_BACKGROUND, decode
+    from orchestrator.image_decode import DEFAULT_BACKGROUND, decode
 
     rgb = np.asarray(decode(png(glyph(mode, ink, clear))))
     colour = ink[0] if mode == "LA" else ink[:3]
@@ -195,7 +196,7 @@ def test_half_transparent_palette_and_premultiplied_modes():
     import numpy as np
     from PIL import Image
 
-    from orchestrator.data import decode, to_rgb
+    from orchestrator.image_decode import decode, to_rgb
 
     half = Image.new("RGBA", (1, 1), (200, 100, 0, 128))  # straight alpha, a = 128/255
     expected = np.rint(np.array([200, 100, 0]) * 128 / 255 + np.array([0, 0, 250]) * 127 / 255)
@@ -220,7 +221,7 @@ def test_a_mode_with_no_faithful_reading_is_one_line_naming_it():
     import numpy as np
     from PIL import Image
 
-    from orchestrator.data import to_rgb
+    from orchestrator.image_decode import to_rgb
 
     hdr = Image.fromarray(np.array([[0.0, 3.5]], dtype=np.float32), "F")
     with pytest.raises(ValueError) as err:
