@@ -64,7 +64,9 @@ class _Space(Strict):
 
     @classmethod
     def _check(cls, x: Any) -> Any:
-        raise NotImplementedError
+        """The one value check of a leaf kind; every concrete subclass defines it (FloatSpace,
+        the ChoiceSpace kinds). _Space itself is never a field's type."""
+        raise NotImplementedError(f"{cls.__name__} defines no _check")
 
     @field_validator("choices", check_fields=False)
     @classmethod
